@@ -1,0 +1,189 @@
+"""Load policies, tokenizers and reward models by name.
+
+A name is `embedded:smollm2-135m-instruct`, `embedded:tiny[@SEED]`, a local directory written by
+`save_pretrained`, or a hub id (which needs network access; tests run with HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import AlignkitError
+from alignkit.models import embedded
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft). Only the adapter trains; checkpoints then hold only the adapter."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: Any = "all-linear"
+    """Modules to adapt: "all-linear" or a list of module names such as ["q_proj", "v_proj"]."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full next to the adapter (a reward model's score head is added automatically)."""
+
+
+def resolve_path(name: str | Path) -> str:
+    """Where transformers should load `name` from: the cache dir for embedded names, else `name` itself."""
+    name = str(name)
+    if embedded.is_embedded(name):
+        return str(embedded.ensure(name))
+    return name
+
+
+def resolve_device(device: str | None = "auto"):
+    """`auto` picks cuda, then mps, then cpu."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AlignkitError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(dtype: Any = "auto", device=None):
+    """`auto` is bfloat16 on GPUs that support it, float32 elsewhere (CPU training in half precision is slow)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        device = resolve_device("auto") if device is None else torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise AlignkitError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return getattr(torch, DTYPES[dtype])
+
+
+def _load(loader, name: str, what: str, **kwargs):
+    path = resolve_path(name)
+    if not embedded.is_embedded(str(name)) and (str(name).startswith((".", "/", "~")) or Path(path).exists()):
+        if not Path(path).expanduser().is_dir():
+            raise AlignkitError(f"{name}: {what}: no such directory")
+        path = str(Path(path).expanduser())
+    try:
+        return loader(path, **kwargs)
+    except OSError as e:
+        hint = first_line(e)
+        raise AlignkitError(
+            f"{name}: {what}: cannot load ({hint}). Use embedded:smollm2-135m-instruct, embedded:tiny, "
+            "a directory written by save_pretrained, or a hub id with network access"
+        ) from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_tokenizer(name: str | Path, padding_side: str = "right"):
+    """The tokenizer of a model, with a pad token set (its EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _load(AutoTokenizer.from_pretrained, str(name), "tokenizer")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise AlignkitError(f"{name}: tokenizer: has neither a pad nor an EOS token; set one before training")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _place(model, device):
+    import torch
+
+    device = resolve_device(device)
+    if device.type != "cpu":
+        model = model.to(device)
+    elif next(model.parameters()).device != torch.device("cpu"):
+        model = model.to(device)
+    return model
+
+
+def load_policy(
+    name: str | Path,
+    *,
+    dtype: Any = "auto",
+    device: str | None = "auto",
+    lora: LoraSettings | dict | None = None,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+):
+    """A causal LM ready to train or generate, optionally wrapped with a LoRA adapter."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    kwargs = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = _load(AutoModelForCausalLM.from_pretrained, str(name), "model", **kwargs)
+    model = _place(model, device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        model = apply_lora(model, lora, task_type="CAUSAL_LM")
+    return model
+
+
+def load_reward_model(
+    name: str | Path,
+    *,
+    dtype: Any = "auto",
+    device: str | None = "auto",
+    lora: LoraSettings | dict | None = None,
+):
+    """A sequence classifier with one output: the scalar reward read at each sequence's last real token."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    model = _load(AutoModelForSequenceClassification.from_pretrained, str(name), "reward model",
+                  num_labels=1, dtype=torch_dtype)
+    if model.config.pad_token_id is None:
+        # the classifier finds each sequence's last token through the pad id
+        tokenizer = load_tokenizer(name)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = _place(model, device)
+    if lora is not None:
+        model = apply_lora(model, lora, task_type="SEQ_CLS")
+    return model
+
+
+def apply_lora(model, lora: LoraSettings | dict, task_type: str):
+    """Wrap `model` with a fresh LoRA adapter."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise AlignkitError("LoRA needs peft: pip install 'alignkit[lora]'") from None
+    if isinstance(lora, dict):
+        unknown = set(lora) - set(LoraSettings.__dataclass_fields__)
+        if unknown:
+            raise AlignkitError(f"lora: unknown settings {', '.join(sorted(unknown))}")
+        lora = LoraSettings(**lora)
+    modules_to_save = list(lora.modules_to_save)
+    if task_type == "SEQ_CLS" and "score" not in modules_to_save:
+        modules_to_save.append("score")
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        modules_to_save=modules_to_save or None, task_type=task_type,
+    )
+    return get_peft_model(model, config)
