@@ -1,0 +1,209 @@
+"""Tokenize prompts and responses so that the boundary between them is exact.
+
+Rules every method relies on:
+
+- The prompt's tokens are exactly the tokenization of the prompt alone, and the response is tokenized on
+  its own, so no BPE merge ever crosses the boundary and the loss mask covers response tokens only.
+- Conversations are rendered with the tokenizer's chat template. The template already writes any BOS it
+  wants, so the rendered text is encoded without special tokens; a BOS is added only when the tokenizer
+  normally adds one and the text does not start with it (never twice).
+- Every response ends with EOS, so the model learns to stop. With a chat template the response is the
+  template's own rendering of the assistant turn, cut right after its last EOS.
+- Truncation keeps responses: the prompt is cut from the left first (its leading BOS kept), then responses
+  from the right; an example whose response would be emptied is dropped and counted, never kept empty.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from alignkit.errors import AlignkitError
+
+
+class TruncationWarning(UserWarning):
+    """Examples were dropped because truncation would have emptied their responses."""
+
+
+@dataclass
+class Tokenized:
+    """One prompt with one response; `input_ids` is their concatenation."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+
+@dataclass
+class TokenizedPair:
+    """One prompt with a chosen and a rejected response, truncated together so they share the prompt."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+    @property
+    def chosen(self) -> Tokenized:
+        return Tokenized(self.prompt_ids, self.chosen_ids)
+
+    @property
+    def rejected(self) -> Tokenized:
+        return Tokenized(self.prompt_ids, self.rejected_ids)
+
+
+_PREFIX_CACHE: dict[int, list[int]] = {}
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The special tokens (usually one BOS) the tokenizer puts before any text it encodes."""
+    key = id(tokenizer)
+    if key not in _PREFIX_CACHE:
+        with_special = tokenizer("a").input_ids
+        without = tokenizer("a", add_special_tokens=False).input_ids
+        n = len(with_special) - len(without)
+        prefix = with_special[:n] if n > 0 and with_special[n:n + len(without)] == without else []
+        _PREFIX_CACHE[key] = prefix
+    return _PREFIX_CACHE[key]
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise AlignkitError(
+            "conversational data needs a tokenizer with a chat template; set tokenizer.chat_template "
+            "or give prompt and response as plain strings"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode_prompt(tokenizer, prompt: Any) -> list[int]:
+    """Token ids of a prompt (string or conversation), with BOS exactly once when the tokenizer uses one."""
+    if isinstance(prompt, list):
+        text = _render(tokenizer, prompt, add_generation_prompt=True) if prompt else ""
+    else:
+        text = prompt
+    ids = _encode(tokenizer, text)
+    prefix = special_prefix(tokenizer)
+    if prefix and ids[: len(prefix)] != prefix:
+        ids = prefix + ids
+    return ids
+
+
+def encode_completion(tokenizer, prompt: Any, completion: Any) -> list[int]:
+    """Token ids of a response to `prompt`, ending with EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise AlignkitError("the tokenizer has no EOS token; set tokenizer.eos_token so responses can end")
+    if isinstance(completion, list):
+        prompt_messages = prompt if isinstance(prompt, list) else []
+        before = _render(tokenizer, prompt_messages, add_generation_prompt=True) if prompt_messages else ""
+        full = _render(tokenizer, prompt_messages + completion, add_generation_prompt=False)
+        if before and full.startswith(before):
+            text = full[len(before):]
+        else:
+            # a template that renders history differently once an answer follows: use the answer's text
+            text = "".join(m["content"] for m in completion if m.get("role") == "assistant")
+        ids = _encode(tokenizer, text)
+        if eos in ids:
+            last = len(ids) - 1 - ids[::-1].index(eos)
+            return ids[: last + 1]  # the template's newline after EOS is not part of the answer
+        return ids + [eos]
+    return _encode(tokenizer, completion) + [eos]
+
+
+def _cut_left(ids: list[int], keep: int, prefix: list[int]) -> list[int]:
+    """The last `keep` tokens of a prompt, keeping its leading BOS."""
+    if len(ids) <= keep:
+        return ids
+    head = prefix if prefix and ids[: len(prefix)] == prefix else []
+    tail = max(keep - len(head), 0)
+    return head + (ids[len(ids) - tail:] if tail else [])
+
+
+def truncate(
+    prompt_ids: list[int],
+    responses: list[list[int]],
+    *,
+    max_length: int | None,
+    max_prompt_length: int | None = None,
+    prefix: list[int] = (),
+) -> tuple[list[int], list[list[int]]] | None:
+    """Fit prompt + the longest response into `max_length`; None when a response would be emptied.
+
+    The prompt is cut from the left first (to `max_prompt_length`, then as far as needed, keeping its
+    leading BOS and one more token to condition on); only then are responses cut from the right.
+    """
+    prefix = list(prefix)
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = _cut_left(prompt_ids, max_prompt_length, prefix)
+    if max_length is None:
+        return prompt_ids, responses
+    overflow = len(prompt_ids) + max(len(r) for r in responses) - max_length
+    if overflow > 0:
+        has_head = bool(prefix) and prompt_ids[: len(prefix)] == prefix
+        floor = min(len(prompt_ids), (len(prefix) if has_head else 0) + 1)
+        keep = max(len(prompt_ids) - overflow, floor)
+        prompt_ids = _cut_left(prompt_ids, keep, prefix)
+    budget = max_length - len(prompt_ids)
+    if budget <= 0:
+        return None
+    return prompt_ids, [r[:budget] for r in responses]
+
+
+def tokenize_example(tokenizer, prompt: Any, completion: Any, *, max_length: int | None = None,
+                     max_prompt_length: int | None = None) -> Tokenized | None:
+    """Tokenize one prompt/response; None when truncation would empty the response."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    completion_ids = encode_completion(tokenizer, prompt, completion)
+    fitted = truncate(prompt_ids, [completion_ids], max_length=max_length,
+                      max_prompt_length=max_prompt_length, prefix=special_prefix(tokenizer))
+    return None if fitted is None else Tokenized(fitted[0], fitted[1][0])
+
+
+def tokenize_pair(tokenizer, prompt: Any, chosen: Any, rejected: Any, *, max_length: int | None = None,
+                  max_prompt_length: int | None = None) -> TokenizedPair | None:
+    """Tokenize a preference pair; both responses keep the same (possibly cut) prompt."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    responses = [encode_completion(tokenizer, prompt, chosen), encode_completion(tokenizer, prompt, rejected)]
+    fitted = truncate(prompt_ids, responses, max_length=max_length, max_prompt_length=max_prompt_length,
+                      prefix=special_prefix(tokenizer))
+    return None if fitted is None else TokenizedPair(fitted[0], *fitted[1])
+
+
+def tokenize_rows(tokenizer, rows: list[dict], kind: str, *, max_length: int | None = None,
+                  max_prompt_length: int | None = None) -> list:
+    """Tokenize validated rows of `kind`; drops (and warns about, with the count) rows truncation would empty.
+
+    preference rows give `TokenizedPair`s; sft, unpaired and prompt+completion rows give `Tokenized`.
+    """
+    from alignkit.data.formats import explicit_prompt, split_sft
+
+    out, dropped = [], 0
+    limits = {"max_length": max_length, "max_prompt_length": max_prompt_length}
+    for row in rows:
+        if kind == "preference":
+            row = explicit_prompt(row)
+            item = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], **limits)
+        elif kind in ("sft", "unpaired"):
+            prompt, completion = split_sft(row)
+            item = tokenize_example(tokenizer, prompt, completion, **limits)
+        else:
+            raise AlignkitError(f"tokenize_rows: {kind!r} rows have no response; use encode_prompt")
+        if item is None:
+            dropped += 1
+        else:
+            out.append(item)
+    if dropped:
+        warnings.warn(
+            f"dropped {dropped} of {len(rows)} examples: at max_length={max_length} their responses "
+            "would be empty; raise max_length or lower max_prompt_length",
+            TruncationWarning, stacklevel=2,
+        )
+    return out
