@@ -16,6 +16,7 @@ Rules every method relies on:
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,19 +56,24 @@ class TokenizedPair:
         return Tokenized(self.prompt_ids, self.rejected_ids)
 
 
-_PREFIX_CACHE: dict[int, list[int]] = {}
+_PREFIX_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def special_prefix(tokenizer) -> list[int]:
     """The special tokens (usually one BOS) the tokenizer puts before any text it encodes."""
-    key = id(tokenizer)
-    if key not in _PREFIX_CACHE:
-        with_special = tokenizer("a").input_ids
-        without = tokenizer("a", add_special_tokens=False).input_ids
-        n = len(with_special) - len(without)
-        prefix = with_special[:n] if n > 0 and with_special[n:n + len(without)] == without else []
-        _PREFIX_CACHE[key] = prefix
-    return _PREFIX_CACHE[key]
+    try:
+        return _PREFIX_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    with_special = tokenizer("a").input_ids
+    without = tokenizer("a", add_special_tokens=False).input_ids
+    n = len(with_special) - len(without)
+    prefix = with_special[:n] if n > 0 and with_special[n:n + len(without)] == without else []
+    try:
+        _PREFIX_CACHE[tokenizer] = prefix  # weak keys: a freed tokenizer's entry goes with it
+    except TypeError:
+        pass  # not weak-referenceable: compute each time
+    return prefix
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -83,39 +89,69 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def _with_prefix(tokenizer, ids: list[int]) -> list[int]:
+    prefix = special_prefix(tokenizer)
+    return prefix + ids if prefix and ids[: len(prefix)] != prefix else ids
+
+
 def encode_prompt(tokenizer, prompt: Any) -> list[int]:
     """Token ids of a prompt (string or conversation), with BOS exactly once when the tokenizer uses one."""
     if isinstance(prompt, list):
         text = _render(tokenizer, prompt, add_generation_prompt=True) if prompt else ""
     else:
         text = prompt
-    ids = _encode(tokenizer, text)
-    prefix = special_prefix(tokenizer)
-    if prefix and ids[: len(prefix)] != prefix:
-        ids = prefix + ids
-    return ids
+    return _with_prefix(tokenizer, _encode(tokenizer, text))
+
+
+def _conversation_texts(tokenizer, prompt: list, completion: list) -> tuple[str, str]:
+    """Split the template's rendering of prompt + completion into (text before the answer, the answer).
+
+    With prompt messages the split is where the rendered prompt (with its generation header) ends. With
+    none, the template may still write things before the answer (a default system prompt, the assistant
+    header): they belong to the prompt, so the split is where the first answer's content begins.
+    """
+    full = _render(tokenizer, prompt + completion, add_generation_prompt=False)
+    if prompt:
+        before = _render(tokenizer, prompt, add_generation_prompt=True)
+        if full.startswith(before):
+            return before, full[len(before):]
+    else:
+        first = next((m["content"] for m in completion if m.get("content")), "")
+        at = full.find(first) if first else -1
+        if at >= 0:
+            return full[:at], full[at:]
+    # a template that renders history differently once an answer follows: keep the answers' own text
+    before = _render(tokenizer, prompt, add_generation_prompt=True) if prompt else ""
+    return before, "".join(m["content"] for m in completion if m.get("role") == "assistant")
+
+
+def _end_with_eos(ids: list[int], eos: int) -> list[int]:
+    """Cut after the last EOS (a template's newline after it is not part of the answer), or append one."""
+    if eos in ids:
+        return ids[: len(ids) - ids[::-1].index(eos)]
+    return ids + [eos]
+
+
+def _eos(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise AlignkitError("the tokenizer has no EOS token; set tokenizer.eos_token so responses can end")
+    return tokenizer.eos_token_id
+
+
+def encode_pair_ids(tokenizer, prompt: Any, completion: Any) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids ending with EOS) for one prompt and response, strings or conversations."""
+    eos = _eos(tokenizer)
+    if isinstance(completion, list):
+        prompt_text, answer_text = _conversation_texts(tokenizer, prompt if isinstance(prompt, list) else [],
+                                                       completion)
+        prompt_ids = _with_prefix(tokenizer, _encode(tokenizer, prompt_text))
+        return prompt_ids, _end_with_eos(_encode(tokenizer, answer_text), eos)
+    return encode_prompt(tokenizer, prompt), _encode(tokenizer, completion) + [eos]
 
 
 def encode_completion(tokenizer, prompt: Any, completion: Any) -> list[int]:
     """Token ids of a response to `prompt`, ending with EOS."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise AlignkitError("the tokenizer has no EOS token; set tokenizer.eos_token so responses can end")
-    if isinstance(completion, list):
-        prompt_messages = prompt if isinstance(prompt, list) else []
-        before = _render(tokenizer, prompt_messages, add_generation_prompt=True) if prompt_messages else ""
-        full = _render(tokenizer, prompt_messages + completion, add_generation_prompt=False)
-        if before and full.startswith(before):
-            text = full[len(before):]
-        else:
-            # a template that renders history differently once an answer follows: use the answer's text
-            text = "".join(m["content"] for m in completion if m.get("role") == "assistant")
-        ids = _encode(tokenizer, text)
-        if eos in ids:
-            last = len(ids) - 1 - ids[::-1].index(eos)
-            return ids[: last + 1]  # the template's newline after EOS is not part of the answer
-        return ids + [eos]
-    return _encode(tokenizer, completion) + [eos]
+    return encode_pair_ids(tokenizer, prompt, completion)[1]
 
 
 def _cut_left(ids: list[int], keep: int, prefix: list[int]) -> list[int]:
@@ -160,8 +196,7 @@ def truncate(
 def tokenize_example(tokenizer, prompt: Any, completion: Any, *, max_length: int | None = None,
                      max_prompt_length: int | None = None) -> Tokenized | None:
     """Tokenize one prompt/response; None when truncation would empty the response."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    completion_ids = encode_completion(tokenizer, prompt, completion)
+    prompt_ids, completion_ids = encode_pair_ids(tokenizer, prompt, completion)
     fitted = truncate(prompt_ids, [completion_ids], max_length=max_length,
                       max_prompt_length=max_prompt_length, prefix=special_prefix(tokenizer))
     return None if fitted is None else Tokenized(fitted[0], fitted[1][0])
@@ -170,8 +205,11 @@ def tokenize_example(tokenizer, prompt: Any, completion: Any, *, max_length: int
 def tokenize_pair(tokenizer, prompt: Any, chosen: Any, rejected: Any, *, max_length: int | None = None,
                   max_prompt_length: int | None = None) -> TokenizedPair | None:
     """Tokenize a preference pair; both responses keep the same (possibly cut) prompt."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    responses = [encode_completion(tokenizer, prompt, chosen), encode_completion(tokenizer, prompt, rejected)]
+    prompt_ids, chosen_ids = encode_pair_ids(tokenizer, prompt, chosen)
+    rejected_prompt_ids, rejected_ids = encode_pair_ids(tokenizer, prompt, rejected)
+    if rejected_prompt_ids != prompt_ids:  # only with no prompt messages and a template that differs by answer
+        raise AlignkitError("chosen and rejected render different prompts; give the prompt explicitly")
+    responses = [chosen_ids, rejected_ids]
     fitted = truncate(prompt_ids, responses, max_length=max_length, max_prompt_length=max_prompt_length,
                       prefix=special_prefix(tokenizer))
     return None if fitted is None else TokenizedPair(fitted[0], *fitted[1])
