@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -423,14 +424,14 @@ def test_sequence_logps_lora(tiny_tokenizer, target):
 # memory
 
 _MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+    import json, os, resource, sys
     import torch
     torch.set_num_threads(2)
     mode = sys.argv[1]
     N, H, V = 2048, 64, 32768
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(N, H, generator=g)
-    weight = (torch.randn(V, H, generator=g) * 0.05).requires_grad_()
+    hidden = torch.empty(N, H).normal_(generator=g)
+    weight = torch.empty(V, H).normal_(std=0.05, generator=g).requires_grad_()
     labels = torch.randint(0, V, (N,), generator=g)
     from alignkit.ops.logprobs import linear_log_probs
 
@@ -445,7 +446,8 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 
     run(hidden[:8], weight, labels[:8])  # load kernels at a small size
     weight.grad = torch.zeros_like(weight)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/statm") as f:  # resident set now, in KiB like ru_maxrss on Linux
+        base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     run(hidden, weight, labels)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"extra_kib": peak - base}))
@@ -454,12 +456,12 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 
 def _peak_extra_kib(mode):
     proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, mode], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["extra_kib"]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; ru_maxrss is in KiB on Linux")
 def test_chunked_log_probs_peak_memory_below_naive():
     """Forward+backward at N=2048, V=32768: naive holds several N x V float32 tensors (256 MiB each); the
     chunked version holds a couple of 256 x V chunks (32 MiB each)."""

@@ -189,7 +189,9 @@ def build_parser() -> Parser:
     option(p, "--dtype", "--torch_dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.set_defaults(func=cmd_generate)
 
-    p = commands.add_parser("models", help="list the embedded models and where they are cached")
+    p = commands.add_parser("models", help="list the embedded models and where they are cached",
+                            description="List the embedded models, whether each is cached, and the cache "
+                            "directory (ALIGNKIT_CACHE moves it).")
     p.set_defaults(func=cmd_models)
 
     p = commands.add_parser("demo", help="run the main job on the embedded model (what `make demo` runs)")
@@ -232,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and cut off: not an error worth a message
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as e:  # a bug in alignkit or a library: one line, traceback on request
         if os.environ.get("ALIGNKIT_DEBUG"):
             raise

@@ -46,3 +46,66 @@ def collate(examples: Sequence[Tokenized], pad_id: int, side: str = "right", mul
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int, multiple_of: int = 1) -> dict:
     """One batch of 2B rows, the B chosen responses first, then the B rejected: one forward pass for both."""
     return collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, "right", multiple_of)
+
+
+def collate_masked(examples, pad_id: int, multiple_of: int = 1) -> dict:
+    """Right-padded batch of `MaskedExample`s; their loss masks become the completion_mask."""
+    return {
+        "input_ids": pad([e.input_ids for e in examples], pad_id, "right", multiple_of),
+        "attention_mask": pad([[1] * len(e.input_ids) for e in examples], 0, "right", multiple_of),
+        "completion_mask": pad([e.loss_mask for e in examples], 0, "right", multiple_of),
+    }
+
+
+def pack(examples, max_length: int) -> list:
+    """Group `MaskedExample`s into rows of at most max_length tokens (first fit, longest first).
+
+    Each packed row carries position_ids that restart at 0 for every example: with no attention_mask,
+    transformers reads the restarts and lets each token attend only within its own example, so packed
+    examples never see each other. The first token of every example is not trained (nothing before it
+    in its own example predicts it).
+    """
+    from alignkit.data.tokenize import MaskedExample
+
+    rows: list[list] = []
+    room: list[int] = []
+    for example in sorted(examples, key=lambda e: -len(e.input_ids)):
+        n = len(example.input_ids)
+        slot = next((i for i, r in enumerate(room) if r >= n), None)
+        if slot is None:
+            rows.append([])
+            room.append(max_length)
+            slot = len(rows) - 1
+        rows[slot].append(example)
+        room[slot] -= n
+    packed = []
+    for row in rows:
+        ids, mask, positions = [], [], []
+        for e in row:
+            ids += e.input_ids
+            mask += [0] + e.loss_mask[1:]
+            positions += list(range(len(e.input_ids)))
+        packed.append(PackedExample(MaskedExample(ids, mask), positions))
+    return packed
+
+
+class PackedExample:
+    """Several examples in one row, with position ids that restart for each."""
+
+    def __init__(self, example, position_ids: list[int]):
+        self.input_ids, self.loss_mask, self.position_ids = example.input_ids, example.loss_mask, position_ids
+
+
+def collate_packed(rows, pad_id: int) -> dict:
+    """Batch of packed rows: input_ids, position_ids, completion_mask and no attention_mask (see `pack`).
+
+    Pad tokens go at the end with positions continuing from 0, so they form one more 'example' that no
+    real token attends to.
+    """
+    width = max(len(r.input_ids) for r in rows)
+    positions = [r.position_ids + list(range(width - len(r.input_ids))) for r in rows]
+    return {
+        "input_ids": pad([r.input_ids for r in rows], pad_id, "right"),
+        "position_ids": pad(positions, 0, "right"),
+        "completion_mask": pad([r.loss_mask for r in rows], 0, "right"),
+    }

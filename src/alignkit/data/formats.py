@@ -14,6 +14,7 @@ kept untouched. Validation reports problems as (field, why) pairs; `Problem.form
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +46,8 @@ def detect_kind(row: Any) -> str | None:
     if not isinstance(row, dict):
         return None
     keys = set(row)
-    if {"chosen", "rejected"} <= keys:
-        return "preference"
+    if "chosen" in keys or "rejected" in keys:
+        return "preference"  # a row missing one of the two is a broken pair, not a prompt row
     if {"completion", "label"} <= keys:
         return "unpaired"
     if "messages" in keys or "text" in keys or {"prompt", "completion"} <= keys:
@@ -60,10 +61,20 @@ def detect_kind(row: Any) -> str | None:
 # validation
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
-    )
+def show(value: Any) -> str:
+    """A value as the user wrote it in JSON: true, "yes", 1.5 (non-finite numbers as nan / inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def type_name(value: Any) -> str:
+    """JSON's name for a value's type, with an article: "an object", "a list", "null"."""
+    name = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value))
+    return name or ("a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}")
 
 
 def _check_text(field: str, value: Any, *, final_role: tuple[str, ...] | None) -> list[tuple[str, str]]:
@@ -71,14 +82,14 @@ def _check_text(field: str, value: Any, *, final_role: tuple[str, ...] | None) -
     if isinstance(value, str):
         return [] if value.strip() else [(field, "empty string")]
     if not isinstance(value, list):
-        return [(field, f"must be a string or a list of {{role, content}} messages, got {_type_name(value)}")]
+        return [(field, f"must be a string or a list of {{role, content}} messages, got {type_name(value)}")]
     if not value:
         return [(field, "empty conversation (no messages)")]
     problems = []
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
-            problems.append((where, f"must be an object with role and content, got {_type_name(message)}"))
+            problems.append((where, f"must be an object with role and content, got {type_name(message)}"))
             continue
         role, content = message.get("role"), message.get("content")
         if "role" not in message:
@@ -88,7 +99,7 @@ def _check_text(field: str, value: Any, *, final_role: tuple[str, ...] | None) -
         if "content" not in message:
             problems.append((f"{where}.content", "missing"))
         elif not isinstance(content, str):
-            problems.append((f"{where}.content", f"must be a string, got {_type_name(content)}"))
+            problems.append((f"{where}.content", f"must be a string, got {type_name(content)}"))
         elif not content.strip() and role != "system":
             problems.append((f"{where}.content", "empty string"))
     last = value[-1]
@@ -104,7 +115,8 @@ def _same_form(fields: dict[str, Any]) -> list[tuple[str, str]]:
     if len(set(forms.values())) > 1:
         strings = [n for n, conv in forms.items() if not conv]
         convs = [n for n, conv in forms.items() if conv]
-        return [(strings[0], f"is a string while {', '.join(convs)} is a conversation; use one form per row")]
+        others = " and ".join(convs) + (" are conversations" if len(convs) > 1 else " is a conversation")
+        return [(strings[0], f"is a string while {others}; use one form per row")]
     return []
 
 
@@ -133,7 +145,7 @@ def _check_preference(row: dict) -> list[tuple[str, str]]:
     if "margin" in row and row["margin"] is not None:
         margin = row["margin"]
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            problems.append(("margin", f"must be a finite number, got {margin!r}"))
+            problems.append(("margin", f"must be a finite number, got {show(margin)}"))
     return problems
 
 
@@ -145,7 +157,7 @@ def _check_unpaired(row: dict) -> list[tuple[str, str]]:
     problems += _check_text("completion", row["completion"], final_role=("assistant",))
     problems += _same_form({"prompt": row["prompt"], "completion": row["completion"]})
     if not isinstance(row["label"], bool):
-        problems.append(("label", f"must be true or false, got {row['label']!r}"))
+        problems.append(("label", f"must be true or false, got {show(row['label'])}"))
     return problems
 
 
@@ -157,7 +169,7 @@ def _check_sft(row: dict) -> list[tuple[str, str]]:
         return problems
     if "text" in row and "completion" not in row:
         if not isinstance(row["text"], str):
-            return [("text", f"must be a string, got {_type_name(row['text'])}")]
+            return [("text", f"must be a string, got {type_name(row['text'])}")]
         return _check_text("text", row["text"], final_role=None)
     problems = _require(row, "prompt", "completion")
     if problems:
@@ -177,7 +189,7 @@ CHECKS = {"sft": _check_sft, "preference": _check_preference, "unpaired": _check
 def check_row(row: Any, kind: str) -> list[tuple[str, str]]:
     """Problems with one row of the given kind, as (field, why) pairs; empty when valid."""
     if not isinstance(row, dict):
-        return [("row", f"must be a JSON object, got {_type_name(row)}")]
+        return [("row", f"must be a JSON object, got {type_name(row)}")]
     return CHECKS[kind](row)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.formats import KINDS, Problem, check_row, detect_kind
+from alignkit.data.formats import KINDS, Problem, check_row, detect_kind, type_name
 from alignkit.errors import AlignkitError, DataError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
@@ -78,7 +78,7 @@ def _scan_json(path: Path) -> Iterator[tuple[int, Any]]:
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"train": [...]} or {"data": [...]}
     if not isinstance(data, list):
-        yield 1, Problem(None, "file", f"a .json dataset must be a list of rows, got {type(data).__name__}")
+        yield 1, Problem(None, "file", f"a .json dataset must be a list of rows, got {type_name(data)}")
         return
     yield from enumerate(data, start=1)
 
@@ -90,7 +90,9 @@ def _coerce_csv(row: dict) -> dict:
     if isinstance(label, str) and label.strip().lower() in ("true", "false", "1", "0"):
         out["label"] = label.strip().lower() in ("true", "1")
     margin = out.get("margin")
-    if isinstance(margin, str) and margin.strip():
+    if isinstance(margin, str) and not margin.strip():
+        out["margin"] = None  # an empty cell is how a CSV leaves one row's margin out
+    elif isinstance(margin, str):
         try:
             out["margin"] = float(margin)
         except ValueError:
@@ -111,6 +113,11 @@ def _scan_csv(path: Path, delimiter: str) -> Iterator[tuple[int, Any]]:
                 return
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
     for row in reader:
+        if None in row:  # DictReader puts cells beyond the header under None
+            extra = len(row[None])
+            yield reader.line_num, Problem(reader.line_num, "row", f"{extra} more cell{'s' if extra > 1 else ''} "
+                                           f"than the header has columns")
+            continue
         yield reader.line_num, _coerce_csv(row)
 
 
@@ -188,7 +195,7 @@ def validate(path: str | os.PathLike, kind: str | None = None, split: str | None
         if kind is None:
             kind = detect_kind(row)
             if kind is None:
-                what = f"keys {', '.join(sorted(row))}" if isinstance(row, dict) else f"a {type(row).__name__}"
+                what = f"keys {', '.join(sorted(map(str, row)))}" if isinstance(row, dict) else type_name(row)
                 problems.append(Problem(line, "row", f"cannot tell the format from {what}; expected "
                                         "messages | prompt+completion | text | prompt+chosen+rejected | "
                                         "prompt+completion+label | prompt"))
@@ -217,7 +224,10 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     opener = gzip.open if p.name.endswith(".gz") else open
-    with opener(tmp, "wt", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, p)
+    try:
+        with opener(tmp, "wt", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)

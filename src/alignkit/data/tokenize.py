@@ -245,3 +245,72 @@ def tokenize_rows(tokenizer, rows: list[dict], kind: str, *, max_length: int | N
             TruncationWarning, stacklevel=2,
         )
     return out
+
+
+@dataclass
+class MaskedExample:
+    """Token ids with a per-token loss mask (1 where the token is trained on), for SFT."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def encode_conversation(tokenizer, messages: list[dict]) -> MaskedExample:
+    """A whole conversation with every assistant turn marked for the loss (and nothing else).
+
+    The template's rendering is cut at each assistant turn's start and end; each piece is tokenized on its
+    own, so no merge crosses a boundary. Inside an assistant turn, tokens after its last EOS (a template's
+    newline) are not trained. Templates that rewrite earlier turns once later ones follow fall back to
+    training on the final assistant turn only.
+    """
+    eos = _eos(tokenizer)
+    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i in turns:
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if i == 0:
+            before = through[: max(through.find(messages[0]["content"]), 0)]
+        if not (before.startswith(done) and through.startswith(before)):
+            prompt_ids, answer_ids = encode_pair_ids(tokenizer, messages[: turns[-1]], [messages[turns[-1]]])
+            return MaskedExample(prompt_ids + answer_ids, [0] * len(prompt_ids) + [1] * len(answer_ids))
+        pieces += [(before[len(done):], False), (through[len(before):], True)]
+        done = through
+    ids: list[int] = []
+    mask: list[int] = []
+    for n, (text, trained) in enumerate(pieces):
+        piece = _encode(tokenizer, text)
+        if n == 0:
+            piece = _with_prefix(tokenizer, piece)
+        if trained:
+            piece = _end_with_eos(piece, eos) if n == len(pieces) - 1 else piece
+            last_eos = len(piece) - piece[::-1].index(eos) if eos in piece else len(piece)
+            ids += piece
+            mask += [1] * last_eos + [0] * (len(piece) - last_eos)
+        else:
+            ids += piece
+            mask += [0] * len(piece)
+    return MaskedExample(ids, mask)
+
+
+def truncate_masked(example: MaskedExample, max_length: int | None, prefix: list[int] = ()) -> MaskedExample | None:
+    """Fit a masked example into max_length the way `truncate` does: everything before the final trained
+    span counts as prompt (cut from the left first), the final span as the response; None if emptied."""
+    if max_length is None or len(example.input_ids) <= max_length:
+        return example if any(example.loss_mask) else None
+    mask = example.loss_mask
+    if not any(mask):
+        return None
+    start = len(mask) - 1
+    while start > 0 and not (mask[start - 1] == 0 and mask[start] == 1):
+        start -= 1  # first token of the final trained span
+    positions = list(range(len(mask)))
+    has_prefix = bool(prefix) and example.input_ids[: len(prefix)] == list(prefix)
+    fitted = truncate(positions[:start], [positions[start:]], max_length=max_length,
+                      prefix=list(range(len(prefix))) if has_prefix else [])
+    if fitted is None:
+        return None
+    kept = fitted[0] + fitted[1][0]
+    out = MaskedExample([example.input_ids[i] for i in kept], [mask[i] for i in kept])
+    return out if any(out.loss_mask) else None

@@ -82,7 +82,7 @@ def _load(loader, name: str, what: str, **kwargs):
         path = str(Path(path).expanduser())
     try:
         return loader(path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # transformers raises ValueError for a directory it cannot use
         hint = first_line(e)
         raise AlignkitError(
             f"{name}: {what}: cannot load ({hint}). Use embedded:smollm2-135m-instruct, embedded:tiny, "

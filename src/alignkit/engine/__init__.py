@@ -1,0 +1,1 @@
+"""The training engine all methods share: the loop, checkpoints, metrics logging and reports."""

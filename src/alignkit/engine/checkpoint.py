@@ -1,0 +1,161 @@
+"""Checkpoints that are either complete or ignored, and resume that continues bit for bit.
+
+Layout under a run directory:
+
+    checkpoints/step-000100/   model (save_pretrained, safetensors; only the adapter with LoRA),
+                               trainer_state.pt (optimizer, scheduler, RNG states, data position, counters)
+                               COMPLETE (written last)
+    checkpoints/latest         "step-000100", replaced atomically after the directory is in place
+
+A checkpoint is written into `checkpoints/.tmp-step-NNNNNN-PID/` and renamed when complete; `latest` is
+updated after that. A process killed mid-save leaves only a `.tmp-*` directory, which `find_latest`
+never picks and `clean_partial` removes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.pt"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state a training step can touch."""
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any], keep_last: int | None = None) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, then prune to the newest `keep_last`.
+
+    `state` holds everything but the model (optimizer and scheduler state dicts, counters, data position);
+    RNG states are added here.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_name(step)
+    tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    unwrap(model).save_pretrained(tmp, safe_serialization=True, max_shard_size="1000GB")
+    torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
+    write_text_atomic(tmp / MARKER, f"{step}\n")
+    _fsync_dir(tmp)
+    if final.exists():  # a resumed run saving the same step again
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    write_text_atomic(root / "latest", final.name + "\n")
+    if keep_last:
+        complete = sorted(p for p in root.glob("step-*") if (p / MARKER).exists())
+        for old in complete[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_partial(run_dir: str | Path) -> list[Path]:
+    """Remove checkpoints a killed process left half-written; returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith(".tmp-") or (path.name.startswith("step-") and not (path / MARKER).exists()):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint: the one `latest` names if complete, else the highest complete step."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if (named / MARKER).exists():
+            return named
+    complete = sorted(p for p in root.glob("step-*") if (p / MARKER).exists())
+    return complete[-1] if complete else None
+
+
+def unwrap(model):
+    """The model without accelerate/DDP wrappers (peft wrappers stay: they save adapters)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def load_model_weights(model, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `model` in place (full model or LoRA adapter)."""
+    from safetensors.torch import load_file
+
+    model = unwrap(model)
+    adapter = checkpoint / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    weights = load_file(checkpoint / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
+        tied = set(model._tied_weights_keys)
+    really_missing = [k for k in missing if k not in tied]
+    if really_missing or unexpected:
+        raise RuntimeError(f"{checkpoint}: weights do not match the model (missing {really_missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def load_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)

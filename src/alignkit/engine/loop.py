@@ -1,0 +1,356 @@
+"""The one training loop every method shares.
+
+A method hands `train` its model, its examples, a `collate` function and a `step_fn(model, batch)` that
+returns the batch's summed loss and its metrics. The loop owns everything else:
+
+- data order: a seeded permutation per epoch, read as one stream; the position in it is saved, so a
+  resumed run sees exactly the examples the uninterrupted run would have;
+- gradient accumulation that equals the large batch: each micro-batch's summed loss is divided by the
+  item count (`count_fn`, e.g. response tokens) of the whole accumulated batch, not by its own;
+- gradient clipping, the optimizer (AdamW) and an LR schedule with warmup;
+- a non-finite guard: a step whose loss or gradient norm is NaN/inf is skipped with optimizer and
+  scheduler untouched; after `max_bad_steps` bad steps in a row the run stops with a checkpoint of the
+  last good state;
+- checkpoints (engine.checkpoint), `metrics.jsonl`, a progress bar, optional trackers, evaluation.
+
+accelerate runs it on one CPU, one GPU, or many processes (DDP/FSDP/DeepSpeed from `accelerate launch`
+configs) without code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.engine import checkpoint as ckpt
+from alignkit.errors import AlignkitError
+
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class TrainSettings:
+    """What every training method shares: optimisation, schedule, checkpoints and logging."""
+
+    output_dir: str = "runs/run"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, model/ and report.html go here."""
+    max_steps: int = -1
+    """Optimizer steps to take; -1 derives them from num_train_epochs."""
+    num_train_epochs: float = 1.0
+    """Passes over the training data when max_steps is -1."""
+    per_device_train_batch_size: int = 8
+    """Examples per micro-batch on each device."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the loss is normalised over all of them together."""
+    learning_rate: float = 2e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler_type: str = "linear"
+    """LR schedule after warmup: linear, cosine, constant, constant_with_warmup."""
+    warmup_ratio: float = 0.0
+    """Fraction of max_steps spent warming the LR up from 0 (warmup_steps wins when set)."""
+    warmup_steps: int = 0
+    """Steps spent warming the LR up from 0."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this; 0 disables clipping (the norm is still logged)."""
+    seed: int = 42
+    """Seed for initialisation, data order and sampling."""
+    logging_steps: int = 1
+    """Write metrics every this many steps."""
+    eval_steps: int = 0
+    """Evaluate every this many steps (0: only at the end, when there is evaluation data)."""
+    per_device_eval_batch_size: int = 8
+    """Examples per evaluation batch."""
+    save_steps: int = 0
+    """Write a checkpoint every this many steps (0: only when the run ends or stops)."""
+    save_total_limit: int = 2
+    """Keep this many newest checkpoints (0 keeps all)."""
+    max_bad_steps: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    resume: bool = False
+    """Continue from checkpoints/latest in output_dir."""
+    report_to: str = "none"
+    """Extra tracker: none, tensorboard, wandb (offline unless WANDB_MODE is set) or mlflow."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def check(self) -> None:
+        problems = [
+            ("per_device_train_batch_size", self.per_device_train_batch_size >= 1, "must be at least 1"),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be at least 1"),
+            ("learning_rate", self.learning_rate >= 0, "must be >= 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps >= 1, "must be -1 or at least 1"),
+            ("num_train_epochs", self.num_train_epochs > 0, "must be > 0"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("lr_scheduler_type", self.lr_scheduler_type in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("report_to", self.report_to in TRACKERS, f"must be one of {', '.join(TRACKERS)}"),
+            ("max_bad_steps", self.max_bad_steps >= 1, "must be at least 1"),
+            ("logging_steps", self.logging_steps >= 1, "must be at least 1"),
+        ]
+        for name, ok, why in problems:
+            if not ok:
+                raise AlignkitError(f"config: {name}: {why}, got {getattr(self, name)!r}")
+
+
+class TrainingStopped(AlignkitError):
+    """The run stopped before max_steps (non-finite losses); a checkpoint of the last good state exists."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    output_dir: Path
+    steps: int
+    skipped_steps: int
+    seconds: float
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+StepFn = Callable[[Any, dict], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+def _batch_to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class DataStream:
+    """Examples in a seeded order, epoch after epoch, read `n` at a time from a saved position."""
+
+    def __init__(self, size: int, seed: int, position: int = 0):
+        self.size, self.seed, self.position = size, seed, position
+        self._epoch, self._order = -1, None
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            epoch, index = divmod(self.position, self.size)
+            if epoch != self._epoch:
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                self._order, self._epoch = torch.randperm(self.size, generator=generator).tolist(), epoch
+            out.append(self._order[index])
+            self.position += 1
+        return out
+
+    @property
+    def epoch(self) -> float:
+        return self.position / self.size
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def total_steps(settings: TrainSettings, num_examples: int, world_size: int = 1) -> int:
+    if settings.max_steps > 0:
+        return settings.max_steps
+    per_step = settings.per_device_train_batch_size * settings.gradient_accumulation_steps * world_size
+    return max(1, math.ceil(settings.num_train_epochs * num_examples / per_step))
+
+
+def _make_accelerator(settings: TrainSettings, device: str | None):
+    import os
+
+    from accelerate import Accelerator
+
+    kwargs: dict[str, Any] = {}
+    if settings.report_to != "none":
+        if settings.report_to == "wandb":
+            os.environ.setdefault("WANDB_MODE", "offline")
+        kwargs.update(log_with=settings.report_to, project_dir=settings.output_dir)
+    return Accelerator(cpu=device == "cpu", **kwargs)
+
+
+def train(
+    model,
+    examples: Sequence,
+    collate: Callable[[list], dict],
+    step_fn: StepFn,
+    settings: TrainSettings,
+    *,
+    count_fn: Callable[[dict], int],
+    eval_fn: Callable[[Any], dict[str, float]] | None = None,
+    config: dict[str, Any] | None = None,
+    device: str | None = None,
+    method: str = "train",
+    on_log: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `examples`; returns when max_steps are done. See the module docstring."""
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from alignkit.engine.runlog import MetricsLog, peak_memory_mb
+
+    settings.check()
+    if not examples:
+        raise AlignkitError("no training examples left (all dropped or empty dataset)")
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = _make_accelerator(settings, device)
+    world = accelerator.num_processes
+    steps = total_steps(settings, len(examples), world)
+    torch.manual_seed(settings.seed)
+
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, settings.weight_decay), lr=settings.learning_rate,
+        betas=(settings.adam_beta1, settings.adam_beta2), eps=settings.adam_epsilon,
+    )
+    warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * steps)
+    scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    stream = DataStream(len(examples), settings.seed)
+    step, skipped, bad_streak, tokens_seen, elapsed_before = 0, 0, 0, 0, 0.0
+    if settings.resume:
+        ckpt.clean_partial(out)
+        latest = ckpt.find_latest(out)
+        if latest is None:
+            raise AlignkitError(f"{out}: --resume: no complete checkpoint to resume from; drop --resume to start")
+        ckpt.load_model_weights(model, latest)
+        state = ckpt.load_state(latest)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, skipped, bad_streak = state["step"], state["skipped_steps"], state["bad_streak"]
+        tokens_seen, elapsed_before = state["tokens_seen"], state["elapsed"]
+        stream.position = state["data_position"]
+        ckpt.set_rng_state(state["rng"])
+    elif ckpt.find_latest(out) is not None:
+        raise AlignkitError(f"{out}: already holds checkpoints; pass --resume to continue, or pick a new output_dir")
+
+    log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0,
+                     accelerator=accelerator if settings.report_to != "none" else None)
+    if settings.report_to != "none":
+        accelerator.init_trackers(method, config={k: v for k, v in (config or {}).items()
+                                                  if isinstance(v, (int, float, str, bool))})
+
+    def save(at_step: int) -> Path | None:
+        if not accelerator.is_main_process:
+            return None
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "skipped_steps": skipped, "bad_streak": bad_streak, "tokens_seen": tokens_seen,
+                 "elapsed": elapsed_before + time.perf_counter() - started, "data_position": stream.position}
+        return ckpt.save_checkpoint(out, at_step, model, state, keep_last=settings.save_total_limit or None)
+
+    def evaluate() -> dict[str, float]:
+        if eval_fn is None:
+            return {}
+        model.eval()
+        with torch.no_grad():
+            metrics = eval_fn(model)
+        model.train()
+        log.write({"step": step, **metrics})
+        return metrics
+
+    micro = settings.per_device_train_batch_size
+    rank = accelerator.process_index
+    bar = tqdm(total=steps, initial=step, desc=method, unit="step", disable=not settings.progress or None,
+               dynamic_ncols=True)
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    model.train()
+    try:
+        while step < steps:
+            t0 = time.perf_counter()
+            batches = []
+            for _ in range(settings.gradient_accumulation_steps):
+                indices = stream.take(micro * world)[rank * micro:(rank + 1) * micro]
+                batches.append(_batch_to(collate([examples[i] for i in indices]), accelerator.device))
+            counts = torch.tensor(float(sum(count_fn(b) for b in batches)), device=accelerator.device)
+            total = accelerator.reduce(counts, reduction="sum").item() if world > 1 else counts.item()
+            loss_total = torch.zeros((), device=accelerator.device)
+            sums: dict[str, float] = {}
+            for i, batch in enumerate(batches):
+                last_micro = i == len(batches) - 1
+                with accelerator.no_sync(model) if not last_micro else _nullcontext():
+                    loss_sum, metrics = step_fn(model, batch)
+                    # DDP averages gradients over processes: scale back so the result is sum / total
+                    accelerator.backward(loss_sum * (world / max(total, 1.0)))
+                loss_total += loss_sum.detach()
+                weight = count_fn(batch)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * weight
+            loss = (accelerator.reduce(loss_total, reduction="sum").item() if world > 1 else loss_total.item())
+            loss /= max(total, 1.0)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if settings.max_grad_norm and settings.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm = float(grad_norm)
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            if finite:
+                optimizer.step()
+                scheduler.step()
+                bad_streak = 0
+            else:
+                skipped += 1
+                bad_streak += 1
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens = int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                             for b in batches))
+            tokens_seen += tokens * world
+            step_time = time.perf_counter() - t0
+            bar.update(1)
+            if not finite:
+                bar.write(f"{method}: step {step}: non-finite loss or gradient ({loss}, grad norm {grad_norm}); "
+                          f"skipped, optimizer untouched ({bad_streak} in a row)")
+            if step % settings.logging_steps == 0 or step == steps or not finite:
+                last = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": round(stream.epoch, 4),
+                        "tokens_per_s": tokens * world / step_time, "step_time": step_time,
+                        "num_tokens": tokens_seen, "skipped_steps": skipped, "peak_memory_mb": peak_memory_mb(),
+                        **{k: v / max(total / world, 1.0) for k, v in sums.items()}}
+                log.write({"step": step, **last})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if on_log:
+                    on_log({"step": step, **last})
+            if bad_streak >= settings.max_bad_steps:
+                path = save(step)
+                raise TrainingStopped(
+                    f"{method}: stopped at step {step}: {bad_streak} steps in a row had a non-finite loss or "
+                    f"gradient; the last good weights are in {path}. Lower the learning rate or check the data"
+                )
+            if settings.eval_steps and step % settings.eval_steps == 0 and step < steps:
+                eval_metrics = evaluate()
+            if settings.save_steps and step % settings.save_steps == 0 and step < steps:
+                save(step)
+        eval_metrics = evaluate() or eval_metrics
+        save(step)
+    finally:
+        bar.close()
+        log.close()
+        if settings.report_to != "none":
+            accelerator.end_training()
+    seconds = elapsed_before + time.perf_counter() - started
+    return TrainResult(out, step, skipped, seconds, last, eval_metrics)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

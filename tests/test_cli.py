@@ -1,0 +1,363 @@
+"""The command line: help and version, option spellings, one-line errors, and generation end to end on
+the tiny embedded model. Commands run in-process through `alignkit.cli.main`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from alignkit import __version__
+from alignkit.cli import build_parser, main
+
+TINY = "embedded:tiny"
+
+
+def run_cli(capsys, *argv):
+    """Run `alignkit ARGV` in-process; returns (exit code, stdout, stderr)."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: --help, --version and usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """argparse wraps help at the terminal width; a fixed width keeps option names on one line."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "Hello there", "id": 1},
+            {"prompt": [{"role": "user", "content": "What is 2+2?"}], "id": 2},
+            {"prompt": "Name a colour.", "id": 3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def one_line(text: str) -> str:
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# help and version
+
+
+def test_version(capsys):
+    rc, out, err = run_cli(capsys, "--version")
+    assert (rc, out, err) == (0, f"alignkit {__version__}\n", "")
+
+
+@pytest.mark.parametrize("argv,mentions", [
+    ([], ["data", "generate", "models", "demo", "--version"]),
+    (["data"], ["validate", "stats"]),
+    (["data", "validate"], ["PATH", "--kind", "--split", "--max_problems", "--max-problems", "sft", "preference",
+                            "unpaired", "prompt", "exit"]),
+    (["data", "stats"], ["--kind", "--tokenizer", "--json"]),
+    (["generate"], ["--model_name_or_path", "--model-name-or-path", "--model", "--prompts", "--dataset_name",
+                    "--data", "--output", "-o", "--max_new_tokens", "--max-new-tokens", "--temperature", "--top_p",
+                    "--top_k", "--num_return_sequences", "--num_generations", "--batch_size", "--seed", "--device",
+                    "--dtype", "--torch_dtype"]),
+    (["models"], []),  # (the command has no description of its own)
+    (["demo"], ["--model_name_or_path", "--model", "--max_new_tokens", "--batch_size", "--device",
+                "embedded:smollm2-135m-instruct"]),
+], ids=["alignkit", "data", "data-validate", "data-stats", "generate", "models", "demo"])
+def test_help(capsys, argv, mentions):
+    rc, out, err = run_cli(capsys, *argv, "--help")
+    assert rc == 0 and err == ""
+    assert out.startswith(f"usage: alignkit {' '.join(argv)}".rstrip())
+    for word in mentions:
+        assert re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", out), word
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    rc, out, _ = run_cli(capsys)
+    assert rc == 2 and out.startswith("usage: alignkit")
+    rc, out, _ = run_cli(capsys, "data")
+    assert rc == 2 and out.startswith("usage: alignkit data")
+
+
+# ----------------------------------------------------------------------------------------------------
+# option spellings
+
+
+def _parse(*argv):
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("model_flag", ["--model_name_or_path", "--model-name-or-path", "--model"])
+@pytest.mark.parametrize("data_flag", ["--prompts", "--dataset_name", "--dataset-name", "--data"])
+def test_model_and_data_aliases(model_flag, data_flag):
+    args = _parse("generate", model_flag, TINY, data_flag, "p.jsonl")
+    assert (args.model_name_or_path, args.prompts) == (TINY, "p.jsonl")
+
+
+@pytest.mark.parametrize("under,dash,value,dest,expected", [
+    ("--max_new_tokens", "--max-new-tokens", "5", "max_new_tokens", 5),
+    ("--num_return_sequences", "--num-return-sequences", "3", "num_return_sequences", 3),
+    ("--num_generations", "--num-generations", "3", "num_return_sequences", 3),
+    ("--top_p", "--top-p", "0.5", "top_p", 0.5),
+    ("--top_k", "--top-k", "7", "top_k", 7),
+    ("--batch_size", "--batch-size", "2", "batch_size", 2),
+    ("--per_device_eval_batch_size", "--per-device-eval-batch-size", "2", "batch_size", 2),
+    ("--output_file", "--output-file", "o.jsonl", "output", "o.jsonl"),
+    ("--torch_dtype", "--torch-dtype", "float32", "dtype", "float32"),
+])
+def test_generate_dash_and_underscore_spellings(under, dash, value, dest, expected):
+    base = ("generate", "--model", TINY, "--prompts", "p.jsonl")
+    assert getattr(_parse(*base, under, value), dest) == expected
+    assert getattr(_parse(*base, dash, value), dest) == expected
+
+
+def test_generate_defaults_and_short_output():
+    args = _parse("generate", "--model", TINY, "--prompts", "p.jsonl", "-o", "out.jsonl")
+    assert args.output == "out.jsonl"
+    assert (args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.num_return_sequences,
+            args.batch_size, args.seed, args.device, args.dtype) == (256, 0.7, 1.0, 0, 1, 8, 0, "auto", "auto")
+
+
+def test_validate_spellings():
+    for flag in ("--max_problems", "--max-problems"):
+        assert _parse("data", "validate", "x.jsonl", flag, "3").max_problems == 3
+    assert _parse("data", "validate", "x.jsonl").max_problems == 50
+    assert _parse("demo", "--model", TINY, "--max-new-tokens", "4").max_new_tokens == 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# usage errors: one line on stderr, exit 2
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["models", "--bogus"], "unrecognized arguments: --bogus"),
+    (["data", "validate"], "the following arguments are required: path"),
+    (["data", "frobnicate"], "invalid choice: 'frobnicate'"),
+    (["data", "validate", "x.jsonl", "--kind", "pairs"], "invalid choice: 'pairs'"),
+    (["data", "validate", "x.jsonl", "--max-problems", "many"], "invalid int value: 'many'"),
+    (["generate", "--prompts", "p.jsonl"], "the following arguments are required: --model_name_or_path"),
+    (["generate", "--model", TINY], "the following arguments are required: --prompts"),
+    (["generate", "--model", TINY, "--prompts", "p.jsonl", "--max_new_tokens", "abc"], "invalid int value: 'abc'"),
+    (["generate", "--model", TINY, "--prompts", "p.jsonl", "--temperature"], "expected one argument"),
+    (["generate", "--model", TINY, "--prompts", "p.jsonl", "--temperature", "hot"], "invalid float value: 'hot'"),
+])
+def test_usage_errors_are_one_line(capsys, argv, says):
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert re.fullmatch(r"alignkit( [a-z]+)*: error: .+ \(see `alignkit( [a-z]+)* --help`\)", line), line
+    assert says in line
+
+
+@pytest.mark.parametrize("option,value,says", [
+    ("--temperature", "-1", "temperature: must be >= 0, got -1.0"),
+    ("--max_new_tokens", "0", "max_new_tokens: must be at least 1, got 0"),
+    ("--top_p", "0", "top_p: must be in (0, 1], got 0.0"),
+    ("--top-k", "-3", "top_k: must be >= 0, got -3"),
+    ("--num_return_sequences", "0", "num_return_sequences: must be at least 1, got 0"),
+    ("--batch-size", "0", "batch_size: must be at least 1, got 0"),
+    ("--dtype", "float8", "unknown dtype 'float8'; use auto, float32, bfloat16 or float16"),
+    ("--device", "toaster", "unknown device 'toaster'; use auto, cpu, cuda, cuda:N or mps"),
+])
+def test_bad_sampling_and_placement_values(capsys, prompts_file, tmp_path, option, value, says):
+    out_path = tmp_path / "out.jsonl"
+    rc, out, err = run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts_file, option, value,
+                           "-o", out_path)
+    assert (rc, out) == (2, "")
+    assert one_line(err) == f"alignkit: error: {says}"
+    assert not out_path.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# generate
+
+
+def test_generate_greedy_writes_one_row_per_prompt(capsys, prompts_file, tmp_path):
+    out_path = tmp_path / "out" / "gen.jsonl"
+    rc, out, err = run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts_file, "--max_new_tokens", "5",
+                           "--temperature", "0", "-o", out_path)
+    assert rc == 0 and out == ""
+    assert "wrote 3 completions to" in err and "Traceback" not in err
+    rows = read_jsonl(out_path)
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[1]["prompt"] == [{"role": "user", "content": "What is 2+2?"}]  # extra columns and prompt kept
+    for row in rows:
+        assert isinstance(row["completion"], str)
+        assert row["finish_reason"] in ("stop", "length")
+    # greedy is deterministic whatever the seed
+    again = tmp_path / "again.jsonl"
+    assert run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts_file, "--max-new-tokens", "5",
+                   "--temperature", "0", "--seed", "123", "-o", again)[0] == 0
+    assert read_jsonl(again) == rows
+    assert not [p.name for p in out_path.parent.iterdir() if p.name != "gen.jsonl"]  # no temp files
+
+
+def test_generate_to_stdout(capsys, prompts_file):
+    rc, out, _ = run_cli(capsys, "generate", "--model", TINY, "--data", prompts_file, "--max_new_tokens", "3",
+                         "--temperature", "0")
+    assert rc == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert all(set(r) == {"prompt", "id", "completion", "finish_reason"} for r in rows)
+
+
+def test_generate_num_return_sequences_doubles_rows(capsys, prompts_file, tmp_path):
+    out_path = tmp_path / "out.jsonl"
+    rc, _, _ = run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts_file, "--max_new_tokens", "4",
+                       "--temperature", "1.0", "--num_return_sequences", "2", "--batch_size", "2", "-o", out_path)
+    assert rc == 0
+    rows = read_jsonl(out_path)
+    assert [r["id"] for r in rows] == [1, 1, 2, 2, 3, 3]
+    assert all(r["finish_reason"] in ("stop", "length") for r in rows)
+
+
+def test_generate_sampling_is_deterministic_with_a_seed(capsys, prompts_file, tmp_path):
+    def sample(seed, name):
+        out_path = tmp_path / name
+        argv = ["generate", "--model", TINY, "--prompts", prompts_file, "--max_new_tokens", "8",
+                "--temperature", "1.0", "--seed", seed, "-o", out_path]
+        assert run_cli(capsys, *argv)[0] == 0
+        return [r["completion"] for r in read_jsonl(out_path)]
+
+    first, second, other = sample("7", "a.jsonl"), sample("7", "b.jsonl"), sample("8", "c.jsonl")
+    assert first == second
+    assert first != other
+
+
+def test_generate_bad_prompts_file_is_one_line(capsys, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": "   "}) + "\n")
+    out_path = tmp_path / "out.jsonl"
+    out_path.write_text("precious\n")
+    rc, out, err = run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts, "-o", out_path)
+    assert (rc, out) == (2, "")
+    assert one_line(err) == f"{prompts}:2: prompt: empty string"
+    assert out_path.read_text() == "precious\n"  # nothing already written is lost
+
+
+def test_generate_prompts_ending_with_assistant_turn(capsys, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": "Hello"}]}) + "\n")
+    rc, out, err = run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts)
+    assert (rc, out) == (2, "")
+    assert one_line(err) == (f"{prompts}:1: prompt: conversation must end with the user or system turn, "
+                             "got a final 'assistant' turn")
+
+
+def test_generate_many_bad_prompts_are_capped(capsys, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": ""}) + "\n" for _ in range(25)))
+    rc, _, err = run_cli(capsys, "generate", "--model", TINY, "--prompts", prompts)
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 21
+    assert lines[0] == f"{prompts}:1: prompt: empty string"
+    assert lines[-1] == "... and 5 more (see `alignkit data validate`)"
+
+
+def test_generate_missing_prompts_file(capsys, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    rc, out, err = run_cli(capsys, "generate", "--model", TINY, "--prompts", missing)
+    assert (rc, out) == (2, "")
+    assert one_line(err) == f"alignkit: error: {missing}: file: does not exist"
+
+
+@pytest.mark.parametrize("model,says", [
+    ("embedded:nope", "unknown embedded model 'embedded:nope'; known: embedded:smollm2-135m-instruct, embedded:tiny"),
+    ("embedded:tiny@abc", "embedded model 'embedded:tiny@abc': the part after @ must be an integer seed"),
+    ("embedded:smollm2-135m-instruct@3", "only embedded:tiny takes a seed"),
+    ("./no/such/checkpoint", "./no/such/checkpoint: tokenizer: no such directory"),
+    ("no-such-org/no-such-model-alignkit-test", "no-such-org/no-such-model-alignkit-test: tokenizer: cannot load ("),
+])
+def test_generate_unknown_model_is_one_line(capsys, prompts_file, model, says):
+    rc, out, err = run_cli(capsys, "generate", "--model", model, "--prompts", prompts_file)
+    assert (rc, out) == (2, "")
+    line = one_line(err)
+    assert line.startswith("alignkit: error: ") and says in line, line
+
+
+def test_generate_model_path_that_is_a_file(capsys, prompts_file):
+    rc, _, err = run_cli(capsys, "generate", "--model", prompts_file, "--prompts", prompts_file)
+    assert rc == 2
+    assert one_line(err) == f"alignkit: error: {prompts_file}: tokenizer: no such directory"
+
+
+def test_generate_from_saved_checkpoint_path(capsys, prompts_file, tmp_path, tiny_model_path):
+    out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    common = ["--prompts", prompts_file, "--max_new_tokens", "4", "--temperature", "0"]
+    assert run_cli(capsys, "generate", "--model", TINY, *common, "-o", out_a)[0] == 0
+    assert run_cli(capsys, "generate", "--model", tiny_model_path, *common, "-o", out_b)[0] == 0
+    assert read_jsonl(out_a) == read_jsonl(out_b)
+
+
+# ----------------------------------------------------------------------------------------------------
+# other commands
+
+
+def test_models_lists_both_embedded_models(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    rc, out, err = run_cli(capsys, "models")
+    assert rc == 0 and err == ""
+    assert f"cache: {tmp_path / 'cache'}" in out
+    for name in ("embedded:smollm2-135m-instruct", "embedded:tiny"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name))
+        assert line.endswith("[built on first use]")
+    assert not (tmp_path / "cache").exists()  # listing builds nothing
+
+
+def test_models_shows_cached(capsys, tiny_model_path):
+    rc, out, _ = run_cli(capsys, "models")
+    assert rc == 0
+    line = next(line for line in out.splitlines() if line.strip().startswith("embedded:tiny "))
+    assert line.endswith("[cached]")
+
+
+def test_data_stats_json_parses(capsys, tmp_path):
+    path = tmp_path / "pref.jsonl"
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"prompt": "q", "chosen": "c", "rejected": "c"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, out, _ = run_cli(capsys, "data", "stats", path, "--json")
+    assert rc == 0
+    stats = json.loads(out)
+    assert (stats["kind"], stats["rows"], stats["valid_rows"], stats["ties"], stats["duplicate_rows"]) == (
+        "preference", 3, 2, 1, 1)
+    rc, out, _ = run_cli(capsys, "data", "stats", path, "--json", "--tokenizer", TINY, "--kind", "preference")
+    assert rc == 0 and set(json.loads(out)["tokens"]) == {"prompt", "chosen", "rejected"}
+
+
+def test_demo_on_tiny_model(capsys):
+    rc, out, _ = run_cli(capsys, "demo", "--model", TINY, "--max-new-tokens", "3", "--device", "cpu")
+    assert rc == 0
+    assert out.startswith(f"alignkit {__version__} demo: {TINY}")
+    assert "Q: What is the capital of France?" in out
+    assert out.count("\nA: ") >= 3
+
+
+def test_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):
+    import alignkit.data.io
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(alignkit.data.io, "validate", boom)
+    monkeypatch.delenv("ALIGNKIT_DEBUG", raising=False)
+    rc, out, err = run_cli(capsys, "data", "validate", "x.jsonl")
+    assert (rc, out) == (1, "")
+    assert one_line(err) == ("alignkit: internal error: RuntimeError: something broke "
+                             "(rerun with ALIGNKIT_DEBUG=1 for the traceback)")
+    monkeypatch.setenv("ALIGNKIT_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(["data", "validate", "x.jsonl"])
