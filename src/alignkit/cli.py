@@ -121,21 +121,79 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from alignkit.data.builtin import builtin_prompts
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import SamplingSettings, generate
+def _overrides(args, skip=("func", "command", "config")) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in skip}
 
-    print(f"alignkit {__version__} demo: {args.model_name_or_path} answers the built-in prompts (greedy decoding)\n")
-    tokenizer = load_tokenizer(args.model_name_or_path, padding_side="left")
-    model = load_policy(args.model_name_or_path, dtype="float32", device=args.device)
-    prompts = [row["prompt"] for row in builtin_prompts()]
-    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0, batch_size=args.batch_size)
-    for prompt, (gen,) in zip(prompts, generate(model, tokenizer, prompts, settings)):
-        question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        cut = "" if gen.finish_reason == "stop" else " [...]"
-        print(f"Q: {question}\nA: {gen.completion}{cut}\n")
+
+def cmd_sft(args) -> int:
+    from alignkit.config import build_config, load_yaml
+    from alignkit.methods.sft import SFTConfig, train_sft
+
+    recipe = {k: v for k, v in load_yaml(args.config).items() if k != "method"} if args.config else {}
+    config = build_config(SFTConfig, {**recipe, **_overrides(args)})
+    result = train_sft(config)
+    _print_finished("sft", result.output_dir, result)
     return 0
+
+
+def _print_finished(method: str, out, result) -> None:
+    final = result.last_metrics.get("loss")
+    evals = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
+    print(f"{method}: {result.steps} steps in {result.seconds:.0f} s; final loss {final:.4f}"
+          + (f", {evals}" if evals else "") + (f"; {result.skipped_steps} steps skipped" if result.skipped_steps else ""))
+    print(f"  model:   {out / 'model'}\n  report:  {out / 'report.html'}\n  metrics: {out / 'metrics.jsonl'}")
+
+
+def cmd_pipeline(args) -> int:
+    from alignkit.pipeline import run_pipeline
+
+    run_pipeline(args.recipe, {"output_dir": args.output_dir} if args.output_dir else None)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from alignkit.engine.outputs import read_status
+    from alignkit.engine.report import write_pipeline_summary, write_report
+
+    root = Path(args.run_dir)
+    if not root.is_dir():
+        raise AlignkitError(f"{root}: not a directory")
+    if (root / "metrics.jsonl").exists() or (root / "run.json").exists():
+        print(write_report(root))
+        return 0
+    stages = [d for d in sorted(root.iterdir()) if (d / "run.json").exists()]
+    if not stages:
+        raise AlignkitError(f"{root}: no metrics.jsonl or run.json here or in its subdirectories; is it a run directory?")
+    for stage in stages:
+        if (stage / "metrics.jsonl").exists():
+            write_report(stage)
+    rows = [{"name": d.name, "run_dir": str(d), "status": read_status(d).get("status", "unknown"),
+             "seconds": read_status(d).get("seconds")} for d in stages]
+    print(write_pipeline_summary(root, rows))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from alignkit.data.io import read_jsonl_file
+    from alignkit.pipeline import run_pipeline
+
+    print(f"alignkit {__version__} demo: SmolLM2-135M-Instruct answers, learns from the built-in SFT data "
+          "(LoRA), and answers again\n", flush=True)
+    root = run_pipeline("demo", {"output_dir": args.output_dir} if args.output_dir else None)
+    before = read_jsonl_file(root / "before" / "generations.jsonl")
+    after = read_jsonl_file(root / "after" / "generations.jsonl")
+    for b, a in zip(before, after):
+        question = b["prompt"][-1]["content"] if isinstance(b["prompt"], list) else b["prompt"]
+        print(f"\nQ: {question}\n  before: {_one_line(b['completion'])}\n  after:  {_one_line(a['completion'])}")
+    print(f"\nreports: {root / 'index.html'}")
+    return 0
+
+
+def _one_line(text: str, width: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,12 +252,33 @@ def build_parser() -> Parser:
                             "directory (ALIGNKIT_CACHE moves it).")
     p.set_defaults(func=cmd_models)
 
-    p = commands.add_parser("demo", help="run the main job on the embedded model (what `make demo` runs)")
-    option(p, "--model_name_or_path", "--model", default="embedded:smollm2-135m-instruct",
-           help="model to run (default: embedded:smollm2-135m-instruct)")
-    option(p, "--max_new_tokens", type=int, default=96, help="most tokens per answer (default: 96)")
-    option(p, "--batch_size", type=int, default=4, help="prompts per batch (default: 4)")
-    option(p, "--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    from alignkit.config import add_arguments
+    from alignkit.methods.sft import SFTConfig
+
+    p = commands.add_parser("sft", help="supervised fine-tuning on demonstrations",
+                            description="Supervised fine-tuning. Options override the --config recipe; "
+                            "TRL's option names work.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    add_arguments(p, SFTConfig)
+    p.set_defaults(func=cmd_sft)
+
+    p = commands.add_parser("pipeline", help="run a recipe's stages in order, skipping completed ones",
+                            description="Run the stages of a YAML recipe in order; a stage whose output is "
+                            "complete is skipped and an interrupted one resumes.")
+    p.add_argument("recipe", help="recipe file, or a packaged recipe name (demo, tiny)")
+    option(p, "--output_dir", help="pipeline directory (default: the recipe's output_dir)")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = commands.add_parser("report", help="rebuild report.html of a run (or index.html of a pipeline)",
+                            description="Rebuild a run directory's report.html from its metrics.jsonl, or "
+                            "every stage's report and the summary of a pipeline directory.")
+    p.add_argument("run_dir", help="run directory or pipeline directory")
+    p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("demo", help="run the demo pipeline on the embedded model (what `make demo` runs)",
+                            description="Answer the built-in prompts with SmolLM2, fine-tune it with LoRA on "
+                            "the built-in SFT data, answer again, and show both.")
+    option(p, "--output_dir", help="where the demo's stages go (default: runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 

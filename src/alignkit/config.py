@@ -196,7 +196,9 @@ def add_arguments(parser, cls) -> None:
     for name, (_, kind, default, doc) in flat_fields(cls).items():
         base, _ = _base_type(kind)
         shown = "" if default in (None, "") else f" (default: {default})"
-        kwargs = dict(default=argparse.SUPPRESS, help=(doc or name) + shown, metavar=name.upper())
+        text = ((doc or name) + shown).replace("%", "%%")  # argparse formats help with %
+        metavar = {int: "N", float: "X"}.get(base, "VALUE")
+        kwargs = dict(default=argparse.SUPPRESS, help=text, metavar=metavar)
         if base is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         option(parser, f"--{name}", *aliases.get(name, ()), **kwargs)

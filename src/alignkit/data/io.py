@@ -148,9 +148,26 @@ def _scan_hf(path: Path, split: str | None) -> Iterator[tuple[int, Any]]:
     yield from enumerate(data.to_list(), start=1)
 
 
+BUILTIN = "builtin:"
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """`builtin:NAME` names a dataset shipped with alignkit (`builtin:sft.jsonl`); anything else is a path."""
+    text = str(path)
+    if not text.startswith(BUILTIN):
+        return Path(path)
+    from alignkit.data.builtin import HERE, builtin_path
+
+    p = builtin_path(text[len(BUILTIN):])
+    if not p.is_file():
+        names = ", ".join(BUILTIN + f.name for f in sorted(HERE.glob("*.jsonl")))
+        raise AlignkitError(f"{path}: file: no such built-in dataset; there are {names}")
+    return p
+
+
 def scan(path: str | os.PathLike, split: str | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (line, row) for every row, with unreadable rows as `Problem`s. Raises AlignkitError for the file."""
-    p = Path(path)
+    p = resolve_data_path(path)
     if not p.exists():
         raise AlignkitError(f"{path}: file: does not exist")
     fmt = file_format(p)
@@ -231,3 +248,9 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_jsonl_file(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL file alignkit wrote itself (no validation)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

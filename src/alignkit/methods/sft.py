@@ -13,12 +13,10 @@ Deviations from TRL's SFTTrainer, on purpose: the loss is normalised over the ac
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.engine.loop import TrainSettings
+from alignkit.engine.settings import TrainSettings
 from alignkit.errors import AlignkitError
 
 
@@ -140,14 +138,15 @@ def train_sft(config: SFTConfig):
     from alignkit.data.collate import collate_masked, collate_packed, pack
     from alignkit.data.io import load_rows
     from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.loop import train
+    from alignkit.engine.loop import TrainingStopped, train
+    from alignkit.engine.outputs import save_final_model, write_report_quietly, write_status
     from alignkit.models.load import load_policy, load_tokenizer
 
     config.check()
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(out / "config.yaml", {"method": "sft", **to_flat_dict(config)})
-    _write_status(out, "running", config)
+    write_status(out, "running", "sft", model=config.model_name_or_path)
 
     tokenizer = load_tokenizer(config.model_name_or_path)
     rows = load_rows(config.dataset_name, "sft")
@@ -174,47 +173,18 @@ def train_sft(config: SFTConfig):
 
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device, lora=config.lora(),
                         gradient_checkpointing=config.gradient_checkpointing)
-    started = time.time()
     try:
         result = train(model, examples, collate, sft_loss, config.train, count_fn=count_trained_tokens,
                        eval_fn=eval_fn, config=to_flat_dict(config),
                        device=None if config.device == "auto" else config.device, method="sft")
-    except BaseException:
-        _write_status(out, "stopped", config, seconds=time.time() - started)
+    except BaseException as e:
+        status = "stopped" if isinstance(e, (TrainingStopped, KeyboardInterrupt)) else "failed"
+        write_status(out, status, "sft", model=config.model_name_or_path, error=str(e) or type(e).__name__)
+        write_report_quietly(out)
         raise
     save_final_model(model, tokenizer, out / "model")
-    _write_status(out, "complete", config, steps=result.steps, seconds=result.seconds,
-                  eval=result.eval_metrics, final=result.last_metrics)
+    write_status(out, "complete", "sft", model=config.model_name_or_path, steps=result.steps,
+                 seconds=round(result.seconds, 2), skipped_steps=result.skipped_steps,
+                 eval=result.eval_metrics, final=result.last_metrics)
+    write_report_quietly(out)
     return result
-
-
-def save_final_model(model, tokenizer, path: Path) -> None:
-    """Write a model transformers and vLLM load as is: LoRA is merged into a copy of the weights (the
-    adapter alone is also kept, in checkpoints/ and next to the model as adapter/)."""
-    import os
-    import shutil
-
-    from alignkit.engine.checkpoint import unwrap
-
-    model = unwrap(model)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(path.with_name("adapter"))
-        import copy
-
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
-def _write_status(out: Path, status: str, config, **extra) -> None:
-    from alignkit.engine.checkpoint import write_text_atomic
-
-    record = {"status": status, "method": "sft", "output_dir": str(out),
-              "model": config.model_name_or_path, **extra}
-    write_text_atomic(out / "run.json", json.dumps(record, indent=2, default=str) + "\n")

@@ -186,4 +186,9 @@ def apply_lora(model, lora: LoraSettings | dict, task_type: str):
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
         modules_to_save=modules_to_save or None, task_type=task_type,
     )
-    return get_peft_model(model, config)
+    import warnings
+
+    with warnings.catch_warnings():
+        # peft still asks transformers for the deprecated is_gradient_checkpointing; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return get_peft_model(model, config)

@@ -1,0 +1,63 @@
+"""What a finished stage leaves besides checkpoints: run.json (status), the final model, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from alignkit.engine.checkpoint import unwrap, write_text_atomic
+
+STATUS_FILE = "run.json"
+
+
+def write_status(out: str | Path, status: str, method: str, **extra) -> None:
+    """run.json: status is running, complete, stopped (non-finite losses) or failed (an error)."""
+    record = {"status": status, "method": method, "output_dir": str(out), **extra}
+    write_text_atomic(Path(out) / STATUS_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def read_status(out: str | Path) -> dict:
+    path = Path(out) / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def is_complete(out: str | Path) -> bool:
+    return read_status(out).get("status") == "complete"
+
+
+def save_final_model(model, tokenizer, path: str | Path) -> Path:
+    """Write a model that transformers and vLLM load as is. With LoRA the adapter is merged into a copy
+    of the weights, and the adapter alone is kept next to it as adapter/."""
+    import copy
+
+    path = Path(path)
+    model = unwrap(model)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(path.with_name("adapter"))
+        copy.deepcopy(model).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report_quietly(out: str | Path) -> Path | None:
+    """Write report.html; a plotting failure must never lose a finished run, so it only warns."""
+    import warnings
+
+    from alignkit.engine.report import write_report
+
+    try:
+        return write_report(out)
+    except Exception as e:  # noqa: BLE001  (matplotlib or a malformed metric: the run itself is fine)
+        warnings.warn(f"could not write {Path(out) / 'report.html'}: {e}", stacklevel=2)
+        return None

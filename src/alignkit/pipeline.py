@@ -1,0 +1,142 @@
+"""Run the stages of a recipe in order; a stage whose output is complete is skipped.
+
+A recipe is YAML:
+
+    name: demo
+    output_dir: runs/demo            # each stage writes to output_dir/<stage name>
+    defaults: {seed: 0}              # keys given to every stage that has them
+    stages:
+      - name: sft
+        method: sft                  # sft, generate (later: reward_model, dpo, ppo, ...)
+        config: {model_name_or_path: embedded:smollm2-135m-instruct, dataset_name: builtin:sft.jsonl}
+      - name: answers
+        method: generate
+        config: {model_name_or_path: stage:sft}    # stage:NAME is that stage's final model
+
+A stage is complete when its run.json says so. A stage that was interrupted is resumed from its latest
+checkpoint when it has one, so rerunning a recipe after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import AlignkitError
+
+# method -> (module, config class, run function); imported only when a recipe uses it
+METHODS = {
+    "sft": ("alignkit.methods.sft", "SFTConfig", "train_sft"),
+    "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate"),
+}
+STAGE_REF = "stage:"
+PACKAGED = Path(__file__).parent / "configs"
+
+
+def method_parts(method: str):
+    if method not in METHODS:
+        raise AlignkitError(f"pipeline: unknown method {method!r}; known: {', '.join(METHODS)}")
+    module, config_name, run_name = METHODS[method]
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, run_name)
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A recipe path, or the name of a packaged one (`demo`, `tiny`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = PACKAGED / f"{path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = ", ".join(f.stem for f in sorted(PACKAGED.glob("*.yaml")))
+    raise AlignkitError(f"{path}: file: recipe does not exist (packaged recipes: {names})")
+
+
+def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[dict]:
+    """The stages of a recipe with their resolved configs (output dirs and stage: references filled in)."""
+    from alignkit.config import flat_fields
+
+    stages = recipe.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise AlignkitError(f"{recipe_path}: stages: a recipe needs a list of stages")
+    root = Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{recipe.get('name', 'pipeline')}")
+    defaults = dict(recipe.get("defaults") or {})
+    extra = {k: v for k, v in (overrides or {}).items() if k != "output_dir"}
+    planned, dirs = [], {}
+    for i, stage in enumerate(stages):
+        where = f"{recipe_path}: stages[{i}]"
+        if not isinstance(stage, dict) or "method" not in stage:
+            raise AlignkitError(f"{where}: each stage needs a method (and a name)")
+        name = str(stage.get("name") or stage["method"])
+        if name in dirs:
+            raise AlignkitError(f"{where}: name: {name!r} is used twice; give stages distinct names")
+        config_cls, _ = method_parts(stage["method"])
+        fields = flat_fields(config_cls)
+        values = {k: v for k, v in {**defaults, **extra}.items() if k in fields}
+        values.update(stage.get("config") or {})
+        values.setdefault("output_dir", str(root / name))
+        for key, value in values.items():
+            if isinstance(value, str) and value.startswith(STAGE_REF):
+                ref = value[len(STAGE_REF):]
+                if ref not in dirs:
+                    raise AlignkitError(f"{where}: {key}: {value!r} names no earlier stage")
+                values[key] = str(dirs[ref] / "model")
+        dirs[name] = Path(values["output_dir"])
+        planned.append({"name": name, "method": stage["method"], "values": values})
+    return planned
+
+
+def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Run every stage not yet complete; returns the pipeline directory (with index.html)."""
+    from alignkit.config import build_config, load_yaml
+    from alignkit.engine.checkpoint import find_latest
+    from alignkit.engine.outputs import is_complete
+    from alignkit.engine.report import write_pipeline_summary
+
+    path = resolve_recipe(recipe_path)
+    recipe = load_yaml(path)
+    stages = plan(recipe, str(path), overrides)
+    root = Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{recipe.get('name', 'pipeline')}")
+    root.mkdir(parents=True, exist_ok=True)
+    rows = {s["name"]: _summary_row(s["name"], Path(s["values"]["output_dir"])) for s in stages}
+    for number, stage in enumerate(stages, start=1):
+        out = Path(stage["values"]["output_dir"])
+        header = f"[{number}/{len(stages)}] {stage['name']} ({stage['method']})"
+        if is_complete(out):
+            print(f"{header}: complete, skipped ({out})", flush=True)
+            rows[stage["name"]] = _summary_row(stage["name"], out)
+            continue
+        config_cls, run = method_parts(stage["method"])
+        values = dict(stage["values"])
+        latest = find_latest(out) if "resume" in _fields(config_cls) else None
+        if latest is not None:
+            values["resume"] = True
+        print(f"{header}: {'resuming from ' + latest.name if latest else 'running'} -> {out}", flush=True)
+        try:
+            run(build_config(config_cls, values))
+        finally:
+            rows[stage["name"]] = _summary_row(stage["name"], out)
+            write_pipeline_summary(root, list(rows.values()))
+    index = write_pipeline_summary(root, list(rows.values()))
+    print(f"pipeline {recipe.get('name', path.stem)}: all {len(stages)} stages complete; summary: {index}", flush=True)
+    return root
+
+
+def read_status(out: Path) -> dict:
+    from alignkit.engine.outputs import read_status as read
+
+    return read(out)
+
+
+def _fields(config_cls) -> set[str]:
+    from alignkit.config import flat_fields
+
+    return set(flat_fields(config_cls))
+
+
+def _summary_row(name: str, out: Path) -> dict:
+    status = read_status(out)
+    return {"name": name, "run_dir": str(out), "status": status.get("status", "pending"),
+            "seconds": status.get("seconds")}

@@ -1,0 +1,80 @@
+"""A pipeline stage that samples answers to a prompt file and keeps them (e.g. before/after training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+
+
+@dataclass
+class GenerateConfig:
+    """Sample responses to prompts and write them to output_dir/generations.jsonl."""
+
+    model_name_or_path: str = "embedded:smollm2-135m-instruct"
+    """Model to sample from: embedded:NAME, a local checkpoint, a hub id, or stage:NAME in a pipeline."""
+    dataset_name: str = "builtin:prompts.jsonl"
+    """Prompt-format rows ({"prompt": ...})."""
+    output_dir: str = "runs/generate"
+    """Directory for generations.jsonl and run.json."""
+    max_new_tokens: int = 128
+    """Most tokens per response."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Sample from the k most likely tokens (0: all)."""
+    num_return_sequences: int = 1
+    """Responses per prompt."""
+    batch_size: int = 8
+    """Prompts per batch."""
+    seed: int = 0
+    """Sampling seed."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps."""
+    dtype: str = "auto"
+    """auto, float32, bfloat16 or float16."""
+    show: bool = True
+    """Print each prompt with its answer."""
+
+    def check(self) -> None:
+        if not self.dataset_name:
+            raise AlignkitError("config: dataset_name: give a prompts file")
+
+
+def run_generate(config: GenerateConfig) -> Path:
+    """Sample, write generations.jsonl atomically, mark the stage complete; returns the file."""
+    import time
+
+    from alignkit.data.io import load_rows, write_jsonl
+    from alignkit.engine.outputs import write_status
+    from alignkit.models.load import load_policy, load_tokenizer
+    from alignkit.rollout.generate import SamplingSettings, generate
+
+    config.check()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows = load_rows(config.dataset_name, "prompt")
+    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
+    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
+    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_p=config.top_p, top_k=config.top_k,
+                                num_return_sequences=config.num_return_sequences,
+                                batch_size=config.batch_size, seed=config.seed)
+    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings)
+    records = [{**row, "completion": g.completion, "finish_reason": g.finish_reason}
+               for row, gens in zip(rows, outputs) for g in gens]
+    path = out / "generations.jsonl"
+    write_jsonl(path, records)
+    if config.show:
+        for record in records:
+            prompt = record["prompt"]
+            question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+            cut = "" if record["finish_reason"] == "stop" else " [...]"
+            print(f"Q: {question}\nA: {record['completion']}{cut}\n", flush=True)
+    write_status(out, "complete", "generate", model=config.model_name_or_path, rows=len(records),
+                 seconds=round(time.time() - started, 2))
+    return path
