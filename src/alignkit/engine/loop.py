@@ -93,6 +93,21 @@ def total_steps(settings: TrainSettings, num_examples: int, world_size: int = 1)
     return max(1, math.ceil(settings.num_train_epochs * num_examples / per_step))
 
 
+def check_output_dir(settings: TrainSettings) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run); an error when output_dir and --resume disagree.
+    Methods call it before loading anything, so a mistake costs no time."""
+    out = Path(settings.output_dir)
+    if settings.resume:
+        ckpt.clean_partial(out)
+        latest = ckpt.find_latest(out)
+        if latest is None:
+            raise AlignkitError(f"{out}: --resume: no complete checkpoint to resume from; drop --resume to start")
+        return latest
+    if ckpt.find_latest(out) is not None:
+        raise AlignkitError(f"{out}: already holds checkpoints; pass --resume to continue, or pick a new output_dir")
+    return None
+
+
 def _make_accelerator(settings: TrainSettings, device: str | None):
     import os
 
@@ -147,11 +162,8 @@ def train(
 
     stream = DataStream(len(examples), settings.seed)
     step, skipped, bad_streak, tokens_seen, elapsed_before = 0, 0, 0, 0, 0.0
-    if settings.resume:
-        ckpt.clean_partial(out)
-        latest = ckpt.find_latest(out)
-        if latest is None:
-            raise AlignkitError(f"{out}: --resume: no complete checkpoint to resume from; drop --resume to start")
+    latest = check_output_dir(settings)
+    if latest is not None:
         ckpt.load_model_weights(model, latest)
         state = ckpt.load_state(latest)
         optimizer.load_state_dict(state["optimizer"])
@@ -160,8 +172,6 @@ def train(
         tokens_seen, elapsed_before = state["tokens_seen"], state["elapsed"]
         stream.position = state["data_position"]
         ckpt.set_rng_state(state["rng"])
-    elif ckpt.find_latest(out) is not None:
-        raise AlignkitError(f"{out}: already holds checkpoints; pass --resume to continue, or pick a new output_dir")
 
     log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0,
                      accelerator=accelerator if settings.report_to != "none" else None)

@@ -138,11 +138,12 @@ def train_sft(config: SFTConfig):
     from alignkit.data.collate import collate_masked, collate_packed, pack
     from alignkit.data.io import load_rows
     from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.loop import TrainingStopped, train
+    from alignkit.engine.loop import TrainingStopped, check_output_dir, train
     from alignkit.engine.outputs import save_final_model, write_report_quietly, write_status
     from alignkit.models.load import load_policy, load_tokenizer
 
     config.check()
+    check_output_dir(config.train)
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(out / "config.yaml", {"method": "sft", **to_flat_dict(config)})

@@ -74,7 +74,15 @@ def resolve_dtype(dtype: Any = "auto", device=None):
     return getattr(torch, DTYPES[dtype])
 
 
+def _quiet_transformers() -> None:
+    """No per-tensor progress bars from transformers: loading a small model is not long work."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def _load(loader, name: str, what: str, **kwargs):
+    _quiet_transformers()
     path = resolve_path(name)
     if not embedded.is_embedded(str(name)) and (str(name).startswith((".", "/", "~")) or Path(path).exists()):
         if not Path(path).expanduser().is_dir():

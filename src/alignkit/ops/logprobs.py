@@ -202,7 +202,7 @@ def _plain_linear_head(model):
 
 def score_mask(batch: dict) -> Tensor:
     """(B, T) bool: the positions whose token is scored (response tokens, never position 0)."""
-    mask = batch.get("completion_mask", batch["attention_mask"]).bool().clone()
+    mask = (batch["completion_mask"] if "completion_mask" in batch else batch["attention_mask"]).bool().clone()
     mask[:, 0] = False  # nothing predicts the first token
     if "attention_mask" in batch:
         mask &= batch["attention_mask"].bool()

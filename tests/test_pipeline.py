@@ -1,0 +1,157 @@
+"""Configs from YAML and flags, the pipeline runner, and the training commands of the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from alignkit.cli import main
+from alignkit.config import build_config, field_docs, flat_fields, to_flat_dict
+from alignkit.errors import AlignkitError
+from alignkit.methods.sft import SFTConfig
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    """How fast."""
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    """What it is called."""
+    count: int = 1
+    """How many."""
+    flag: bool = False
+    """Whether."""
+    maybe: int | None = None
+    """Optional number."""
+    inner: Inner = field(default_factory=Inner)
+    """Shared part."""
+
+
+def test_flat_keys_reach_nested_parts_and_are_coerced():
+    config = build_config(Outer, {"name": "y", "count": "3", "flag": "true", "rate": "0.5", "maybe": "none"})
+    assert (config.name, config.count, config.flag, config.inner.rate, config.maybe) == ("y", 3, True, 0.5, None)
+    assert to_flat_dict(config) == {"name": "y", "count": 3, "flag": True, "maybe": None, "rate": 0.5}
+
+
+def test_unknown_keys_and_bad_values_are_one_line_errors():
+    with pytest.raises(AlignkitError, match=r"unknown option 'cout' \(did you mean count\?\)"):
+        build_config(Outer, {"cout": 2})
+    with pytest.raises(AlignkitError, match="count: expected int, got 'many'"):
+        build_config(Outer, {"count": "many"})
+    with pytest.raises(AlignkitError, match="flag: expected bool"):
+        build_config(Outer, {"flag": "perhaps"})
+    with pytest.raises(AlignkitError, match="count: expected int, got 2.5"):
+        build_config(Outer, {"count": 2.5})
+
+
+def test_field_docstrings_become_help():
+    docs = field_docs(Outer)
+    assert docs["count"] == "How many." and docs["rate"] == "How fast." if "rate" in docs else True
+    fields = flat_fields(SFTConfig)
+    assert "learning_rate" in fields and "max_steps" in fields and "lora_r" in fields
+    assert all(help_text for _, _, _, help_text in fields.values()), "every option has a one-line help"
+
+
+def test_recipe_then_flags(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset_name: a.jsonl\nlearning_rate: 1.0e-4\nmax_steps: 7\n")
+    config = build_config(SFTConfig, {"max_steps": "9"}, recipe=recipe)
+    assert (config.dataset_name, config.train.learning_rate, config.train.max_steps) == ("a.jsonl", 1e-4, 9)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset_name: [unclosed\n")
+    with pytest.raises(AlignkitError, match=r"bad.yaml:\d+: yaml:"):
+        build_config(SFTConfig, {}, recipe=bad)
+
+
+def run_cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_sft_command_trains_and_says_where_outputs_are(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "sft", "--model", "embedded:tiny", "--data", "builtin:sft.jsonl",
+                           "--output-dir", tmp_path, "--max_steps", 2, "--per_device_train_batch_size", 2,
+                           "--max_length", 128, "--progress", "false")
+    assert rc == 0, err
+    assert "sft: 2 steps" in out and str(tmp_path / "model") in out and "report.html" in out
+    # rerunning into a finished run without --resume is refused in one line
+    rc, out, err = run_cli(capsys, "sft", "--model", "embedded:tiny", "--data", "builtin:sft.jsonl",
+                           "--output-dir", tmp_path, "--max_steps", 2, "--progress", "false")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--resume" in err
+
+
+def test_sft_command_reads_a_recipe_and_rejects_unknown_keys(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: embedded:tiny\ndataset_name: builtin:sft.jsonl\nlerning_rate: 1\n")
+    rc, out, err = run_cli(capsys, "sft", "--config", recipe, "--output_dir", tmp_path / "o")
+    assert rc == 2 and err.strip() == "alignkit: error: config: unknown option 'lerning_rate' (did you mean learning_rate?)"
+    rc, out, err = run_cli(capsys, "sft", "--model", "embedded:tiny", "--data", tmp_path / "missing.jsonl",
+                           "--output_dir", tmp_path / "o2")
+    assert rc == 2 and "missing.jsonl: file: does not exist" in err
+
+
+def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
+    from alignkit.engine.outputs import read_status
+
+    rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
+    assert rc == 0, err
+    assert read_status(tmp_path / "sft")["status"] == "complete"
+    rows = [json.loads(line) for line in (tmp_path / "answers" / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all("completion" in r for r in rows)
+    index = (tmp_path / "index.html").read_text()
+    assert "sft/report.html" in index
+    rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
+    assert rc == 0 and out.count("complete, skipped") == 2
+
+
+def test_pipeline_resumes_an_interrupted_stage(tmp_path, capsys, monkeypatch):
+    import alignkit.methods.sft as sft
+
+    real = sft.sft_loss
+    calls = {"n": 0}
+
+    def crash_late(model, batch):
+        import torch
+
+        calls["n"] += torch.is_grad_enabled()  # count training micro-batches, not evaluation ones
+        if calls["n"] == 6:  # step 6 of 8; the checkpoint of step 4 exists
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(sft, "sft_loss", crash_late)
+    rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
+    assert rc == 130
+    from alignkit.engine.outputs import read_status
+
+    assert read_status(tmp_path / "sft")["status"] == "stopped"
+    monkeypatch.setattr(sft, "sft_loss", real)
+    rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
+    assert rc == 0, err
+    assert "resuming from step-000004" in out
+    assert read_status(tmp_path / "sft")["steps"] == 8
+
+
+def test_pipeline_recipe_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - method: sft\n  - method: generate\n    config: {model_name_or_path: 'stage:nope'}\n")
+    rc, out, err = run_cli(capsys, "pipeline", bad, "--output_dir", tmp_path / "o")
+    assert rc == 2 and "stage:nope" in err and "names no earlier stage" in err
+    rc, out, err = run_cli(capsys, "pipeline", "no-such-recipe")
+    assert rc == 2 and "packaged recipes: demo, tiny" in err
+
+
+def test_report_command_rebuilds_a_report(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1 / i}) + "\n" for i in range(1, 5)))
+    rc, out, err = run_cli(capsys, "report", run_dir)
+    assert rc == 0 and (run_dir / "report.html").exists()
+    rc, out, err = run_cli(capsys, "report", tmp_path / "nothing")
+    assert rc == 2
