@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
 bench: $(STAMP)
-	$(PY) benchmarks/logprobs.py
+	$(PY) benchmarks/logprobs.py && $(PY) benchmarks/sft.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
