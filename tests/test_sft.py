@@ -142,3 +142,18 @@ def test_masked_example_type_is_what_collate_expects():
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
     assert batch["completion_mask"].tolist() == [[0, 1, 1], [0, 1, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_padding_free_batches_give_the_padded_loss(tiny_model, tiny_tokenizer):
+    from alignkit.data.collate import collate_padding_free
+    from alignkit.methods.sft import count_trained_tokens, sft_loss
+
+    rows = load_rows(builtin_path("sft.jsonl"), "sft")[:5]
+    examples, _ = tokenize_sft(tiny_tokenizer, rows, max_length=256)
+    padded = collate_masked(examples, tiny_tokenizer.pad_token_id)
+    flat = collate_padding_free(examples, tiny_tokenizer.pad_token_id)
+    assert flat["input_ids"].shape == (1, sum(len(e.input_ids) for e in examples))
+    assert count_trained_tokens(flat) == count_trained_tokens(padded)
+    loss_padded, _ = sft_loss(tiny_model, padded)
+    loss_flat, _ = sft_loss(tiny_model, flat)
+    assert loss_flat.item() == pytest.approx(loss_padded.item(), rel=1e-5)

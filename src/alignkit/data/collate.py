@@ -65,8 +65,6 @@ def pack(examples, max_length: int) -> list:
     examples never see each other. The first token of every example is not trained (nothing before it
     in its own example predicts it).
     """
-    from alignkit.data.tokenize import MaskedExample
-
     rows: list[list] = []
     room: list[int] = []
     for example in sorted(examples, key=lambda e: -len(e.input_ids)):
@@ -78,15 +76,26 @@ def pack(examples, max_length: int) -> list:
             slot = len(rows) - 1
         rows[slot].append(example)
         room[slot] -= n
-    packed = []
-    for row in rows:
-        ids, mask, positions = [], [], []
-        for e in row:
-            ids += e.input_ids
-            mask += [0] + e.loss_mask[1:]
-            positions += list(range(len(e.input_ids)))
-        packed.append(PackedExample(MaskedExample(ids, mask), positions))
-    return packed
+    return [concatenate(row) for row in rows]
+
+
+def concatenate(examples) -> "PackedExample":
+    """One row holding `examples` back to back, position ids restarting at each (see `pack`)."""
+    from alignkit.data.tokenize import MaskedExample
+
+    ids, mask, positions = [], [], []
+    for e in examples:
+        ids += e.input_ids
+        mask += [0] + e.loss_mask[1:]
+        positions += list(range(len(e.input_ids)))
+    return PackedExample(MaskedExample(ids, mask), positions)
+
+
+def collate_padding_free(examples, pad_id: int) -> dict:
+    """A micro-batch as one row with no padding at all: the examples back to back, kept apart by position
+    ids. Same log-probs as `collate_masked` (the first token of each example is never trained either way,
+    as nothing before it predicts it), none of the compute on pad tokens."""
+    return collate_packed([concatenate(examples)], pad_id)
 
 
 class PackedExample:

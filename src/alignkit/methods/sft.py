@@ -36,6 +36,9 @@ class SFTConfig:
     """Train only on responses (assistant turns); False trains on every token."""
     packing: bool = False
     """Pack short examples into rows of max_length tokens (no attention across examples)."""
+    padding_free: bool = True
+    """Put each micro-batch's examples back to back in one row instead of padding them (same loss, no
+    compute on pad tokens; examples never attend to each other)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more time."""
     dtype: str = "auto"
@@ -135,7 +138,7 @@ def train_sft(config: SFTConfig):
     import warnings
 
     from alignkit.config import save_yaml, to_flat_dict
-    from alignkit.data.collate import collate_masked, collate_packed, pack
+    from alignkit.data.collate import collate_masked, collate_packed, collate_padding_free, pack
     from alignkit.data.io import load_rows
     from alignkit.data.tokenize import TruncationWarning
     from alignkit.engine.loop import TrainingStopped, check_output_dir, train
@@ -159,6 +162,8 @@ def train_sft(config: SFTConfig):
     if config.packing:
         examples = pack(examples, config.max_length)
         collate = lambda items: collate_packed(items, pad_id)  # noqa: E731
+    elif config.padding_free:
+        collate = lambda items: collate_padding_free(items, pad_id)  # noqa: E731
     else:
         collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
 
