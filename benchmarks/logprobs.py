@@ -1,9 +1,10 @@
 """Peak memory and time of chunked log-probs (`alignkit.ops.logprobs.linear_log_probs`) against the naive
 `torch.log_softmax(hidden @ W.T, -1).gather(...)` at SmolLM2's shapes (vocab 49,152, hidden 576), B x T tokens.
 
-Three modes, as a training step uses them:
+Four modes, as a training step uses them:
   ref     forward only under no_grad (reference / old-policy log-probs)
-  train   forward + backward, head weight trainable (full fine-tuning)
+  train   forward + backward, head weight trainable, any upstream gradient (full fine-tuning: DPO, PPO)
+  sft     forward + backward, head weight trainable, loss a plain sum of log-probs (full fine-tuning: SFT)
   frozen  forward + backward, head weight frozen, gradient to the hidden states only (LoRA)
 
 Method (DESIGN.md, "Benchmarks"): each (mode, implementation, repeat) runs in a fresh subprocess (this script
@@ -27,9 +28,14 @@ import subprocess
 import sys
 import time
 
-MODES = ("ref", "train", "frozen")
+MODES = ("ref", "train", "sft", "frozen")
 MODE_TITLES = {"ref": "forward, no_grad (reference)", "train": "fwd+bwd, head trainable",
-               "frozen": "fwd+bwd, head frozen (LoRA)"}
+               "sft": "fwd+bwd, head trainable, sum loss", "frozen": "fwd+bwd, head frozen (LoRA)"}
+try:  # run from a checkout without installing: use the repository's src/
+    import alignkit  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+
 TARGET_MEMORY = 0.25  # chunked peak <= 25% of naive
 TARGET_TIME = 1.2  # chunked time <= 1.2x naive
 
@@ -104,18 +110,23 @@ def worker(args) -> dict:
         if impl == "naive":
             logits = (hid @ w.T).float()
             return torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        return linear_log_probs(hid, w, None, y, chunk_size=chunk)
+        return linear_log_probs(hid, w, None, y, chunk_size=chunk, uniform_grad=mode == "sft")
+
+    if mode in ("train", "sft"):
+        # the parameter's .grad buffer lives across steps in training: allocate it before the baseline
+        weight.requires_grad_(True)
+        weight.grad = torch.zeros_like(weight)
 
     def step(hid, w, y):
         if mode == "ref":
             with torch.no_grad():
                 return float(logps(hid, w, y).sum())
         hid = hid.detach().requires_grad_()  # as the decoder's output would
-        w.requires_grad_(mode == "train")
-        w.grad = None
         out = logps(hid, w, y)
-        out.sum().backward()
-        assert hid.grad is not None and (w.grad is not None) == (mode == "train")
+        # "train" weighs tokens unequally, as DPO/PPO losses do; "sft" sums them, as SFT's loss does
+        weights = 1.0 if mode != "train" else torch.linspace(0.5, 1.5, out.numel(), device=out.device)
+        (out * weights).sum().backward()
+        assert hid.grad is not None and (w.grad is not None) == (mode in ("train", "sft"))
         return float(out.sum().detach())
 
     def sync():
@@ -176,6 +187,21 @@ def run_one(args, impl: str, mode: str, chunk: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _other_load(args) -> str | None:
+    """A description of other work competing for the CPUs, or None (Linux load average; CPU runs only)."""
+    if args.device != "cpu":
+        return None
+    try:
+        with open("/proc/loadavg") as f:
+            load = float(f.read().split()[0])
+    except OSError:
+        return None
+    cpus = os.cpu_count() or 1
+    if load > 0.5 and load + args.threads > cpus + 0.5:
+        return f"load average {load:.1f} on {cpus} CPUs before starting"
+    return None
+
+
 def label(chunk: int) -> str:
     return "chunked" if chunk == 0 else f"chunked/{chunk}"
 
@@ -202,6 +228,10 @@ def main(argv=None) -> int:
           f"default chunk = {default} tokens ({default * args.vocab * 4 / 2**20:,.0f} MiB of logits)")
     print(f"{args.repeats} repeat(s) per configuration, each a fresh process: {args.warmup} warm-up + "
           f"{args.steps} timed step(s); naive and chunked interleaved\n", flush=True)
+
+    busy = _other_load(args)
+    if busy:
+        print(f"WARNING: {busy}; timings will be slowed and noisy (peak memory is unaffected)\n", flush=True)
 
     samples: dict[tuple[str, str, int], list[dict]] = {}
     for mode in args.modes:
@@ -253,6 +283,10 @@ def main(argv=None) -> int:
           "(ratios of the medians; 'paired' is the median of back-to-back ratios, for reference)")
     if len(chunks) > 1:
         print("fastest chunk size per mode: " + ", ".join(f"{m} {c}" for m, (c, _) in best.items()))
+    speeds = [x["calib_gflops"] for v in samples.values() for x in v]
+    if max(speeds) > 1.3 * min(speeds):
+        print(f"WARNING: machine speed varied from {min(speeds):.0f} to {max(speeds):.0f} GFLOP/s across samples "
+              "(other work on the machine?): time ratios are uncertain")
     print("OVERALL: " + ("PASS" if all_pass else "FAIL"))
     if args.json:
         with open(args.json, "w") as f:

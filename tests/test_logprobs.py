@@ -386,8 +386,6 @@ def test_sequence_logps_softcapped_head_falls_back(tiny_model, tiny_tokenizer):
     _assert_grads_close(fast, naive)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _plain_linear_head misses Granite's config.logits_scaling "
-                   "(logits = lm_head(h) / logits_scaling), so the chunked path ignores the scaling")
 def test_sequence_logps_scaled_logits_model_matches_naive():
     """Models that rescale logits after the head (Granite divides by config.logits_scaling) must not take
     the plain-linear path, or must apply the scale there."""
@@ -491,3 +489,27 @@ def test_chunked_log_probs_peak_memory_below_naive():
     assert naive >= full, f"naive peak {naive} KiB should hold at least one full logits tensor ({full} KiB)"
     assert chunked < 0.5 * naive, f"chunked peak extra {chunked} KiB vs naive {naive} KiB"
     assert chunked < full, f"chunked peak extra {chunked} KiB should be below one full logits tensor"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_uniform_grad_mode_is_exact_for_uniform_and_other_gradients(temperature, with_bias):
+    """uniform_grad precomputes the gradients for a unit upstream gradient (SFT's plain sum). A uniform
+    gradient is just scaled; any other gradient must still come out exact (recompute fallback)."""
+    torch.manual_seed(0)
+    n, h, v = 19, 8, 37
+    hidden = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, dtype=torch.float64, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, v, (n,))
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    ref = torch.log_softmax((hidden @ weight.T + (bias if with_bias else 0)) / temperature, -1)
+    ref = ref.gather(-1, labels[:, None]).squeeze(-1)
+    for upstream in (torch.full((n,), -0.25, dtype=torch.float64), torch.randn(n, dtype=torch.float64)):
+        out = linear_log_probs(hidden, weight, bias, labels, chunk_size=6, temperature=temperature,
+                               uniform_grad=True)
+        assert torch.allclose(out, ref, atol=1e-12)
+        got = torch.autograd.grad((out * upstream).sum(), params)
+        want = torch.autograd.grad((ref * upstream).sum(), params, retain_graph=True)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, atol=1e-10)

@@ -106,7 +106,7 @@ def sft_loss(model, batch: dict):
     """(summed negative log-likelihood of the trained tokens, metrics) for one micro-batch."""
     from alignkit.ops.logprobs import sequence_logps
 
-    logps = sequence_logps(model, batch)
+    logps = sequence_logps(model, batch, uniform_grad=True)  # the loss is a plain sum of token log-probs
     n = logps.count.sum().clamp(min=1)
     return -logps.sum.sum(), {"mean_token_logp": (logps.sum.sum() / n).item()}
 

@@ -92,34 +92,62 @@ class _NoCtx:
 
 
 class _LinearLogProbs(torch.autograd.Function):
-    """log_softmax((hidden @ W.T + b) / temperature)[labels], chunked over tokens."""
+    """log_softmax((hidden @ W.T + b) / temperature)[labels], chunked over tokens.
+
+    Modes (how the backward gets what it needs without keeping logits):
+      "recompute":   the backward recomputes each chunk's logits (4 vocabulary-sized matmuls in all);
+      "expectation": frozen head: the forward keeps E_p[W] per token, the backward is elementwise (2);
+      "uniform":     the caller promises one gradient value for every token (a plain sum of log-probs,
+                     as in SFT): the forward computes the gradients for a unit gradient and the backward
+                     scales them (3). A non-uniform gradient still gets the right answer by recomputing.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size, temperature, keep_expectation):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, temperature, mode, needs):
+        need_h, need_w, need_b = needs
         out = _upcast(hidden.new_empty(hidden.shape[0]))
-        expectation = torch.empty_like(hidden) if keep_expectation else None
+        saved_h = torch.empty_like(hidden) if mode in ("expectation", "uniform") and need_h else None
+        saved_w = _upcast(torch.zeros_like(weight)) if mode == "uniform" and need_w else None
+        saved_b = _upcast(torch.zeros_like(bias)) if mode == "uniform" and need_b else None
         for s in range(0, hidden.shape[0], chunk_size):
             e = s + chunk_size
-            logits = _project(hidden[s:e], weight, bias, temperature)
-            logp = torch.log_softmax(logits, dim=-1)
+            logp = torch.log_softmax(_project(hidden[s:e], weight, bias, temperature), dim=-1)
             out[s:e] = logp.gather(-1, labels[s:e].unsqueeze(-1)).squeeze(-1)
-            if keep_expectation:
-                # E_p[W] per token: with it the backward for hidden needs no recompute (frozen W)
-                expectation[s:e] = logp.exp_().to(weight.dtype) @ weight
-        ctx.save_for_backward(hidden, weight, bias, labels, expectation)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+            if mode == "expectation" and need_h:
+                saved_h[s:e] = logp.exp_().to(weight.dtype) @ weight  # E_p[W]
+            elif mode == "uniform":
+                d = logp.exp_().neg_()  # d logp_y / d logit_j = (1[j=y] - p_j) / t, for a unit gradient
+                d.scatter_add_(-1, labels[s:e].unsqueeze(-1), torch.ones_like(out[s:e]).unsqueeze(-1))
+                if temperature != 1.0:
+                    d.div_(temperature)
+                if need_h:
+                    saved_h[s:e] = d.to(weight.dtype) @ weight
+                if need_w:
+                    saved_w.addmm_(d.t(), hidden[s:e].to(d.dtype))
+                if need_b:
+                    saved_b += d.sum(0)
+                del d
+            del logp  # free this chunk before the next one is built: peak stays at about two chunks
+        ctx.save_for_backward(hidden, weight, bias, labels, saved_h, saved_w, saved_b)
+        ctx.chunk_size, ctx.temperature, ctx.mode, ctx.needs = chunk_size, temperature, mode, needs
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, labels, expectation = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        hidden, weight, bias, labels, saved_h, saved_w, saved_b = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs
         t = ctx.temperature
         grad_out = _upcast(grad_out)
-        if expectation is not None and not need_w and not need_b:
+        none = (None,) * 5
+        if ctx.mode == "expectation":
             # d logp_y / d h = (W[y] - E_p[W]) / t
             g = (grad_out / t).unsqueeze(-1).to(hidden.dtype)
-            return (weight[labels] - expectation) * g, None, None, None, None, None, None
+            return ((weight[labels] - saved_h) * g if need_h else None), None, None, *none
+        if ctx.mode == "uniform" and grad_out.numel() and bool((grad_out == grad_out[0]).all()):
+            c = grad_out[0]
+            return (None if saved_h is None else saved_h * c.to(saved_h.dtype),
+                    None if saved_w is None else (saved_w * c).to(weight.dtype),
+                    None if saved_b is None else (saved_b * c).to(bias.dtype), *none)
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = _upcast(torch.zeros_like(weight)) if need_w else None
         grad_b = _upcast(torch.zeros_like(bias)) if need_b else None
@@ -134,8 +162,9 @@ class _LinearLogProbs(torch.autograd.Function):
                 grad_w.addmm_(d.t(), hidden[s:e].to(d.dtype))
             if need_b:
                 grad_b += d.sum(0)
+            del d
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)
+                None if grad_b is None else grad_b.to(bias.dtype), *none)
 
 
 def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
@@ -144,19 +173,25 @@ def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: f
 
 
 def linear_log_probs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
-                     chunk_size: int | None = None, temperature: float = 1.0) -> Tensor:
+                     chunk_size: int | None = None, temperature: float = 1.0,
+                     uniform_grad: bool = False) -> Tensor:
     """log_softmax((hidden @ weight.T + bias) / temperature)[labels] for N tokens, chunked.
 
     hidden: (N, H); weight: (V, H); bias: (V,) or None; labels: (N,). Returns (N,) float32.
+    uniform_grad: the result will be summed with one weight for every token (SFT's loss); the backward
+    then costs one vocabulary-sized matmul less. Any other use still gets exact gradients.
     """
     chunk = chunk_size or default_chunk_size(weight.shape[0])
-    needs_grad = torch.is_grad_enabled() and (
-        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    if not needs_grad:
+    needs = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+    if not (torch.is_grad_enabled() and any(needs)):
         with torch.no_grad():
-            return _LinearLogProbs.forward(_NoCtx(), hidden, weight, bias, labels, chunk, temperature, False)
-    frozen_head = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    return _LinearLogProbs.apply(hidden, weight, bias, labels, chunk, temperature, frozen_head)
+            return _LinearLogProbs.forward(_NoCtx(), hidden, weight, bias, labels, chunk, temperature,
+                                           "recompute", (False, False, False))
+    if not needs[1] and not needs[2]:
+        mode = "expectation"
+    else:
+        mode = "uniform" if uniform_grad else "recompute"
+    return _LinearLogProbs.apply(hidden, weight, bias, labels, chunk, temperature, mode, needs)
 
 
 @dataclass
@@ -187,10 +222,22 @@ class SequenceLogProbs:
         return self.sum / self.count.clamp(min=1)
 
 
+# Architectures whose logits are exactly lm_head(final hidden state): no soft-capping, no logit scaling
+# (Granite divides by logits_scaling, Cohere multiplies by logit_scale, Gemma 2/3 soft-cap, MiniCPM
+# rescales the hidden state). Anything not listed takes the exact general path.
+PLAIN_HEAD_MODELS = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo", "olmo2",
+    "gemma", "smollm3", "starcoder2", "stablelm", "gpt_neox", "deepseek_v3",
+})
+SCALING_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "scale_width")
+
+
 def _plain_linear_head(model):
     """The output projection when logits are exactly hidden @ W.T (+ b); None when they are not."""
     config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in SCALING_ATTRIBUTES):
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear:  # exact type: wrapped heads (LoRA, modules_to_save) take the general path
@@ -209,12 +256,14 @@ def score_mask(batch: dict) -> Tensor:
     return mask
 
 
-def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperature: float = 1.0) -> SequenceLogProbs:
+def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperature: float = 1.0,
+                   uniform_grad: bool = False) -> SequenceLogProbs:
     """Per-token and summed log-probs of the response tokens in `batch`.
 
     batch: input_ids (B, T), attention_mask (B, T), completion_mask (B, T) (1 on response tokens; when
     absent every real token but the first is scored), optional position_ids (packed sequences).
     Only response positions are projected to the vocabulary; see the module docstring for memory.
+    uniform_grad: the caller's loss is a plain sum of the token log-probs (SFT); see `linear_log_probs`.
     """
     input_ids = batch["input_ids"]
     mask = score_mask(batch)
@@ -226,7 +275,7 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
     if head is not None:
         hidden = model.get_decoder()(input_ids=input_ids, use_cache=False, **model_inputs).last_hidden_state
         selected = hidden[:, :-1][target_mask]
-        flat = linear_log_probs(selected, head.weight, head.bias, labels, chunk_size, temperature)
+        flat = linear_log_probs(selected, head.weight, head.bias, labels, chunk_size, temperature, uniform_grad)
     else:
         logits = model(input_ids=input_ids, use_cache=False, **model_inputs).logits[:, :-1]
         if temperature != 1.0:
