@@ -33,7 +33,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
 bench: $(STAMP)
-	$(PY) benchmarks/logprobs.py && $(PY) benchmarks/sft.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/logprobs.py
+	$(PY) benchmarks/sft.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
