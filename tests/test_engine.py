@@ -244,3 +244,29 @@ def test_metrics_rows_have_the_documented_fields(tmp_path, examples, tiny_tokeni
                 "num_tokens", "skipped_steps", "mean_token_logp"):
         assert key in row
     assert json.loads(json.dumps(row)) == row
+
+
+def test_tensorboard_tracker_receives_the_metrics(tmp_path, examples, tiny_tokenizer):
+    pytest.importorskip("tensorboard")  # a dev dependency: installed by `make test`
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tmp_path, examples, tiny_tokenizer, max_steps=3, report_to="tensorboard")
+    files = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert files
+    tags = set()
+    for f in files:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "grad_norm"} <= tags
+
+
+def test_missing_tracker_is_a_clear_error(tmp_path, examples, tiny_tokenizer, monkeypatch):
+    import importlib.util
+
+    from alignkit.errors import AlignkitError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(AlignkitError, match="pip install mlflow"):
+        run(tmp_path, examples, tiny_tokenizer, max_steps=1, report_to="mlflow")

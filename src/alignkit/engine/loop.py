@@ -115,6 +115,11 @@ def _make_accelerator(settings: TrainSettings, device: str | None):
 
     kwargs: dict[str, Any] = {}
     if settings.report_to != "none":
+        import importlib.util
+
+        if importlib.util.find_spec(settings.report_to) is None:
+            raise AlignkitError(f"report_to {settings.report_to}: the tracker is not installed; "
+                                f"pip install {settings.report_to} (or pip install 'alignkit[tracking]')")
         if settings.report_to == "wandb":
             os.environ.setdefault("WANDB_MODE", "offline")
         kwargs.update(log_with=settings.report_to, project_dir=settings.output_dir)
