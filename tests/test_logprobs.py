@@ -474,7 +474,10 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 
 def _peak_extra_kib(mode):
     proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, mode], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                          timeout=300,
+                          # a fixed mmap threshold: glibc otherwise raises it after the first large free and
+                          # later chunks come from a fragmenting heap, so RSS would measure the allocator
+                          env=dict(os.environ, OMP_NUM_THREADS="2", MALLOC_MMAP_THRESHOLD_="131072"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["extra_kib"]
 
