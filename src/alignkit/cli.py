@@ -100,7 +100,7 @@ def _sampling(args):
 def cmd_generate(args) -> int:
     from alignkit.data.io import load_rows, write_jsonl
     from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import generate
+    from alignkit.rollout.generate import as_records, generate
 
     settings = _sampling(args)
     settings.check()
@@ -108,10 +108,7 @@ def cmd_generate(args) -> int:
     tokenizer = load_tokenizer(args.model_name_or_path, padding_side="left")
     model = load_policy(args.model_name_or_path, dtype=args.dtype, device=args.device)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings)
-    records = [
-        {**row, "completion": g.completion, "finish_reason": g.finish_reason}
-        for row, gens in zip(rows, outputs) for g in gens
-    ]
+    records = as_records(rows, outputs)
     if args.output:
         write_jsonl(args.output, records)
         print(f"wrote {len(records)} completions to {args.output}", file=sys.stderr)

@@ -120,3 +120,9 @@ def _finish(prompt, tokens: list[int], stop: list[int], tokenizer) -> Generation
     kept = tokens if end is None else tokens[: end + 1]
     text = tokenizer.decode(kept if end is None else kept[:-1], skip_special_tokens=True)
     return Generation(prompt, text.strip(), kept, "length" if end is None else "stop")
+
+
+def as_records(rows: list[dict], outputs: list[list[Generation]]) -> list[dict]:
+    """One output row per generation: the prompt row (extra columns kept) with completion and finish_reason."""
+    return [{**row, "completion": g.completion, "finish_reason": g.finish_reason}
+            for row, gens in zip(rows, outputs) for g in gens]

@@ -51,7 +51,7 @@ def run_generate(config: GenerateConfig) -> Path:
     from alignkit.data.io import load_rows, write_jsonl
     from alignkit.engine.outputs import write_status
     from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import SamplingSettings, generate
+    from alignkit.rollout.generate import SamplingSettings, as_records, generate
 
     config.check()
     out = Path(config.output_dir)
@@ -65,8 +65,7 @@ def run_generate(config: GenerateConfig) -> Path:
                                 num_return_sequences=config.num_return_sequences,
                                 batch_size=config.batch_size, seed=config.seed)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings)
-    records = [{**row, "completion": g.completion, "finish_reason": g.finish_reason}
-               for row, gens in zip(rows, outputs) for g in gens]
+    records = as_records(rows, outputs)
     path = out / "generations.jsonl"
     write_jsonl(path, records)
     if config.show:
