@@ -277,6 +277,14 @@ def batch_stats(sequence: list, batch: int, first_step: int) -> dict:
 # the two sides; each returns after the last timed step with its timings
 
 
+def _checkpointing(model) -> bool:
+    """Whether gradient (activation) checkpointing is on; transformers 5 renamed the attribute."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name) or name in getattr(model, "__dict__", {}):
+            return bool(getattr(model, name))
+    return False
+
+
 class _Done(Exception):
     """Raised from our engine's on_log hook after the last timed step, so the run ends before its final save."""
 
@@ -322,7 +330,7 @@ def run_ours(args, sequence: list, tokenizer, total_steps: int, memory: Memory, 
         pass
     delta, absolute = peaks[-1] if peaks else memory.peak()
     return {"times": times, "losses": losses, "peak_bytes": delta, "abs_peak_bytes": absolute, "out_dir": out_dir,
-            "checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}
+            "checkpointing": _checkpointing(model)}
 
 
 def run_trl(args, sequence: list, tokenizer, total_steps: int, memory: Memory, profiler=None) -> dict:
@@ -369,7 +377,7 @@ def run_trl(args, sequence: list, tokenizer, total_steps: int, memory: Memory, p
     trainer.train()
     delta, absolute = peaks[-1] if peaks else memory.peak()
     return {"times": times, "losses": losses, "peak_bytes": delta, "abs_peak_bytes": absolute, "out_dir": out_dir,
-            "checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False))}
+            "checkpointing": _checkpointing(trainer.model)}
 
 
 def worker(args, profile: bool = False) -> dict:
@@ -423,16 +431,16 @@ def worker(args, profile: bool = False) -> dict:
 # driver
 
 
-def wait_quiet(limit: float) -> None:
-    """Wait (up to `limit` seconds) until the rest of the machine uses < 10% of its CPUs."""
+def wait_quiet(limit: float, window: float = 3.0, needed: int = 3) -> None:
+    """Wait (up to `limit` seconds) until the rest of the machine has used < 10% of its CPUs for `needed`
+    windows of `window` seconds in a row."""
     deadline = time.time() + limit
-    while True:
+    quiet = 0
+    while quiet < needed and time.time() < deadline:
         before = _cpu_busy_s()
-        time.sleep(2.0)
-        busy = (_cpu_busy_s() - before) / (2.0 * (os.cpu_count() or 1))
-        if busy < 0.1 or time.time() >= deadline:
-            return
-        time.sleep(5.0)
+        time.sleep(window)
+        busy = (_cpu_busy_s() - before) / (window * (os.cpu_count() or 1))
+        quiet = quiet + 1 if busy < 0.1 else 0
 
 
 def run_one(args, side: str, model: str, shape: str) -> dict:

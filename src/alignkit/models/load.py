@@ -146,7 +146,11 @@ def load_policy(
     model = _load(AutoModelForCausalLM.from_pretrained, str(name), "model", **kwargs)
     model = _place(model, device)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.24 renamed it; the old name still works there but warns and goes in v6
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora is not None:
         model = apply_lora(model, lora, task_type="CAUSAL_LM")
