@@ -151,8 +151,8 @@ def cmd_pipeline(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from alignkit.engine.outputs import read_status
     from alignkit.engine.report import write_pipeline_summary, write_report
+    from alignkit.pipeline import summary_row
 
     root = Path(args.run_dir)
     if not root.is_dir():
@@ -166,9 +166,7 @@ def cmd_report(args) -> int:
     for stage in stages:
         if (stage / "metrics.jsonl").exists():
             write_report(stage)
-    rows = [{"name": d.name, "run_dir": str(d), "status": read_status(d).get("status", "unknown"),
-             "seconds": read_status(d).get("seconds")} for d in stages]
-    print(write_pipeline_summary(root, rows))
+    print(write_pipeline_summary(root, [summary_row(d.name, d) for d in stages]))
     return 0
 
 

@@ -100,13 +100,13 @@ def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = Non
     stages = plan(recipe, str(path), overrides)
     root = Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{recipe.get('name', 'pipeline')}")
     root.mkdir(parents=True, exist_ok=True)
-    rows = {s["name"]: _summary_row(s["name"], Path(s["values"]["output_dir"])) for s in stages}
+    rows = {s["name"]: summary_row(s["name"], Path(s["values"]["output_dir"])) for s in stages}
     for number, stage in enumerate(stages, start=1):
         out = Path(stage["values"]["output_dir"])
         header = f"[{number}/{len(stages)}] {stage['name']} ({stage['method']})"
         if is_complete(out):
             print(f"{header}: complete, skipped ({out})", flush=True)
-            rows[stage["name"]] = _summary_row(stage["name"], out)
+            rows[stage["name"]] = summary_row(stage["name"], out)
             continue
         config_cls, run = method_parts(stage["method"])
         values = dict(stage["values"])
@@ -117,17 +117,11 @@ def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = Non
         try:
             run(build_config(config_cls, values))
         finally:
-            rows[stage["name"]] = _summary_row(stage["name"], out)
+            rows[stage["name"]] = summary_row(stage["name"], out)
             write_pipeline_summary(root, list(rows.values()))
     index = write_pipeline_summary(root, list(rows.values()))
     print(f"pipeline {recipe.get('name', path.stem)}: all {len(stages)} stages complete; summary: {index}", flush=True)
     return root
-
-
-def read_status(out: Path) -> dict:
-    from alignkit.engine.outputs import read_status as read
-
-    return read(out)
 
 
 def _fields(config_cls) -> set[str]:
@@ -136,7 +130,10 @@ def _fields(config_cls) -> set[str]:
     return set(flat_fields(config_cls))
 
 
-def _summary_row(name: str, out: Path) -> dict:
+def summary_row(name: str, out: Path) -> dict:
+    """A stage's line on the pipeline's index.html, from its run.json."""
+    from alignkit.engine.outputs import read_status
+
     status = read_status(out)
     return {"name": name, "run_dir": str(out), "status": status.get("status", "pending"),
             "seconds": status.get("seconds")}
