@@ -118,3 +118,21 @@ def collate_packed(rows, pad_id: int) -> dict:
         "position_ids": pad(positions, 0, "right"),
         "completion_mask": pad([r.loss_mask for r in rows], 0, "right"),
     }
+
+
+def collate_sequences(sequences: Sequence[Sequence[int]], pad_id: int, padding_free: bool = False) -> dict:
+    """Whole sequences to be scored (rewards, values).
+
+    Padded: input_ids and attention_mask, right-padded. Padding-free: one row with the sequences back to
+    back, position_ids restarting at each, and `sequence_ends`, the index of each sequence's last token
+    (where its score is read).
+    """
+    import torch
+
+    if not padding_free:
+        return {"input_ids": pad(sequences, pad_id, "right"),
+                "attention_mask": pad([[1] * len(s) for s in sequences], 0, "right")}
+    ids = [t for s in sequences for t in s]
+    positions = [p for s in sequences for p in range(len(s))]
+    ends = torch.tensor([len(s) for s in sequences]).cumsum(0) - 1
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]), "sequence_ends": ends}

@@ -254,3 +254,36 @@ def read_jsonl_file(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSONL file alignkit wrote itself (no validation)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def load_train_eval(path: str | os.PathLike, kind: str, eval_path: str | os.PathLike | None = None,
+                    train_split: str = "train", test_split: str = "test") -> tuple[list[dict], list[dict]]:
+    """Training and held-out rows, as TRL users expect from dataset_train_split / dataset_test_split.
+
+    A saved HF DatasetDict gives its two splits; rows with a "split" column (alignkit's built-in sets and
+    what its stages write) are divided by it; any other file is all training data. `eval_path`, when given,
+    is the held-out data whatever the training file holds.
+    """
+    if file_format(resolve_data_path(path)) == "hf":
+        train = load_rows(path, kind, train_split)
+        held_out = load_rows(eval_path, kind) if eval_path else _optional_split(path, kind, test_split)
+        return train, held_out
+    rows = load_rows(path, kind)
+    if any("split" in row for row in rows):
+        train = [r for r in rows if r.get("split", train_split) == train_split]
+        held_out = [r for r in rows if r.get("split") == test_split]
+    else:
+        train, held_out = rows, []
+    if not train:
+        raise AlignkitError(f"{path}: split: no rows with split {train_split!r} (dataset_train_split)")
+    if eval_path:
+        held_out = load_rows(eval_path, kind)
+    return train, held_out
+
+
+def _optional_split(path, kind: str, split: str) -> list[dict]:
+    """Rows of `split` when the saved dataset is a DatasetDict that has it; none otherwise."""
+    import datasets
+
+    data = datasets.load_from_disk(str(resolve_data_path(path)))
+    return load_rows(path, kind, split) if isinstance(data, datasets.DatasetDict) and split in data else []

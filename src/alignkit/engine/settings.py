@@ -79,3 +79,27 @@ class TrainSettings:
         for name, ok, why in problems:
             if not ok:
                 raise AlignkitError(f"config: {name}: {why}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class PeftSettings:
+    """LoRA options every trainable method shares (flat keys: use_peft, lora_r, ...)."""
+
+    use_peft: bool = False
+    """Train a LoRA adapter instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_target_modules: str = "all-linear"
+    """Modules LoRA adapts: all-linear or a comma-separated list such as q_proj,v_proj."""
+
+    def lora(self) -> dict | None:
+        """The adapter settings for `models.load`, or None for full fine-tuning."""
+        if not self.use_peft:
+            return None
+        targets = self.lora_target_modules
+        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": targets}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.engine.settings import TrainSettings
+from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
 
 
@@ -45,16 +45,8 @@ class SFTConfig:
     """Weights dtype: auto (bfloat16 on capable GPUs, float32 on CPU), float32, bfloat16, float16."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
-    use_peft: bool = False
-    """Train a LoRA adapter instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA alpha (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
-    """LoRA dropout."""
-    lora_target_modules: str = "all-linear"
-    """Modules LoRA adapts: all-linear or a comma-separated list such as q_proj,v_proj."""
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    """LoRA settings (flat keys: use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules)."""
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=2e-5))
     """Shared training settings (flat keys: learning_rate, max_steps, ...)."""
 
@@ -67,13 +59,6 @@ class SFTConfig:
         if self.max_length < 2:
             raise AlignkitError(f"config: max_length: must be at least 2, got {self.max_length}")
         self.train.check()
-
-    def lora(self) -> dict | None:
-        if not self.use_peft:
-            return None
-        targets = self.lora_target_modules
-        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": targets}
 
 
 def tokenize_sft(tokenizer, rows: list[dict], max_length: int, completion_only_loss: bool = True) -> tuple[list, int]:
@@ -137,21 +122,13 @@ def train_sft(config: SFTConfig):
     the engine's TrainResult."""
     import warnings
 
-    from alignkit.config import save_yaml, to_flat_dict
     from alignkit.data.collate import collate_masked, collate_packed, collate_padding_free, pack
     from alignkit.data.io import load_rows
     from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.loop import TrainingStopped, check_output_dir, train
-    from alignkit.engine.outputs import save_final_model, write_report_quietly, write_status
+    from alignkit.engine.outputs import start_run, train_and_save
     from alignkit.models.load import load_policy, load_tokenizer
 
-    config.check()
-    check_output_dir(config.train)
-    out = Path(config.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(out / "config.yaml", {"method": "sft", **to_flat_dict(config)})
-    write_status(out, "running", "sft", model=config.model_name_or_path)
-
+    start_run("sft", config)
     tokenizer = load_tokenizer(config.model_name_or_path)
     rows = load_rows(config.dataset_name, "sft")
     examples, dropped = tokenize_sft(tokenizer, rows, config.max_length, config.completion_only_loss)
@@ -177,20 +154,7 @@ def train_sft(config: SFTConfig):
             return {"eval/loss": token_mean_loss(model, eval_examples, eval_collate,
                                                  config.train.per_device_eval_batch_size)}
 
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device, lora=config.lora(),
-                        gradient_checkpointing=config.gradient_checkpointing)
-    try:
-        result = train(model, examples, collate, sft_loss, config.train, count_fn=count_trained_tokens,
-                       eval_fn=eval_fn, config=to_flat_dict(config),
-                       device=None if config.device == "auto" else config.device, method="sft")
-    except BaseException as e:
-        status = "stopped" if isinstance(e, (TrainingStopped, KeyboardInterrupt)) else "failed"
-        write_status(out, status, "sft", model=config.model_name_or_path, error=str(e) or type(e).__name__)
-        write_report_quietly(out)
-        raise
-    save_final_model(model, tokenizer, out / "model")
-    write_status(out, "complete", "sft", model=config.model_name_or_path, steps=result.steps,
-                 seconds=round(result.seconds, 2), skipped_steps=result.skipped_steps,
-                 eval=result.eval_metrics, final=result.last_metrics)
-    write_report_quietly(out)
-    return result
+    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                        lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+    return train_and_save("sft", config, model, tokenizer, examples, collate, sft_loss,
+                          count_fn=count_trained_tokens, eval_fn=eval_fn)

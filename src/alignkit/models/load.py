@@ -146,15 +146,20 @@ def load_policy(
     model = _load(AutoModelForCausalLM.from_pretrained, str(name), "model", **kwargs)
     model = _place(model, device)
     if gradient_checkpointing:
-        # transformers 5.24 renamed it; the old name still works there but warns and goes in v6
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model)
     if lora is not None:
         model = apply_lora(model, lora, task_type="CAUSAL_LM")
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant, so LoRA and frozen inputs work)."""
+    # transformers 5.24 renamed it; the old name still works there but warns and goes in v6
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def load_reward_model(
@@ -163,18 +168,29 @@ def load_reward_model(
     dtype: Any = "auto",
     device: str | None = "auto",
     lora: LoraSettings | dict | None = None,
+    gradient_checkpointing: bool = False,
 ):
-    """A sequence classifier with one output: the scalar reward read at each sequence's last real token."""
+    """A sequence classifier with one output: the scalar reward (see `ops.rewards.sequence_rewards`, which
+    reads it at each sequence's last real token). A causal-LM checkpoint gets a new, randomly initialised head."""
     from transformers import AutoModelForSequenceClassification
 
     torch_dtype = resolve_dtype(dtype, resolve_device(device))
-    model = _load(AutoModelForSequenceClassification.from_pretrained, str(name), "reward model",
-                  num_labels=1, dtype=torch_dtype)
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the load report lists the new head and the unused LM head: expected here
+    try:
+        model = _load(AutoModelForSequenceClassification.from_pretrained, str(name), "reward model",
+                      num_labels=1, dtype=torch_dtype)
+    finally:
+        logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
         # the classifier finds each sequence's last token through the pad id
         tokenizer = load_tokenizer(name)
         model.config.pad_token_id = tokenizer.pad_token_id
     model = _place(model, device)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
     if lora is not None:
         model = apply_lora(model, lora, task_type="SEQ_CLS")
     return model

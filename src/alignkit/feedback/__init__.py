@@ -1,0 +1,1 @@
+"""Feedback without people: rule-based simulated annotators, judges and their shared interface."""
