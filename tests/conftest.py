@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import random  # noqa: E402
+
 import pytest  # noqa: E402
 
 TINY = "embedded:tiny"
@@ -47,3 +49,27 @@ def smollm2_model():
     from alignkit.models.load import load_policy
 
     return load_policy(SMOLLM2, device="cpu")
+
+
+WORDS = "the cat sat on mat dog ran far away over hill river blue green small big tree house road sun moon".split()
+
+
+def marker_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Known preference: the chosen response contains the word "banana", the rejected one never does.
+    Lengths are drawn from the same range for both, so length alone tells nothing."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = lambda: [rng.choice(WORDS) for _ in range(rng.randint(4, 12))]  # noqa: E731
+        chosen, rejected = words(), words()
+        chosen[rng.randrange(len(chosen))] = "banana"
+        rows.append({"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))),
+                     "chosen": " ".join(chosen), "rejected": " ".join(rejected),
+                     "split": "test" if i % 5 == 0 else "train"})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def make_marker_pairs():
+    """`marker_pairs(n, seed)`: preference rows whose known rule is "the response with banana wins"."""
+    return marker_pairs

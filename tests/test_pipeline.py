@@ -107,8 +107,13 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     assert len(rows) == 12 and all("completion" in r for r in rows)
     index = (tmp_path / "index.html").read_text()
     assert "sft/report.html" in index
+    prefs = [json.loads(line) for line in (tmp_path / "judge" / "preferences.jsonl").read_text().splitlines()]
+    assert prefs and {"chosen", "rejected", "split"} <= set(prefs[0])
+    rm = read_status(tmp_path / "reward_model")
+    assert rm["status"] == "complete" and "eval/accuracy" in rm["eval"]  # held out: the prompts' test split
+    assert "judge: " in out and "preferences" in out
     rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
-    assert rc == 0 and out.count("complete, skipped") == 2
+    assert rc == 0 and out.count("complete, skipped") == 5
 
 
 def test_pipeline_resumes_an_interrupted_stage(tmp_path, capsys, monkeypatch):

@@ -123,14 +123,81 @@ def _overrides(args, skip=("func", "command", "config")) -> dict:
 
 
 def cmd_sft(args) -> int:
-    from alignkit.config import build_config, load_yaml
     from alignkit.methods.sft import SFTConfig, train_sft
 
-    recipe = {k: v for k, v in load_yaml(args.config).items() if k != "method"} if args.config else {}
-    config = build_config(SFTConfig, {**recipe, **_overrides(args)})
-    result = train_sft(config)
+    result = train_sft(_config_from_args(SFTConfig, args))
     _print_finished("sft", result.output_dir, result)
     return 0
+
+
+def cmd_rm(args) -> int:
+    from alignkit.methods.reward_model import RewardConfig, train_reward_model
+
+    config = _config_from_args(RewardConfig, args)
+    result = train_reward_model(config)
+    _print_finished("rm", result.output_dir, result)
+    return 0
+
+
+def _config_from_args(cls, args):
+    from alignkit.config import build_config, load_yaml
+
+    recipe = {k: v for k, v in load_yaml(args.config).items() if k != "method"} if args.config else {}
+    return build_config(cls, {**recipe, **_overrides(args)})
+
+
+def cmd_generate_pairs(args) -> int:
+    from alignkit.rollout.pairs import GeneratePairsConfig, run_generate_pairs
+
+    output = args.output
+    config = _config_from_args(GeneratePairsConfig, _without(args, "output"))
+    path = run_generate_pairs(config, output)
+    print(f"wrote {config.num_responses} responses per prompt to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_judge(args) -> int:
+    from alignkit.feedback.stage import JudgeConfig, judge_file
+
+    output = args.out
+    config = _config_from_args(JudgeConfig, _without(args, "out"))
+    path, stats = judge_file(config, output)
+    print(f"judge {config.judge}: {stats['rows']} rows, {stats['comparisons']} comparisons -> "
+          f"{stats['preferences']} preferences, {stats['ties']} ties{' (kept)' if config.keep_ties else ' (dropped)'}; "
+          f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _without(args, *names):
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in names})
+
+
+def cmd_score(args) -> int:
+    from alignkit.rewards.score import score_file
+
+    summary = score_file(args.data, _reward_source(args), args.output)
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def _reward_source(args):
+    from alignkit.rewards.combine import Ensemble, SafetyHelpfulness
+    from alignkit.rewards.model import RewardModel
+
+    def load(path):
+        return RewardModel(path, device=args.device, batch_size=args.batch_size, max_length=args.max_length)
+
+    if bool(args.safety_rm) != bool(args.helpfulness_rm):
+        raise AlignkitError("score: give both --safety_rm and --helpfulness_rm, or neither")
+    if args.safety_rm:
+        if args.rm:
+            raise AlignkitError("score: --rm cannot be combined with --safety_rm/--helpfulness_rm")
+        return SafetyHelpfulness(load(args.safety_rm), load(args.helpfulness_rm), args.safety_threshold,
+                                 whitened=not args.no_whiten)
+    if not args.rm:
+        raise AlignkitError("score: give a reward model with --rm PATH (repeat it for an ensemble)")
+    members = [load(path) for path in args.rm]
+    return members[0] if len(members) == 1 else Ensemble(members, args.ensemble, args.uncertainty_k)
 
 
 def _print_finished(method: str, out, result) -> None:
@@ -175,15 +242,33 @@ def cmd_demo(args) -> int:
     from alignkit.pipeline import run_pipeline
 
     print(f"alignkit {__version__} demo: SmolLM2-135M-Instruct answers, learns from the built-in SFT data "
-          "(LoRA), and answers again\n", flush=True)
+          "(LoRA) and answers again; then it samples response pairs, a simulated annotator labels them, and a "
+          "reward model learns those preferences\n", flush=True)
     root = run_pipeline("demo", {"output_dir": args.output_dir} if args.output_dir else None)
     before = read_jsonl_file(root / "before" / "generations.jsonl")
     after = read_jsonl_file(root / "after" / "generations.jsonl")
     for b, a in zip(before, after):
         question = b["prompt"][-1]["content"] if isinstance(b["prompt"], list) else b["prompt"]
         print(f"\nQ: {question}\n  before: {_one_line(b['completion'])}\n  after:  {_one_line(a['completion'])}")
+    _print_reward_model_result(root)
     print(f"\nreports: {root / 'index.html'}")
     return 0
+
+
+def _print_reward_model_result(root) -> None:
+    """The demo's reward model against the simulated annotator, on pairs for the held-out prompts."""
+    from alignkit.data.io import read_jsonl_file
+    from alignkit.engine.outputs import read_status
+
+    judged = read_status(root / "judge")
+    accuracy = read_status(root / "reward_model").get("eval", {}).get("eval/accuracy")
+    if not judged or accuracy is None:
+        return
+    held_out = sum(r.get("split") == "test" for r in read_jsonl_file(root / "judge" / "preferences.jsonl"))
+    print(f"\npreferences: the simulated annotator (rubric) judged {judged['comparisons']} response pairs: "
+          f"{judged['preferences']} preferences, {judged['ties']} ties")
+    print(f"reward model: held-out accuracy {accuracy:.1%} against the annotator's labels "
+          f"({held_out} pairs on test-split prompts; 50% is chance)")
 
 
 def _one_line(text: str, width: int = 200) -> str:
@@ -256,6 +341,56 @@ def build_parser() -> Parser:
     option(p, "--config", help="YAML recipe of option: value pairs")
     add_arguments(p, SFTConfig)
     p.set_defaults(func=cmd_sft)
+
+    from alignkit.methods.reward_model import RewardConfig
+
+    p = commands.add_parser("rm", aliases=["reward"], help="train a Bradley-Terry reward model on preference pairs",
+                            description="Train a reward model (an LM with a scalar head) on preference data with "
+                            "the Bradley-Terry loss. Options override the --config recipe; TRL's option names work.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    add_arguments(p, RewardConfig)
+    p.set_defaults(func=cmd_rm)
+
+    from alignkit.rollout.pairs import GeneratePairsConfig
+
+    p = commands.add_parser("generate-pairs", aliases=["generate_pairs"],
+                            help="sample N responses per prompt for judging",
+                            description="Sample several responses per prompt; writes one JSONL row per prompt with "
+                            "a responses list, ready for `alignkit judge` or the annotation app.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    option(p, "--output", "-o", help="write the pairs here (default: OUTPUT_DIR/pairs.jsonl with a run.json)")
+    add_arguments(p, GeneratePairsConfig)
+    p.set_defaults(func=cmd_generate_pairs)
+
+    from alignkit.feedback.stage import JudgeConfig
+
+    p = commands.add_parser("judge", help="judge response pairs and write preference data",
+                            description="Compare every pair of responses in a pairs file with a judge and write "
+                            "preference rows (prompt, chosen, rejected, p_chosen), ready for `alignkit rm`.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    option(p, "--out", "--output", "-o", help="write the preferences here (default: OUTPUT_DIR/preferences.jsonl)")
+    add_arguments(p, JudgeConfig)
+    p.set_defaults(func=cmd_judge)
+
+    p = commands.add_parser("score", help="score prompt/response rows with reward models",
+                            description="Score every response in a file (prompt+completion, preference pairs, or "
+                            "generate-pairs rows) with a reward model, an ensemble, or the safety+helpfulness rule.")
+    option(p, "--data", "--dataset_name", required=True, help="rows to score")
+    option(p, "--rm", "--reward_model", action="append", default=[],
+           help="reward model directory (repeat for an ensemble)")
+    option(p, "--ensemble", choices=("mean", "min", "mean_minus_std"), default="mean",
+           help="how an ensemble combines its members (default: mean)")
+    option(p, "--uncertainty_k", type=float, default=1.0, help="k of mean_minus_std (default: 1.0)")
+    option(p, "--safety_rm", help="safety reward model (with --helpfulness_rm: the Llama 2 combination)")
+    option(p, "--helpfulness_rm", help="helpfulness reward model")
+    option(p, "--safety_threshold", type=float, default=0.15,
+           help="use the safety score when sigmoid(safety) is below this (default: 0.15)")
+    option(p, "--no_whiten", action="store_true", help="report the combined score before whitening")
+    option(p, "--output", "-o", help="write the scored rows here (default: print them)")
+    option(p, "--batch_size", type=int, default=16, help="sequences per batch (default: 16)")
+    option(p, "--max_length", type=int, default=1024, help="longest prompt+response in tokens (default: 1024)")
+    option(p, "--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=cmd_score)
 
     p = commands.add_parser("pipeline", help="run a recipe's stages in order, skipping completed ones",
                             description="Run the stages of a YAML recipe in order; a stage whose output is "

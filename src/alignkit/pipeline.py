@@ -7,11 +7,11 @@ A recipe is YAML:
     defaults: {seed: 0}              # keys given to every stage that has them
     stages:
       - name: sft
-        method: sft                  # sft, generate (later: reward_model, dpo, ppo, ...)
+        method: sft                  # sft, reward_model, generate, generate_pairs, judge
         config: {model_name_or_path: embedded:smollm2-135m-instruct, dataset_name: builtin:sft.jsonl}
       - name: answers
         method: generate
-        config: {model_name_or_path: stage:sft}    # stage:NAME is that stage's final model
+        config: {model_name_or_path: stage:sft}    # stage:NAME is that stage's output (model/, a .jsonl)
 
 A stage is complete when its run.json says so. A stage that was interrupted is resumed from its latest
 checkpoint when it has one, so rerunning a recipe after a crash continues where it stopped.
@@ -25,10 +25,14 @@ from typing import Any
 
 from alignkit.errors import AlignkitError
 
-# method -> (module, config class, run function); imported only when a recipe uses it
+# method -> (module, config class, run function, what stage:NAME names in its output_dir); imported only
+# when a recipe uses it
 METHODS = {
-    "sft": ("alignkit.methods.sft", "SFTConfig", "train_sft"),
-    "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate"),
+    "sft": ("alignkit.methods.sft", "SFTConfig", "train_sft", "model"),
+    "reward_model": ("alignkit.methods.reward_model", "RewardConfig", "train_reward_model", "model"),
+    "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
+    "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
+    "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),
 }
 STAGE_REF = "stage:"
 PACKAGED = Path(__file__).parent / "configs"
@@ -37,7 +41,7 @@ PACKAGED = Path(__file__).parent / "configs"
 def method_parts(method: str):
     if method not in METHODS:
         raise AlignkitError(f"pipeline: unknown method {method!r}; known: {', '.join(METHODS)}")
-    module, config_name, run_name = METHODS[method]
+    module, config_name, run_name, _ = METHODS[method]
     mod = importlib.import_module(module)
     return getattr(mod, config_name), getattr(mod, run_name)
 
@@ -82,8 +86,9 @@ def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[
                 ref = value[len(STAGE_REF):]
                 if ref not in dirs:
                     raise AlignkitError(f"{where}: {key}: {value!r} names no earlier stage")
-                values[key] = str(dirs[ref] / "model")
-        dirs[name] = Path(values["output_dir"])
+                ref_dir, ref_method = dirs[ref]
+                values[key] = str(ref_dir / METHODS[ref_method][3])
+        dirs[name] = (Path(values["output_dir"]), stage["method"])
         planned.append({"name": name, "method": stage["method"], "values": values})
     return planned
 

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from alignkit.errors import DataError
-from alignkit.feedback.rubric import RULES, RubricContext, is_harmful_prompt, score_response
+from alignkit.feedback.rubric import (
+    RULES,
+    RubricContext,
+    is_harmful_prompt,
+    score_response,
+)
 
 
 @dataclass
@@ -76,7 +81,7 @@ def judge_pairs(judge, prompts, first, second, rows=None, tie_band: float | None
         backward = _checked(judge, judge.compare(prompts, second, first, [swapped_row(r) for r in rows]), len(prompts))
         results = [
             ((p_ab + (1.0 - p_ba)) / 2.0, {"p_forward": p_ab, "p_swapped": p_ba, "forward": d_ab, "swapped": d_ba})
-            for (p_ab, d_ab), (p_ba, d_ba) in zip(forward, backward)
+            for (p_ab, d_ab), (p_ba, d_ba) in zip(forward, backward, strict=True)
         ]
     else:
         results = forward
@@ -125,7 +130,7 @@ class RubricJudge:
     def compare(self, prompts: list, first: list[str], second: list[str], rows: list[dict]) -> list[tuple[float, dict]]:
         """P(first better) and both rubric scores for each pair."""
         results = []
-        for prompt, a, b, row in zip(prompts, first, second, rows):
+        for prompt, a, b, row in zip(prompts, first, second, rows, strict=True):
             harmful = is_harmful_prompt({**row, "prompt": prompt})
             score_a = score_response(prompt, a, RubricContext(harmful, row.get(FINISH_FIRST)), self.rules)
             score_b = score_response(prompt, b, RubricContext(harmful, row.get(FINISH_SECOND)), self.rules)
@@ -138,6 +143,41 @@ class RubricJudge:
             }
             results.append((sigmoid((score_a.total - score_b.total) / self.temperature), detail))
         return results
+
+
+class RewardJudge:
+    """Bradley–Terry judge over any reward source (a reward model, an ensemble, the safety + helpfulness
+    rule): P(first) = σ(r_first − r_second). Each response is scored alone, so order cannot matter."""
+
+    order_sensitive = False
+
+    def __init__(self, reward, name: str = "rm", tie_band: float = 0.0):
+        self.reward, self.name, self.tie_band = reward, name, tie_band
+
+    def compare(self, prompts: list, first: list[str], second: list[str], rows: list[dict]) -> list[tuple[float, dict]]:
+        keys = sorted({k for row in rows for k in row if k not in (FINISH_FIRST, FINISH_SECOND)})
+        columns = {k: [row.get(k) for row in rows] * 2 for k in keys}
+        scores = self.reward(list(prompts) * 2, list(first) + list(second), **columns)
+        n = len(prompts)
+        return [(sigmoid(a - b), {"reward_first": a, "reward_second": b}) for a, b in zip(scores[:n], scores[n:])]
+
+
+JUDGES_HELP = "rules (the written rubric), rm:PATH (a reward model), or rm:PATH,PATH,... (their mean)"
+
+
+def make_judge(spec: str, device: str = "auto"):
+    """A judge from its command-line name: see JUDGES_HELP."""
+    from alignkit.errors import AlignkitError
+
+    if spec == "rules":
+        return RubricJudge()
+    if spec.startswith("rm:") and spec[3:]:
+        from alignkit.rewards.combine import Ensemble
+        from alignkit.rewards.model import RewardModel
+
+        members = [RewardModel(path, device=device) for path in spec[3:].split(",")]
+        return RewardJudge(members[0] if len(members) == 1 else Ensemble(members), name=spec)
+    raise AlignkitError(f"judge: {spec!r} is not a judge; use {JUDGES_HELP}")
 
 
 def preference_rows(rows, judge=None, responses_key: str = "responses", keep_ties: bool = False):
@@ -196,7 +236,13 @@ def _responses_of(row, index: int, responses_key: str) -> tuple[list[str], list]
 
 
 def _preference(prompt, chosen: str, rejected: str, p_chosen: float, judge_name: str, extra: dict, tie=False):
-    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "p_chosen": round(p_chosen, 4), "judge": judge_name}
+    row = {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "p_chosen": round(p_chosen, 4),
+        "judge": judge_name,
+    }
     if tie:
         row["tie"] = True
     return {**row, **{k: v for k, v in extra.items() if k not in row}}

@@ -53,12 +53,14 @@ def helps_benign(prompt_text: str, response: str, context: RubricContext) -> flo
 
 # Words of four letters or more that say nothing about a prompt's subject, including the usual request verbs.
 STOPWORDS = frozenset(
-    """
-    about above after again also been before being below between both could does doing down during each
-    from further have having here into just like more most much only other over same should some such than
-    that their them then there these they this those through under until very what when where which while
-    will with would your yours please tell give want know need explain describe write show help
-    """.split()
+    {
+        "about", "above", "after", "again", "also", "been", "before", "being", "below", "between", "both", "could",
+        "does", "doing", "down", "during", "each", "from", "further", "have", "having", "here", "into", "just",
+        "like", "more", "most", "much", "only", "other", "over", "same", "should", "some", "such", "than", "that",
+        "their", "them", "then", "there", "these", "they", "this", "those", "through", "under", "until", "very",
+        "what", "when", "where", "which", "while", "will", "with", "would", "your", "yours", "please", "tell",
+        "give", "want", "know", "need", "explain", "describe", "write", "show", "help",
+    }
 )
 STEM_LETTERS = 5
 
@@ -103,7 +105,7 @@ MIN_REPEATED_SENTENCE_WORDS = 3  # a lone "}" or "Yes." repeated is formatting, 
 def repeated_trigram_share(text: str) -> float:
     """Share of the word 3-grams (lowercased) that repeat an earlier one; 0 for texts under three words."""
     words = re.findall(r"[a-z0-9']+", text.lower())
-    trigrams = list(zip(words, words[1:], words[2:]))
+    trigrams = list(zip(words, words[1:], words[2:], strict=False))
     if not trigrams:
         return 0.0
     return (len(trigrams) - len(set(trigrams))) / len(trigrams)

@@ -14,7 +14,6 @@ Deviations from TRL's SFTTrainer, on purpose: the loss is normalised over the ac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError

@@ -1,0 +1,89 @@
+"""`alignkit judge` and the pipeline's judge stage: response pairs in, preference data out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+
+PREFERENCES_FILE = "preferences.jsonl"
+
+
+@dataclass
+class JudgeConfig:
+    """Judge every pair of responses in a pairs file and write preference data."""
+
+    dataset_name: str = ""
+    """Pairs file from `alignkit generate-pairs` (rows with a responses list), or stage:NAME in a pipeline."""
+    judge: str = "rules"
+    """Who judges: rules (the written rubric), rm:PATH (a reward model) or rm:PATH,PATH,... (their mean)."""
+    output_dir: str = "runs/judge"
+    """Directory for preferences.jsonl and run.json."""
+    keep_ties: bool = False
+    """Also write tied pairs (with "tie": true); they are dropped by default."""
+    device: str = "auto"
+    """Device for a reward-model judge: auto, cpu, cuda or mps."""
+
+    CLI_ALIASES = {"dataset_name": ("--pairs", "--data")}
+
+    def check(self) -> None:
+        if not self.dataset_name:
+            raise AlignkitError("config: dataset_name: give the pairs file (--pairs FILE)")
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Rows of a pairs file; one `path:line: field: why` line per malformed row."""
+    from alignkit.data.formats import Problem
+    from alignkit.data.io import scan
+    from alignkit.errors import DataError
+
+    rows, problems = [], []
+    for line, row in scan(path):
+        if isinstance(row, Problem):
+            problems.append(row.format(str(path)))
+        elif not isinstance(row, dict) or "prompt" not in row:
+            problems.append(f"{path}:{line}: prompt: missing (expected rows written by alignkit generate-pairs)")
+        elif not isinstance(row.get("responses"), list) or len(row["responses"]) < 2 \
+                or not all(isinstance(r, str) for r in row["responses"]):
+            problems.append(f"{path}:{line}: responses: expected a list of at least 2 response strings")
+        elif "finish_reasons" in row and (not isinstance(row["finish_reasons"], list)
+                                          or len(row["finish_reasons"]) != len(row["responses"])):
+            problems.append(f"{path}:{line}: finish_reasons: expected one entry per response")
+        else:
+            rows.append(row)
+    if problems:
+        raise DataError(problems)
+    if not rows:
+        raise AlignkitError(f"{path}: file: no rows")
+    return rows
+
+
+def judge_file(config: JudgeConfig, output: str | Path | None = None) -> tuple[Path, dict]:
+    """Judge config.dataset_name; write preferences (to `output`, else output_dir/preferences.jsonl and
+    run.json); return the file and the counts."""
+    import time
+
+    from alignkit.data.io import write_jsonl
+    from alignkit.engine.outputs import write_status
+    from alignkit.feedback.judges import make_judge, preference_rows
+
+    config.check()
+    started = time.time()
+    rows = read_pairs(config.dataset_name)
+    judge = make_judge(config.judge, device=config.device)
+    preferences, stats = preference_rows(rows, judge=judge, keep_ties=config.keep_ties)
+    path = Path(output) if output else Path(config.output_dir) / PREFERENCES_FILE
+    write_jsonl(path, preferences)
+    if not output:
+        write_status(config.output_dir, "complete", "judge", judge=config.judge, **stats,
+                     seconds=round(time.time() - started, 2))
+    return path, stats
+
+
+def run_judge(config: JudgeConfig) -> Path:
+    """The pipeline stage."""
+    path, stats = judge_file(config)
+    print(f"judge ({config.judge}): {stats['comparisons']} comparisons, {stats['preferences']} preferences, "
+          f"{stats['ties']} ties -> {path}", flush=True)
+    return path

@@ -1,0 +1,170 @@
+"""Reward models: scores read at the last real token whatever the padding, and training that learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignkit.data.collate import collate_sequences, pad
+from alignkit.ops.rewards import length_buckets, sequence_rewards
+
+TEXTS = ["hello there", "a much longer piece of text to score, with a comma", "x", "the cat sat on the mat"]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm():
+    from alignkit.models.load import load_reward_model
+
+    torch.manual_seed(0)
+    model = load_reward_model("embedded:tiny", device="cpu")
+    model.score.weight.data.normal_(0, 1.0)  # a head large enough that a wrong position shows
+    return model.eval()
+
+
+def _sequences(tokenizer):
+    return [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in TEXTS]
+
+
+def _left(seqs, pad_id):
+    return {"input_ids": pad(seqs, pad_id, "left"), "attention_mask": pad([[1] * len(s) for s in seqs], 0, "left")}
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_padding_invariance(tiny_rm, tiny_tokenizer, pad_is_eos):
+    """Left padding, right padding, bucketed, padding-free, alone, and in a batch with other texts: one
+    score per text (≤1e-5), also when the pad id is the EOS id every sequence ends with."""
+    seqs = _sequences(tiny_tokenizer)
+    pad_id = tiny_tokenizer.eos_token_id if pad_is_eos else tiny_tokenizer.pad_token_id
+    with torch.no_grad():
+        alone = torch.cat([sequence_rewards(tiny_rm, collate_sequences([s], pad_id)) for s in seqs])
+        variants = {
+            "right": sequence_rewards(tiny_rm, collate_sequences(seqs, pad_id)),
+            "left": sequence_rewards(tiny_rm, _left(seqs, pad_id)),
+            "bucketed": sequence_rewards(tiny_rm, collate_sequences(seqs, pad_id), bucketed=True),
+            "padding_free": sequence_rewards(tiny_rm, collate_sequences(seqs, pad_id, padding_free=True)),
+            "mixed": sequence_rewards(tiny_rm, collate_sequences(seqs[::-1] + seqs[:2], pad_id))[:4].flip(0),
+        }
+    assert alone.abs().max() > 0.1  # the scores differ from zero, so equality below means something
+    for name, scores in variants.items():
+        torch.testing.assert_close(scores, alone, atol=1e-5, rtol=0, msg=name)
+
+
+def test_reads_the_last_real_token_where_hf_pooling_agrees(tiny_rm, tiny_tokenizer):
+    """With pad != EOS and right padding, transformers' own pooling finds the same token: same scores."""
+    seqs = _sequences(tiny_tokenizer)
+    batch = collate_sequences(seqs, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        theirs = tiny_rm(**batch).logits.squeeze(-1)
+        ours = sequence_rewards(tiny_rm, batch)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_lora_wrapped_model_scores_like_its_forward(tiny_tokenizer):
+    from alignkit.models.load import load_reward_model
+    from alignkit.ops.rewards import reward_parts
+
+    torch.manual_seed(0)
+    model = load_reward_model("embedded:tiny", device="cpu", lora={"r": 4, "alpha": 8, "dropout": 0.0}).eval()
+    assert reward_parts(model) is not None
+    seqs = _sequences(tiny_tokenizer)
+    with torch.no_grad():
+        ours = sequence_rewards(model, collate_sequences(seqs, tiny_tokenizer.pad_token_id))
+        theirs = torch.cat([model(input_ids=torch.tensor([s])).logits.reshape(1) for s in seqs])
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_length_buckets_bound_the_waste():
+    lengths = [100, 98, 95, 60, 58, 10, 9, 100]
+    groups = length_buckets(lengths, max_waste=0.15)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        width, real = max(lengths[i] for i in g), sum(lengths[i] for i in g)
+        assert width * len(g) <= 1.15 * real
+    assert len(groups) == 3  # the ~100s, the ~60s, the ~10s
+
+
+def test_bucketed_gradients_equal_padded(tiny_tokenizer):
+    """Bucketing changes which pads are computed, not the loss or its gradient."""
+    from alignkit.methods.reward_model import RewardExample, collate_rewards, reward_loss
+    from alignkit.models.load import load_reward_model
+
+    seqs = _sequences(tiny_tokenizer)
+    examples = [RewardExample(seqs[0], seqs[1]), RewardExample(seqs[2], seqs[3], margin=0.5)]
+    grads = []
+    for layout in ("padded", "bucketed", "padding_free"):
+        torch.manual_seed(0)
+        model = load_reward_model("embedded:tiny", device="cpu")
+        batch = collate_rewards(examples, tiny_tokenizer.pad_token_id, padding_free=layout == "padding_free")
+        loss, metrics = reward_loss(model, batch, center_coef=0.01, bucketed=layout == "bucketed")
+        loss.backward()
+        grads.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    for loss, grad in grads[1:]:
+        torch.testing.assert_close(loss, grads[0][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(grad, grads[0][1], atol=1e-5, rtol=1e-4)
+    assert set(metrics) >= {"accuracy", "margin", "rewards/chosen", "rewards/rejected", "rewards/mean", "rewards/std"}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_learns_a_known_preference(tmp_path, make_marker_pairs):
+    """Tiny model, marker-word preference: held-out accuracy ≥ 0.95 (it reaches 1.0 in ~40 steps)."""
+    from alignkit.config import build_config
+    from alignkit.methods.reward_model import RewardConfig, train_reward_model
+
+    data = _write(tmp_path / "pairs.jsonl", make_marker_pairs(400))
+    config = build_config(RewardConfig, {
+        "model_name_or_path": "embedded:tiny", "dataset_name": str(data), "output_dir": str(tmp_path / "run"),
+        "max_steps": 40, "learning_rate": 1e-3, "per_device_train_batch_size": 16, "progress": False,
+        "device": "cpu", "eval_steps": 20})
+    result = train_reward_model(config)
+    assert result.eval_metrics["eval/accuracy"] >= 0.95
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] > 0.5 and result.last_metrics["loss"] < 0.1  # it learned; it did not start there
+    assert result.last_metrics["rewards/chosen"] > result.last_metrics["rewards/rejected"]
+
+
+def test_saved_model_loads_with_plain_transformers_and_keeps_its_scores(tmp_path, tiny_tokenizer, make_marker_pairs):
+    from transformers import AutoModelForSequenceClassification
+
+    from alignkit.config import build_config
+    from alignkit.methods.reward_model import RewardConfig, train_reward_model
+
+    rows = make_marker_pairs(40)
+    for row in rows:
+        row["margin"] = 0.5
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    config = build_config(RewardConfig, {
+        "model_name_or_path": "embedded:tiny", "dataset_name": str(data), "output_dir": str(tmp_path / "run"),
+        "max_steps": 2, "per_device_train_batch_size": 4, "progress": False, "device": "cpu",
+        "use_peft": True, "lora_r": 4, "center_rewards_coefficient": 0.01})
+    train_reward_model(config)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model").eval()
+    assert model.config.num_labels == 1
+    seqs = _sequences(tiny_tokenizer)
+    with torch.no_grad():
+        ours = sequence_rewards(model, collate_sequences(seqs, tiny_tokenizer.pad_token_id))
+        theirs = model(**collate_sequences(seqs, tiny_tokenizer.pad_token_id)).logits.squeeze(-1)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "complete" and "eval/accuracy" in status["eval"]
+
+
+def test_split_column_and_eval_file(tmp_path, make_marker_pairs):
+    from alignkit.data.io import load_train_eval
+
+    rows = make_marker_pairs(10)
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    train, held_out = load_train_eval(data, "preference")
+    assert len(train) == 8 and len(held_out) == 2
+    plain = _write(tmp_path / "plain.jsonl", [{k: v for k, v in r.items() if k != "split"} for r in rows])
+    train, held_out = load_train_eval(plain, "preference", eval_path=data)
+    assert len(train) == 10 and len(held_out) == 10
+    from alignkit.errors import AlignkitError
+
+    with pytest.raises(AlignkitError, match="no rows with split 'dev'"):
+        load_train_eval(data, "preference", train_split="dev")
