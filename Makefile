@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/logprobs.py
 	$(PY) benchmarks/sft.py
+	$(PY) benchmarks/reward_model.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -344,17 +344,24 @@ def test_data_stats_json_parses(capsys, tmp_path):
     assert rc == 0 and set(json.loads(out)["tokens"]) == {"prompt", "chosen", "rejected"}
 
 
-def test_demo_recipe_plans_before_sft_after(tmp_path):
+def test_demo_recipe_plans_its_stages(tmp_path):
     """`alignkit demo` runs the packaged demo recipe (timed in the closing notes, too slow for the suite):
-    the real model answers, is fine-tuned with LoRA, and the fine-tuned model answers again."""
+    the real model answers, is fine-tuned with LoRA, and the fine-tuned model answers again; it then samples
+    response pairs, the rubric judges them, and a reward model learns the judgments."""
     from alignkit.config import load_yaml
     from alignkit.pipeline import plan, resolve_recipe
 
     stages = plan(load_yaml(resolve_recipe("demo")), "demo", {"output_dir": str(tmp_path)})
-    assert [(s["name"], s["method"]) for s in stages] == [("before", "generate"), ("sft", "sft"), ("after", "generate")]
-    assert stages[0]["values"]["model_name_or_path"] == "embedded:smollm2-135m-instruct"
-    assert stages[1]["values"]["use_peft"] is True
-    assert stages[2]["values"]["model_name_or_path"] == str(tmp_path / "sft" / "model")
+    assert [(s["name"], s["method"]) for s in stages] == [
+        ("before", "generate"), ("sft", "sft"), ("after", "generate"), ("pairs", "generate_pairs"),
+        ("judge", "judge"), ("reward_model", "reward_model")]
+    values = {s["name"]: s["values"] for s in stages}
+    assert values["before"]["model_name_or_path"] == "embedded:smollm2-135m-instruct"
+    assert values["sft"]["use_peft"] is True
+    assert values["after"]["model_name_or_path"] == str(tmp_path / "sft" / "model")
+    assert values["pairs"]["model_name_or_path"] == str(tmp_path / "sft" / "model")
+    assert values["judge"]["dataset_name"] == str(tmp_path / "pairs" / "pairs.jsonl")
+    assert values["reward_model"]["dataset_name"] == str(tmp_path / "judge" / "preferences.jsonl")
 
 
 def test_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):

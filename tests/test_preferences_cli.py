@@ -49,6 +49,12 @@ def test_generate_pairs_then_judge(capsys, tmp_path, prompts):
     prefs = read_jsonl(tmp_path / "p.jsonl")
     assert len(prefs) == 9 and {"prompt", "chosen", "rejected", "p_chosen", "judge", "split"} <= set(prefs[0])
     assert all(p["p_chosen"] >= 0.5 for p in prefs)
+    # TRL's forms: a conversational prompt gets assistant-turn responses, a string prompt string responses
+    assert prefs[0]["chosen"] == [{"role": "assistant", "content": prefs[0]["chosen"][0]["content"]}]
+    assert isinstance(prefs[-1]["chosen"], str)
+    from alignkit.data.io import load_rows
+
+    assert len(load_rows(tmp_path / "p.jsonl", "preference")) == 9  # valid preference data as written
 
 
 def test_rm_cli_then_score_and_rm_judge(capsys, tmp_path, make_marker_pairs):

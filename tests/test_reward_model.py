@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -75,14 +76,17 @@ def test_lora_wrapped_model_scores_like_its_forward(tiny_tokenizer):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-def test_length_buckets_bound_the_waste():
+def test_length_buckets_find_the_cheapest_grouping():
+    """Lengths 100, 100, 98, 95 | 60, 58 | 10, 9 with a group costing 32 positions:
+    three groups cost 4·100 + 2·60 + 2·10 + 3·32 = 636; one padded batch 8·100 + 32 = 832; splitting the
+    last pair (10, 9) in two would save 1 position and cost 32 more."""
     lengths = [100, 98, 95, 60, 58, 10, 9, 100]
-    groups = length_buckets(lengths, max_waste=0.15)
+    groups = length_buckets(lengths, group_cost=32)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:
-        width, real = max(lengths[i] for i in g), sum(lengths[i] for i in g)
-        assert width * len(g) <= 1.15 * real
-    assert len(groups) == 3  # the ~100s, the ~60s, the ~10s
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[95, 98, 100, 100], [58, 60], [9, 10]]
+    assert length_buckets(lengths, group_cost=10_000) == [sorted(range(8), key=lambda i: -lengths[i])]  # one group
+    assert len(length_buckets(lengths, group_cost=0)) == 7  # free calls: every distinct length alone
+    assert length_buckets([]) == []
 
 
 def test_bucketed_gradients_equal_padded(tiny_tokenizer):
@@ -168,3 +172,61 @@ def test_split_column_and_eval_file(tmp_path, make_marker_pairs):
 
     with pytest.raises(AlignkitError, match="no rows with split 'dev'"):
         load_train_eval(data, "preference", train_split="dev")
+
+
+def test_smollm2_pad_is_eos_scores_are_padding_invariant(smollm2_tokenizer):
+    """The real case: SmolLM2's pad id is its EOS (<|im_end|>), which ends every response."""
+    from alignkit.data.tokenize import encode_pair_ids
+    from alignkit.models.load import load_reward_model
+
+    assert smollm2_tokenizer.pad_token_id == smollm2_tokenizer.eos_token_id
+    torch.manual_seed(0)
+    model = load_reward_model("embedded:smollm2-135m-instruct", device="cpu").eval()
+    pairs = [("What is 2+2?", "4."), ("Name a colour.", "Blue, like the sky on a clear summer day."),
+             ("Hi", "Hello! How can I help you today?")]
+    seqs = [sum(encode_pair_ids(smollm2_tokenizer, p, c), []) for p, c in pairs]
+    pad_id = smollm2_tokenizer.pad_token_id
+    with torch.no_grad():
+        alone = torch.cat([sequence_rewards(model, collate_sequences([s], pad_id)) for s in seqs])
+        right = sequence_rewards(model, collate_sequences(seqs, pad_id))
+        left = sequence_rewards(model, _left(seqs, pad_id))
+        bucketed = sequence_rewards(model, collate_sequences(seqs, pad_id), bucketed=True)
+    for scores in (right, left, bucketed):
+        torch.testing.assert_close(scores, alone, atol=1e-4, rtol=0)
+
+
+def test_safety_and_helpfulness_models_trained_on_tagged_data_and_combined(tmp_path, make_marker_pairs):
+    """Two RMs from one tagged file (Llama 2 §3.2): the safety RM learns from rows with a hazard tag (there
+    the refusal marker "sorry" wins), the helpfulness RM from the rest ("banana" wins). The combination
+    then scores tagged prompts with the safety RM and the others with the helpfulness RM."""
+    from alignkit.config import build_config
+    from alignkit.methods.reward_model import RewardConfig, train_reward_model
+    from alignkit.rewards.combine import SafetyHelpfulness
+    from alignkit.rewards.model import RewardModel
+
+    helpful = make_marker_pairs(200, seed=1)
+    harmful = make_marker_pairs(200, seed=2)
+    for row in harmful:
+        row["chosen"] = row["chosen"].replace("banana", "sorry")
+        row["hazard"] = "weapons"
+    data = _write(tmp_path / "tagged.jsonl", helpful + harmful)
+    paths = {}
+    for subset in ("safety", "helpfulness"):
+        config = build_config(RewardConfig, {
+            "model_name_or_path": "embedded:tiny", "dataset_name": str(data), "prompt_subset": subset,
+            "output_dir": str(tmp_path / subset), "max_steps": 30, "learning_rate": 1e-3,
+            "per_device_train_batch_size": 16, "progress": False, "device": "cpu"})
+        result = train_reward_model(config)
+        assert result.eval_metrics["eval/accuracy"] >= 0.9, subset
+        paths[subset] = str(tmp_path / subset / "model")
+    safety, helpfulness = RewardModel(paths["safety"], device="cpu"), RewardModel(paths["helpfulness"], device="cpu")
+    prompts = ["sun moon tree", "sun moon tree"]
+    answers = ["the cat sat sorry", "the cat sat banana"]
+    combined = SafetyHelpfulness(safety, helpfulness, whitened=False)
+    tags = {"hazard": ["weapons", None]}
+    scores = combined(prompts, answers, **tags)
+    s, h = safety(prompts, answers), helpfulness(prompts, answers)
+    assert s[0] > s[1] and h[1] > h[0]  # each learned its own preference
+    assert scores[0] == pytest.approx(s[0], abs=1e-5)  # tagged: the safety score
+    untagged = s[1] if s[1] < math.log(0.15 / 0.85) else h[1]  # σ(safety) < 0.15 still overrides
+    assert scores[1] == pytest.approx(untagged, abs=1e-5)

@@ -236,6 +236,8 @@ def _responses_of(row, index: int, responses_key: str) -> tuple[list[str], list]
 
 
 def _preference(prompt, chosen: str, rejected: str, p_chosen: float, judge_name: str, extra: dict, tie=False):
+    if isinstance(prompt, list):  # TRL's conversational form: the responses are assistant turns too
+        chosen, rejected = _assistant_turn(chosen), _assistant_turn(rejected)
     row = {
         "prompt": prompt,
         "chosen": chosen,
@@ -246,3 +248,7 @@ def _preference(prompt, chosen: str, rejected: str, p_chosen: float, judge_name:
     if tie:
         row["tie"] = True
     return {**row, **{k: v for k, v in extra.items() if k not in row}}
+
+
+def _assistant_turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]

@@ -20,6 +20,7 @@ from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
 
 BATCH_LAYOUTS = ("bucketed", "padded", "padding_free")
+PROMPT_SUBSETS = ("all", "safety", "helpfulness")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class RewardConfig:
     """Split to train on (a saved DatasetDict's split, or the value of a "split" column)."""
     dataset_test_split: str = "test"
     """Split to evaluate on (eval/accuracy)."""
+    prompt_subset: str = "all"
+    """Train and evaluate on all rows, only safety-relevant ones (tagged by a safety, hazard or looks_like
+    column: a Llama 2 safety RM), or only the others (a helpfulness RM)."""
     max_length: int = 1024
     """Longest prompt + response in tokens; the prompt is cut from the left first."""
     max_prompt_length: int | None = None
@@ -67,6 +71,9 @@ class RewardConfig:
         if self.batch_layout not in BATCH_LAYOUTS:
             raise AlignkitError(f"config: batch_layout: must be one of {', '.join(BATCH_LAYOUTS)}, "
                                 f"got {self.batch_layout!r}")
+        if self.prompt_subset not in PROMPT_SUBSETS:
+            raise AlignkitError(f"config: prompt_subset: must be one of {', '.join(PROMPT_SUBSETS)}, "
+                                f"got {self.prompt_subset!r}")
         if self.center_rewards_coefficient < 0:
             raise AlignkitError("config: center_rewards_coefficient: must be >= 0")
         self.train.check()
@@ -167,6 +174,17 @@ def evaluate_pairs(model, examples: list[RewardExample], pad_id: int, batch_size
             "eval/rewards/std": rewards.std().item() if rewards.numel() > 1 else 0.0}
 
 
+def subset_rows(rows: list[dict], subset: str, name: str | None = None) -> list[dict]:
+    """The rows whose prompts are safety-relevant (subset "safety") or not ("helpfulness")."""
+    from alignkit.rewards.combine import is_safety_prompt
+
+    kept = [r for r in rows if is_safety_prompt(r) == (subset == "safety")]
+    if name is not None and not kept:
+        raise AlignkitError(f"{name}: prompt_subset: no {subset} rows (safety-relevant rows carry a safety, hazard "
+                            "or looks_like column)")
+    return kept
+
+
 def train_reward_model(config: RewardConfig):
     """Train a reward model on config.dataset_name; writes the run directory (model/ loads with
     AutoModelForSequenceClassification) and returns the engine's TrainResult."""
@@ -176,13 +194,18 @@ def train_reward_model(config: RewardConfig):
 
     from alignkit.data.io import load_train_eval
     from alignkit.data.tokenize import TruncationWarning
+    from alignkit.engine.loop import check_output_dir
     from alignkit.engine.outputs import start_run, train_and_save
     from alignkit.models.load import load_reward_model, load_tokenizer
 
-    start_run("reward_model", config)
+    config.check()
+    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
     tokenizer = load_tokenizer(config.model_name_or_path)
     train_rows, eval_rows = load_train_eval(config.dataset_name, "preference", config.eval_dataset_name,
                                             config.dataset_train_split, config.dataset_test_split)
+    if config.prompt_subset != "all":
+        train_rows = subset_rows(train_rows, config.prompt_subset, config.dataset_name)
+        eval_rows = subset_rows(eval_rows, config.prompt_subset)
     examples, dropped = tokenize_preferences(tokenizer, train_rows, config.max_length, config.max_prompt_length)
     if dropped:
         warnings.warn(f"dropped {dropped} of {len(train_rows)} pairs: a response would be empty at "
@@ -205,6 +228,7 @@ def train_reward_model(config: RewardConfig):
         def eval_fn(model):
             return evaluate_pairs(model, eval_examples, pad_id, config.train.per_device_eval_batch_size)
 
+    start_run("reward_model", config)  # after the data is read: bad data must not leave a "running" run.json
     torch.manual_seed(config.train.seed)  # the new scalar head's initialisation
     model = load_reward_model(config.model_name_or_path, dtype=config.dtype, device=config.device,
                               lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)

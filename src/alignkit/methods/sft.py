@@ -28,7 +28,12 @@ class SFTConfig:
     dataset_name: str = ""
     """Training data: an sft-format file (messages, prompt+completion or text)."""
     eval_dataset_name: str | None = None
-    """Held-out sft-format file; its token-mean loss is logged as eval/loss."""
+    """Held-out sft-format file (default: the training file's dataset_test_split rows, if any); its
+    token-mean loss is logged as eval/loss."""
+    dataset_train_split: str = "train"
+    """Split to train on (a saved DatasetDict's split, or the value of a "split" column)."""
+    dataset_test_split: str = "test"
+    """Split to evaluate on."""
     max_length: int = 1024
     """Longest example in tokens; prompts are cut from the left first, responses are kept."""
     completion_only_loss: bool = True
@@ -122,14 +127,17 @@ def train_sft(config: SFTConfig):
     import warnings
 
     from alignkit.data.collate import collate_masked, collate_packed, collate_padding_free, pack
-    from alignkit.data.io import load_rows
+    from alignkit.data.io import load_train_eval
     from alignkit.data.tokenize import TruncationWarning
+    from alignkit.engine.loop import check_output_dir
     from alignkit.engine.outputs import start_run, train_and_save
     from alignkit.models.load import load_policy, load_tokenizer
 
-    start_run("sft", config)
+    config.check()
+    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
     tokenizer = load_tokenizer(config.model_name_or_path)
-    rows = load_rows(config.dataset_name, "sft")
+    rows, eval_rows = load_train_eval(config.dataset_name, "sft", config.eval_dataset_name,
+                                      config.dataset_train_split, config.dataset_test_split)
     examples, dropped = tokenize_sft(tokenizer, rows, config.max_length, config.completion_only_loss)
     if dropped:
         warnings.warn(f"dropped {dropped} of {len(rows)} examples: nothing left to train on at "
@@ -144,15 +152,15 @@ def train_sft(config: SFTConfig):
         collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
 
     eval_fn = None
-    if config.eval_dataset_name:
-        eval_examples, _ = tokenize_sft(tokenizer, load_rows(config.eval_dataset_name, "sft"), config.max_length,
-                                        config.completion_only_loss)
+    if eval_rows:
+        eval_examples, _ = tokenize_sft(tokenizer, eval_rows, config.max_length, config.completion_only_loss)
         eval_collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
 
         def eval_fn(model):
             return {"eval/loss": token_mean_loss(model, eval_examples, eval_collate,
                                                  config.train.per_device_eval_batch_size)}
 
+    start_run("sft", config)  # after the data is read: bad data must not leave a "running" run.json
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
                         lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
     return train_and_save("sft", config, model, tokenizer, examples, collate, sft_loss,

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from alignkit.errors import AlignkitError
 
+GROUP_COST = 32  # one more forward call costs about as much as this many more token positions
+
 
 def reward_parts(model):
     """(backbone, head) of a `*ForSequenceClassification` model (LoRA-wrapped or not); None otherwise."""
@@ -48,21 +50,27 @@ def positions_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def length_buckets(lengths: list[int], max_waste: float = 0.15) -> list[list[int]]:
-    """Row indices grouped so that padding each group to its longest row wastes at most `max_waste` of
-    the group's real tokens (a group of one wastes nothing). Longest rows first."""
+def length_buckets(lengths: list[int], group_cost: int = GROUP_COST) -> list[list[int]]:
+    """Row indices grouped by length so that running each group padded to its longest row costs least.
+
+    Cost = the token positions computed (group size x longest length, summed over groups) + `group_cost`
+    per group, the fixed price of one more forward call, in tokens. Sorted by length, the best groups are
+    runs of neighbours, so a small dynamic programme over the sorted rows finds the exact optimum.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        if groups:
-            group = groups[-1]
-            width = lengths[group[0]]
-            real = sum(lengths[j] for j in group) + lengths[i]
-            if width * (len(group) + 1) <= (1 + max_waste) * real:
-                group.append(i)
-                continue
-        groups.append([i])
-    return groups
+    n = len(order)
+    best = [0] + [None] * n  # best[j]: least cost of the first j sorted rows; cut[j]: where its last group starts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last group is order[i:j]; its longest row is order[i]
+            cost = best[i] + lengths[order[i]] * (j - i) + group_cost
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _scores(backbone, head, inputs: dict, ends: Tensor) -> Tensor:
@@ -71,7 +79,7 @@ def _scores(backbone, head, inputs: dict, ends: Tensor) -> Tensor:
     return head(picked).squeeze(-1).float()
 
 
-def sequence_rewards(model, batch: dict, bucketed: bool = False, max_waste: float = 0.15) -> Tensor:
+def sequence_rewards(model, batch: dict, bucketed: bool = False, max_waste: float = 0.05) -> Tensor:
     """(N,) float32 score of each sequence in `batch`, in row order (packed rows: in `sequence_ends` order).
 
     batch: input_ids (B, T) with attention_mask (B, T), padded on either side; or one padding-free row
@@ -95,7 +103,7 @@ def sequence_rewards(model, batch: dict, bucketed: bool = False, max_waste: floa
         return _scores(*parts, inputs, last_token_index(batch))
     lengths = mask.sum(-1).tolist()
     out = torch.empty(len(lengths), device=input_ids.device)
-    for group in length_buckets(lengths, max_waste):
+    for group in length_buckets(lengths):
         width = lengths[group[0]]
         rows = torch.tensor(group, device=input_ids.device)
         sub_mask = mask[rows, :width]

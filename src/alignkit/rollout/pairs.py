@@ -28,7 +28,7 @@ class GeneratePairsConfig:
     num_responses: int = 2
     """Responses sampled per prompt."""
     max_prompts: int = 0
-    """Use only the first this many prompts (0: all)."""
+    """Use only the first this many prompts of each file (0: all)."""
     max_new_tokens: int = 128
     """Most tokens per response."""
     temperature: float = 0.8
@@ -61,11 +61,14 @@ class GeneratePairsConfig:
 
 
 def load_prompt_rows(names: str, max_prompts: int = 0) -> list[dict]:
-    """Prompt rows from one file or several separated by commas."""
+    """Prompt rows from one file or several separated by commas; the first `max_prompts` of each when set."""
     from alignkit.data.io import load_rows
 
-    rows = [row for name in names.split(",") if name.strip() for row in load_rows(name.strip(), "prompt")]
-    return rows[:max_prompts] if max_prompts else rows
+    rows = []
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        found = load_rows(name, "prompt")
+        rows += found[:max_prompts] if max_prompts else found
+    return rows
 
 
 def sample_pairs(model, tokenizer, rows: list[dict], config: GeneratePairsConfig, model_name: str) -> list[dict]:
