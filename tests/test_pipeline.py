@@ -111,7 +111,7 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     assert prefs and {"chosen", "rejected", "split"} <= set(prefs[0])
     rm = read_status(tmp_path / "reward_model")
     assert rm["status"] == "complete" and "eval/accuracy" in rm["eval"]  # held out: the prompts' test split
-    assert "judge: " in out and "preferences" in out
+    assert "judge (rules): " in out and " preferences, " in out
     rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
     assert rc == 0 and out.count("complete, skipped") == 5
 
@@ -160,3 +160,16 @@ def test_report_command_rebuilds_a_report(tmp_path, capsys):
     assert rc == 0 and (run_dir / "report.html").exists()
     rc, out, err = run_cli(capsys, "report", tmp_path / "nothing")
     assert rc == 2
+
+
+def test_nested_defaults_survive_partial_overrides():
+    """A nested part made by a default_factory keeps its own defaults when only some of its keys are set:
+    RewardConfig trains at 1e-4 (TRL's RewardTrainer default) even when only max_steps is given."""
+    from alignkit.methods.reward_model import RewardConfig
+    from alignkit.rollout.pairs import GeneratePairsConfig
+
+    config = build_config(RewardConfig, {"dataset_name": "x.jsonl", "max_steps": 3})
+    assert (config.train.learning_rate, config.train.max_steps) == (1e-4, 3)
+    pairs = build_config(GeneratePairsConfig, {"dataset_name": "p.jsonl", "max_new_tokens": 8})
+    assert (pairs.sampling.num_return_sequences, pairs.sampling.temperature, pairs.sampling.max_new_tokens) == (2, 0.8, 8)
+    assert flat_fields(RewardConfig)["learning_rate"][2] == 1e-4  # --help shows the method's default

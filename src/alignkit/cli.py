@@ -152,7 +152,7 @@ def cmd_generate_pairs(args) -> int:
     output = args.output
     config = _config_from_args(GeneratePairsConfig, _without(args, "output"))
     path = run_generate_pairs(config, output)
-    print(f"wrote {config.num_responses} responses per prompt to {path}", file=sys.stderr)
+    print(f"wrote {config.sampling.num_return_sequences} responses per prompt to {path}", file=sys.stderr)
     return 0
 
 

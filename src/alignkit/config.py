@@ -42,18 +42,26 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def flat_fields(cls) -> dict[str, tuple[list[str], Any, Any, str]]:
-    """name -> (path of attribute names, type, default, help) for every leaf field, nested parts flattened."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def flat_fields(cls, instance=None) -> dict[str, tuple[list[str], Any, Any, str]]:
+    """name -> (path of attribute names, type, default, help) for every leaf field, nested parts flattened.
+
+    A nested part's defaults are those of the instance its field's default_factory makes (RewardConfig's
+    TrainSettings has learning_rate 1e-4, not TrainSettings' own 2e-5)."""
     out = {}
     hints, docs = _hints(cls), field_docs(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
+        default = getattr(instance, f.name) if instance is not None else _default(f)
         if dataclasses.is_dataclass(kind):
-            for name, (path, sub_kind, default, doc) in flat_fields(kind).items():
-                out[name] = ([f.name, *path], sub_kind, default, doc)
+            for name, (path, sub_kind, sub_default, doc) in flat_fields(kind, default).items():
+                out[name] = ([f.name, *path], sub_kind, sub_default, doc)
         else:
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             out[f.name] = ([f.name], kind, default, docs.get(f.name, ""))
     return out
 
@@ -130,14 +138,18 @@ def build_config(cls, values: dict[str, Any] | None = None, recipe: str | Path |
     return _instantiate(cls, nested)
 
 
-def _instantiate(cls, values: dict):
+def _instantiate(cls, values: dict, default=None):
+    """`cls` with `values` set; unset fields keep `default`'s values (a nested part's default_factory instance)."""
     hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in values:
             v = values[f.name]
-            kwargs[f.name] = _instantiate(hints[f.name], v) if dataclasses.is_dataclass(hints[f.name]) else v
-    config = cls(**kwargs)
+            if dataclasses.is_dataclass(hints[f.name]):
+                base = getattr(default, f.name) if default is not None else _default(f)
+                v = _instantiate(hints[f.name], v, base)
+            kwargs[f.name] = v
+    config = dataclasses.replace(default, **kwargs) if default is not None else cls(**kwargs)
     if hasattr(config, "check"):
         config.check()
     return config

@@ -7,10 +7,11 @@ preference data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.rollout.generate import SamplingSettings
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -25,36 +26,28 @@ class GeneratePairsConfig:
     """Prompt-format rows ({"prompt": ...}); several files separated by commas are read in turn."""
     output_dir: str = "runs/pairs"
     """Directory for pairs.jsonl and run.json."""
-    num_responses: int = 2
-    """Responses sampled per prompt."""
     max_prompts: int = 0
     """Use only the first this many prompts of each file (0: all)."""
-    max_new_tokens: int = 128
-    """Most tokens per response."""
-    temperature: float = 0.8
-    """Sampling temperature (above 0: the responses of a prompt should differ)."""
-    top_p: float = 0.95
-    """Nucleus sampling threshold."""
-    top_k: int = 0
-    """Sample from the k most likely tokens (0: all)."""
-    batch_size: int = 16
-    """Prompts per generate call (each gives num_responses rows)."""
-    seed: int = 0
-    """Sampling seed."""
+    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(
+        num_return_sequences=2, max_new_tokens=128, temperature=0.8, top_p=0.95, batch_size=16))
+    """How to sample (flat keys: num_return_sequences (responses per prompt, alias --n), max_new_tokens,
+    temperature (above 0, so a prompt's responses differ), top_p, top_k, batch_size (prompts per call), seed)."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
     dtype: str = "auto"
     """auto, float32, bfloat16 or float16."""
 
     CLI_ALIASES = {"model_name_or_path": ("--model",), "dataset_name": ("--prompts", "--data"),
-                   "num_responses": ("--n", "--num_generations")}
+                   "num_return_sequences": ("--n", "--num_responses", "--num_generations")}
 
     def check(self) -> None:
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give a prompts file (--prompts FILE)")
-        if self.num_responses < 2:
-            raise AlignkitError(f"config: num_responses: a judge needs at least 2 per prompt, got {self.num_responses}")
-        if self.temperature == 0:
+        self.sampling.check()
+        if self.sampling.num_return_sequences < 2:
+            raise AlignkitError("config: num_return_sequences: a judge needs at least 2 responses per prompt, "
+                                f"got {self.sampling.num_return_sequences}")
+        if self.sampling.temperature == 0:
             raise AlignkitError("config: temperature: greedy decoding gives identical responses; use a temperature > 0")
         if self.max_prompts < 0:
             raise AlignkitError(f"config: max_prompts: must be >= 0, got {self.max_prompts}")
@@ -72,13 +65,10 @@ def load_prompt_rows(names: str, max_prompts: int = 0) -> list[dict]:
 
 
 def sample_pairs(model, tokenizer, rows: list[dict], config: GeneratePairsConfig, model_name: str) -> list[dict]:
-    """One output row per prompt row with config.num_responses sampled responses."""
-    from alignkit.rollout.generate import SamplingSettings, generate
+    """One output row per prompt row with config.sampling.num_return_sequences sampled responses."""
+    from alignkit.rollout.generate import generate
 
-    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                top_p=config.top_p, top_k=config.top_k, num_return_sequences=config.num_responses,
-                                batch_size=config.batch_size, seed=config.seed)
-    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings)
+    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
     return [{**row, "responses": [g.completion for g in gens], "finish_reasons": [g.finish_reason for g in gens],
              "model": model_name} for row, gens in zip(rows, outputs)]
 
@@ -103,6 +93,6 @@ def run_generate_pairs(config: GeneratePairsConfig, output: str | Path | None = 
     if not output:
         cut = sum(r == "length" for rec in records for r in rec["finish_reasons"])
         write_status(out, "complete", "generate_pairs", model=config.model_name_or_path, rows=len(records),
-                     responses=len(records) * config.num_responses, cut_at_max_new_tokens=cut,
+                     responses=len(records) * config.sampling.num_return_sequences, cut_at_max_new_tokens=cut,
                      seconds=round(time.time() - started, 2))
     return path

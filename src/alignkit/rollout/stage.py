@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.rollout.generate import SamplingSettings
 
 
 @dataclass
@@ -18,20 +19,9 @@ class GenerateConfig:
     """Prompt-format rows ({"prompt": ...})."""
     output_dir: str = "runs/generate"
     """Directory for generations.jsonl and run.json."""
-    max_new_tokens: int = 128
-    """Most tokens per response."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold."""
-    top_k: int = 0
-    """Sample from the k most likely tokens (0: all)."""
-    num_return_sequences: int = 1
-    """Responses per prompt."""
-    batch_size: int = 8
-    """Prompts per batch."""
-    seed: int = 0
-    """Sampling seed."""
+    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(max_new_tokens=128, temperature=0.0))
+    """How to sample (flat keys: max_new_tokens, temperature (0: greedy, the default here), top_p, top_k,
+    num_return_sequences, batch_size, seed)."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
     dtype: str = "auto"
@@ -42,6 +32,7 @@ class GenerateConfig:
     def check(self) -> None:
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give a prompts file")
+        self.sampling.check()
 
 
 def run_generate(config: GenerateConfig) -> Path:
@@ -51,7 +42,7 @@ def run_generate(config: GenerateConfig) -> Path:
     from alignkit.data.io import load_rows, write_jsonl
     from alignkit.engine.outputs import write_status
     from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import SamplingSettings, as_records, generate
+    from alignkit.rollout.generate import as_records, generate
 
     config.check()
     out = Path(config.output_dir)
@@ -60,11 +51,7 @@ def run_generate(config: GenerateConfig) -> Path:
     rows = load_rows(config.dataset_name, "prompt")
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                top_p=config.top_p, top_k=config.top_k,
-                                num_return_sequences=config.num_return_sequences,
-                                batch_size=config.batch_size, seed=config.seed)
-    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings)
+    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
     records = as_records(rows, outputs)
     path = out / "generations.jsonl"
     write_jsonl(path, records)
