@@ -230,3 +230,39 @@ def test_safety_and_helpfulness_models_trained_on_tagged_data_and_combined(tmp_p
     assert scores[0] == pytest.approx(s[0], abs=1e-5)  # tagged: the safety score
     untagged = s[1] if s[1] < math.log(0.15 / 0.85) else h[1]  # σ(safety) < 0.15 still overrides
     assert scores[1] == pytest.approx(untagged, abs=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, make_marker_pairs, monkeypatch):
+    from safetensors.torch import load_file
+
+    import alignkit.methods.reward_model as rm
+    from alignkit.config import build_config
+    from alignkit.methods.reward_model import RewardConfig, train_reward_model
+
+    data = _write(tmp_path / "pairs.jsonl", make_marker_pairs(80))
+
+    def config(out, resume=False):
+        return build_config(RewardConfig, {
+            "model_name_or_path": "embedded:tiny", "dataset_name": str(data), "output_dir": str(out),
+            "max_steps": 6, "save_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+            "progress": False, "device": "cpu", "resume": resume})
+
+    train_reward_model(config(tmp_path / "whole"))
+    real, calls = rm.reward_loss, {"n": 0}
+
+    def crash_at_step_5(model, batch, *args):
+        calls["n"] += torch.is_grad_enabled()
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(model, batch, *args)
+
+    monkeypatch.setattr(rm, "reward_loss", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(config(tmp_path / "cut"))
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "stopped"
+    monkeypatch.setattr(rm, "reward_loss", real)
+    train_reward_model(config(tmp_path / "cut", resume=True))
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    for name, tensor in whole.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=0, rtol=0, msg=name)
