@@ -264,11 +264,14 @@ def _print_reward_model_result(root) -> None:
     accuracy = read_status(root / "reward_model").get("eval", {}).get("eval/accuracy")
     if not judged or accuracy is None:
         return
+    from alignkit.feedback.stats import wilson_interval
+
     held_out = sum(r.get("split") == "test" for r in read_jsonl_file(root / "judge" / "preferences.jsonl"))
+    low, high = wilson_interval(accuracy * held_out, held_out)
     print(f"\npreferences: the simulated annotator (rubric) judged {judged['comparisons']} response pairs: "
           f"{judged['preferences']} preferences, {judged['ties']} ties")
-    print(f"reward model: held-out accuracy {accuracy:.1%} against the annotator's labels "
-          f"({held_out} pairs on test-split prompts; 50% is chance)")
+    print(f"reward model: held-out accuracy {accuracy:.1%} (95% interval {low:.0%}-{high:.0%}) against the "
+          f"annotator's labels on {held_out} pairs for test-split prompts; 50% is chance")
 
 
 def _one_line(text: str, width: int = 200) -> str:
