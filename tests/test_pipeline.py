@@ -112,6 +112,11 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     rm = read_status(tmp_path / "reward_model")
     assert rm["status"] == "complete" and "eval/accuracy" in rm["eval"]  # held out: the prompts' test split
     assert "judge (rules): " in out and " preferences, " in out
+    from alignkit.cli import _print_reward_model_result
+
+    _print_reward_model_result(tmp_path)  # what `alignkit demo` ends with
+    shown = capsys.readouterr().out
+    assert "reward model: held-out accuracy" in shown and "95% interval" in shown
     rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
     assert rc == 0 and out.count("complete, skipped") == 5
 
