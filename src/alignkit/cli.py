@@ -130,6 +130,14 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_dpo(args) -> int:
+    from alignkit.methods.dpo import DPOConfig, train_dpo
+
+    result = train_dpo(_config_from_args(DPOConfig, args))
+    _print_finished("dpo", result.output_dir, result)
+    return 0
+
+
 def cmd_rm(args) -> int:
     from alignkit.methods.reward_model import RewardConfig, train_reward_model
 
@@ -353,6 +361,15 @@ def build_parser() -> Parser:
     option(p, "--config", help="YAML recipe of option: value pairs")
     add_arguments(p, RewardConfig)
     p.set_defaults(func=cmd_rm)
+
+    from alignkit.methods.dpo import DPOConfig
+
+    p = commands.add_parser("dpo", help="direct preference optimisation (DPO, cDPO, robust, IPO, hinge, RPO)",
+                            description="Train a policy on preference pairs with DPO or a reference-based "
+                            "variant. Options override the --config recipe; TRL's option names work.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    add_arguments(p, DPOConfig)
+    p.set_defaults(func=cmd_dpo)
 
     from alignkit.rollout.pairs import GeneratePairsConfig
 

@@ -30,6 +30,7 @@ from alignkit.errors import AlignkitError
 METHODS = {
     "sft": ("alignkit.methods.sft", "SFTConfig", "train_sft", "model"),
     "reward_model": ("alignkit.methods.reward_model", "RewardConfig", "train_reward_model", "model"),
+    "dpo": ("alignkit.methods.dpo", "DPOConfig", "train_dpo", "model"),
     "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),

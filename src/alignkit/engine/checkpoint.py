@@ -72,6 +72,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def torch_save_atomic(path: Path, obj: Any) -> None:
+    """torch.save to a temporary file renamed into place: a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any], keep_last: int | None = None) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, then prune to the newest `keep_last`.
 
