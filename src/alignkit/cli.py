@@ -138,6 +138,15 @@ def cmd_dpo(args) -> int:
     return 0
 
 
+def cmd_simpo(args) -> int:
+    from alignkit.methods.simpo import SimPOConfig, train_simpo
+
+    values = _config_from_args(SimPOConfig, args)
+    result = train_simpo(values)
+    _print_finished(values.loss_type, result.output_dir, result)
+    return 0
+
+
 def cmd_rm(args) -> int:
     from alignkit.methods.reward_model import RewardConfig, train_reward_model
 
@@ -370,6 +379,18 @@ def build_parser() -> Parser:
     option(p, "--config", help="YAML recipe of option: value pairs")
     add_arguments(p, DPOConfig)
     p.set_defaults(func=cmd_dpo)
+
+    from alignkit.methods.simpo import SimPOConfig
+
+    for name, what in (("simpo", "SimPO: length-normalised, reference-free"),
+                       ("orpo", "ORPO: odds-ratio term + NLL, reference-free"),
+                       ("cpo", "CPO: DPO with a uniform reference + NLL")):
+        p = commands.add_parser(name, help=what.split(":")[0] + " preference optimisation (no reference model)",
+                                description=f"{what}. Options override the --config recipe; TRL's option names "
+                                "work.")
+        option(p, "--config", help="YAML recipe of option: value pairs")
+        add_arguments(p, SimPOConfig)
+        p.set_defaults(func=cmd_simpo, loss_type=name)
 
     from alignkit.rollout.pairs import GeneratePairsConfig
 

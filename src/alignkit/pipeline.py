@@ -31,6 +31,7 @@ METHODS = {
     "sft": ("alignkit.methods.sft", "SFTConfig", "train_sft", "model"),
     "reward_model": ("alignkit.methods.reward_model", "RewardConfig", "train_reward_model", "model"),
     "dpo": ("alignkit.methods.dpo", "DPOConfig", "train_dpo", "model"),
+    "simpo": ("alignkit.methods.simpo", "SimPOConfig", "train_simpo", "model"),
     "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),

@@ -244,16 +244,16 @@ class LikelihoodWatch:
                           "rate, a larger beta, or rpo_alpha > 0 (an NLL term on chosen)", stacklevel=2)
 
 
-def evaluate_dpo(model, examples: list[DPOExample], reference: Reference, config: DPOConfig, pad_id: int) -> dict:
-    """Held-out eval/loss and eval/rewards/* over `examples` (no gradient)."""
+def evaluate_pairs(loss_fn, model, examples: list[DPOExample], pad_id: int, batch_size: int) -> dict:
+    """Held-out eval/loss and eval/<metric> of `loss_fn(model, batch) -> (summed loss, metrics)` over
+    `examples`, weighted by pairs (the engine calls it without gradients)."""
     totals: dict[str, float] = {}
     n = 0
-    size = config.train.per_device_eval_batch_size
     device = next(model.parameters()).device
-    for start in range(0, len(examples), size):
-        chunk = examples[start:start + size]
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate_dpo(chunk, pad_id).items()}
-        loss, metrics = dpo_loss(model, batch, reference, config, bucketed=True)
+        loss, metrics = loss_fn(model, batch)
         for k, v in {"loss": loss.item() / len(chunk), **metrics}.items():
             totals[k] = totals.get(k, 0.0) + v * len(chunk)
         n += len(chunk)
@@ -356,7 +356,8 @@ def train_dpo(config: DPOConfig):
     eval_fn = None
     if eval_examples:
         def eval_fn(model):
-            return evaluate_dpo(model, eval_examples, reference, config, pad_id)
+            return evaluate_pairs(lambda m, b: dpo_loss(m, b, reference, config, bucketed=True), model,
+                                  eval_examples, pad_id, config.train.per_device_eval_batch_size)
 
     return train_and_save("dpo", config, model, tokenizer, examples, collate, step, count_fn=count_pairs,
                           eval_fn=eval_fn)
