@@ -297,22 +297,13 @@ def _cache_key(config: DPOConfig, examples: list[DPOExample]) -> str:
     return digest.hexdigest()
 
 
-def train_dpo(config: DPOConfig):
-    """Train config.model_name_or_path with DPO on config.dataset_name; writes the run directory and
-    returns the engine's TrainResult."""
-    from pathlib import Path
-
-    import torch
-
+def load_pairs(config) -> tuple:
+    """(tokenizer, training examples, held-out examples) for a preference method's config (dataset_name,
+    eval_dataset_name, the two splits, max_length, max_prompt_length)."""
     from alignkit.data.io import load_train_eval
     from alignkit.data.tokenize import tokenize_rows
-    from alignkit.engine.loop import check_output_dir
-    from alignkit.engine.outputs import start_run, train_and_save
-    from alignkit.models.load import load_policy, load_tokenizer
+    from alignkit.models.load import load_tokenizer
 
-    config.check()
-    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
-    strategy = config.reference()
     tokenizer = load_tokenizer(config.model_name_or_path)
     train_rows, eval_rows = load_train_eval(config.dataset_name, "preference", config.eval_dataset_name,
                                             config.dataset_train_split, config.dataset_test_split)
@@ -321,6 +312,24 @@ def train_dpo(config: DPOConfig):
     eval_examples = [DPOExample(p) for p in tokenize_rows(tokenizer, eval_rows, "preference", **limits)]
     if not examples:
         raise AlignkitError(f"{config.dataset_name}: no pairs left to train on")
+    return tokenizer, examples, eval_examples
+
+
+def train_dpo(config: DPOConfig):
+    """Train config.model_name_or_path with DPO on config.dataset_name; writes the run directory and
+    returns the engine's TrainResult."""
+    from pathlib import Path
+
+    import torch
+
+    from alignkit.engine.loop import check_output_dir
+    from alignkit.engine.outputs import start_run, train_and_save
+    from alignkit.models.load import load_policy
+
+    config.check()
+    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
+    strategy = config.reference()
+    tokenizer, examples, eval_examples = load_pairs(config)
     pad_id = tokenizer.pad_token_id
     out = Path(config.train.output_dir)
     start_run("dpo", config)  # after the data is read: bad data must not leave a "running" run.json

@@ -119,24 +119,15 @@ def train_simpo(config: SimPOConfig):
     engine's TrainResult."""
     import torch
 
-    from alignkit.data.io import load_train_eval
-    from alignkit.data.tokenize import tokenize_rows
     from alignkit.engine.loop import check_output_dir
     from alignkit.engine.outputs import start_run, train_and_save
-    from alignkit.methods.dpo import DPOExample, collate_dpo, count_pairs, evaluate_pairs
-    from alignkit.models.load import load_policy, load_tokenizer
+    from alignkit.methods.dpo import collate_dpo, count_pairs, evaluate_pairs, load_pairs
+    from alignkit.models.load import load_policy
 
     config.check()
-    check_output_dir(config.train)
+    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
     method = config.loss_type
-    tokenizer = load_tokenizer(config.model_name_or_path)
-    train_rows, eval_rows = load_train_eval(config.dataset_name, "preference", config.eval_dataset_name,
-                                            config.dataset_train_split, config.dataset_test_split)
-    limits = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
-    examples = [DPOExample(p) for p in tokenize_rows(tokenizer, train_rows, "preference", **limits)]
-    eval_examples = [DPOExample(p) for p in tokenize_rows(tokenizer, eval_rows, "preference", **limits)]
-    if not examples:
-        raise AlignkitError(f"{config.dataset_name}: no pairs left to train on")
+    tokenizer, examples, eval_examples = load_pairs(config)
     pad_id = tokenizer.pad_token_id
     start_run(method, config)
     torch.manual_seed(config.train.seed)
