@@ -118,7 +118,9 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "reward model: held-out accuracy" in shown and "95% interval" in shown
     rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
-    assert rc == 0 and out.count("complete, skipped") == 5
+    dpo = read_status(tmp_path / "dpo")
+    assert dpo["status"] == "complete" and "eval/rewards/accuracies" in dpo["eval"]
+    assert rc == 0 and out.count("complete, skipped") == 6
 
 
 def test_pipeline_resumes_an_interrupted_stage(tmp_path, capsys, monkeypatch):
