@@ -156,7 +156,7 @@ def build_sequence(args, tokenizer, shape: str, needed: int) -> list:
 
 def batch_stats(sequence: list, batch: int, first_step: int, layout: str) -> dict:
     """Real tokens of the steps from `first_step` on; the tokens TRL's padded batches compute, and ours."""
-    from alignkit.ops.rewards import length_buckets
+    from alignkit.data.collate import length_buckets
 
     real = padded = ours = 0
     for start in range(first_step * batch, len(sequence), batch):

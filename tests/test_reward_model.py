@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from alignkit.data.collate import collate_sequences, pad
-from alignkit.ops.rewards import length_buckets, sequence_rewards
+from alignkit.data.collate import collate_sequences, length_buckets, pad
+from alignkit.ops.rewards import sequence_rewards
 
 TEXTS = ["hello there", "a much longer piece of text to score, with a comma", "x", "the cat sat on the mat"]
 

@@ -118,41 +118,18 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _overrides(args, skip=("func", "command", "config")) -> dict:
+def _overrides(args, skip=("func", "command", "config", "method", "title")) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
-def cmd_sft(args) -> int:
-    from alignkit.methods.sft import SFTConfig, train_sft
+def cmd_train(args) -> int:
+    """Every training command: the --config recipe, flags over it, the method's config, its train function."""
+    from alignkit.pipeline import method_parts
 
-    result = train_sft(_config_from_args(SFTConfig, args))
-    _print_finished("sft", result.output_dir, result)
-    return 0
-
-
-def cmd_dpo(args) -> int:
-    from alignkit.methods.dpo import DPOConfig, train_dpo
-
-    result = train_dpo(_config_from_args(DPOConfig, args))
-    _print_finished("dpo", result.output_dir, result)
-    return 0
-
-
-def cmd_simpo(args) -> int:
-    from alignkit.methods.simpo import SimPOConfig, train_simpo
-
-    values = _config_from_args(SimPOConfig, args)
-    result = train_simpo(values)
-    _print_finished(values.loss_type, result.output_dir, result)
-    return 0
-
-
-def cmd_rm(args) -> int:
-    from alignkit.methods.reward_model import RewardConfig, train_reward_model
-
-    config = _config_from_args(RewardConfig, args)
-    result = train_reward_model(config)
-    _print_finished("rm", result.output_dir, result)
+    config_cls, train = method_parts(args.method)
+    config = _config_from_args(config_cls, args)
+    result = train(config)
+    _print_finished(args.title or config.loss_type, result.output_dir, result)
     return 0
 
 
@@ -353,44 +330,29 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_models)
 
     from alignkit.config import add_arguments
-    from alignkit.methods.sft import SFTConfig
+    from alignkit.pipeline import method_parts
 
-    p = commands.add_parser("sft", help="supervised fine-tuning on demonstrations",
-                            description="Supervised fine-tuning. Options override the --config recipe; "
-                            "TRL's option names work.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, SFTConfig)
-    p.set_defaults(func=cmd_sft)
-
-    from alignkit.methods.reward_model import RewardConfig
-
-    p = commands.add_parser("rm", aliases=["reward"], help="train a Bradley-Terry reward model on preference pairs",
-                            description="Train a reward model (an LM with a scalar head) on preference data with "
-                            "the Bradley-Terry loss. Options override the --config recipe; TRL's option names work.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, RewardConfig)
-    p.set_defaults(func=cmd_rm)
-
-    from alignkit.methods.dpo import DPOConfig
-
-    p = commands.add_parser("dpo", help="direct preference optimisation (DPO, cDPO, robust, IPO, hinge, RPO)",
-                            description="Train a policy on preference pairs with DPO or a reference-based "
-                            "variant. Options override the --config recipe; TRL's option names work.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, DPOConfig)
-    p.set_defaults(func=cmd_dpo)
-
-    from alignkit.methods.simpo import SimPOConfig
-
-    for name, what in (("simpo", "SimPO: length-normalised, reference-free"),
-                       ("orpo", "ORPO: odds-ratio term + NLL, reference-free"),
-                       ("cpo", "CPO: DPO with a uniform reference + NLL")):
-        p = commands.add_parser(name, help=what.split(":")[0] + " preference optimisation (no reference model)",
-                                description=f"{what}. Options override the --config recipe; TRL's option names "
-                                "work.")
+    training = (  # command, pipeline method, help, description, aliases, defaults
+        ("sft", "sft", "supervised fine-tuning on demonstrations", "Supervised fine-tuning.", (), {}),
+        ("rm", "reward_model", "train a Bradley-Terry reward model on preference pairs",
+         "Train a reward model (an LM with a scalar head) on preference data with the Bradley-Terry loss.",
+         ("reward",), {}),
+        ("dpo", "dpo", "direct preference optimisation (DPO, cDPO, robust, IPO, hinge, RPO)",
+         "Train a policy on preference pairs with DPO or a reference-based variant.", (), {}),
+        ("simpo", "simpo", "SimPO preference optimisation (no reference model)",
+         "SimPO: length-normalised, reference-free.", (), {"loss_type": "simpo", "title": None}),
+        ("orpo", "simpo", "ORPO preference optimisation (no reference model)",
+         "ORPO: odds-ratio term + NLL, reference-free.", (), {"loss_type": "orpo", "title": None}),
+        ("cpo", "simpo", "CPO preference optimisation (no reference model)",
+         "CPO: DPO with a uniform reference + NLL.", (), {"loss_type": "cpo", "title": None}),
+    )
+    for name, method, summary, description, aliases, defaults in training:
+        p = commands.add_parser(name, aliases=list(aliases), help=summary,
+                                description=f"{description} Options override the --config recipe; TRL's option "
+                                "names work.")
         option(p, "--config", help="YAML recipe of option: value pairs")
-        add_arguments(p, SimPOConfig)
-        p.set_defaults(func=cmd_simpo, loss_type=name)
+        add_arguments(p, method_parts(method)[0])
+        p.set_defaults(func=cmd_train, method=method, **{"title": name, **defaults})
 
     from alignkit.rollout.pairs import GeneratePairsConfig
 

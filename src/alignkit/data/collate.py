@@ -136,3 +136,46 @@ def collate_sequences(sequences: Sequence[Sequence[int]], pad_id: int, padding_f
     positions = [p for s in sequences for p in range(len(s))]
     ends = torch.tensor([len(s) for s in sequences]).cumsum(0) - 1
     return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]), "sequence_ends": ends}
+
+
+GROUP_COST = 32  # one more forward call costs about as much as this many more token positions
+
+
+def length_buckets(lengths: list[int], group_cost: int = GROUP_COST) -> list[list[int]]:
+    """Row indices grouped by length so that running each group padded to its longest row costs least.
+
+    Cost = the token positions computed (group size x longest length, summed over groups) + `group_cost`
+    per group, the fixed price of one more forward call, in tokens. Sorted by length, the best groups are
+    runs of neighbours, so a small dynamic programme over the sorted rows finds the exact optimum.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0] + [None] * n  # best[j]: least cost of the first j sorted rows; cut[j]: where its last group starts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last group is order[i:j]; its longest row is order[i]
+            cost = best[i] + lengths[order[i]] * (j - i) + group_cost
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def length_groups(batch: dict, keys=("input_ids", "attention_mask", "completion_mask")):
+    """(row indices, sub-batch) for each length group of a right-padded batch (see `length_buckets`): the
+    group's rows of `keys`, cut to its longest row. A group with no padding left loses its attention mask,
+    so it runs plain causal attention (the faster path). Same numbers as the whole padded batch."""
+    import torch
+
+    mask = batch["attention_mask"]
+    lengths = mask.sum(-1).tolist()
+    for group in length_buckets(lengths):
+        rows = torch.tensor(group, device=mask.device)
+        width = lengths[group[0]]
+        sub = {k: batch[k][rows, :width] for k in keys if k in batch}
+        if bool(sub["attention_mask"].all()):
+            del sub["attention_mask"]
+        yield rows, sub

@@ -135,8 +135,8 @@ def sequence_sums(model, batch: dict, bucketed: bool = False) -> tuple:
     """(summed response log-probs, response token counts), one per sequence in the batch's order."""
     import torch
 
+    from alignkit.data.collate import length_groups
     from alignkit.ops.logprobs import sequence_logps
-    from alignkit.ops.rewards import length_buckets
 
     if "sequence_lengths" in batch:  # one padding-free row: sum each sequence's segment
         logps = sequence_logps(model, batch)
@@ -149,16 +149,10 @@ def sequence_sums(model, batch: dict, bucketed: bool = False) -> tuple:
     if not bucketed:
         logps = sequence_logps(model, batch)
         return logps.sum, logps.count
-    mask = batch["attention_mask"]
-    lengths = mask.sum(-1).tolist()
-    sums = torch.zeros(len(lengths), device=mask.device)
-    counts = torch.zeros(len(lengths), device=mask.device, dtype=torch.long)
-    for group in length_buckets(lengths):
-        rows = torch.tensor(group, device=mask.device)
-        width = lengths[group[0]]
-        sub = {k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "completion_mask")}
-        if bool(sub["attention_mask"].all()):
-            del sub["attention_mask"]  # no padding in this group: plain causal attention
+    rows_total = batch["input_ids"].shape[0]
+    sums = torch.zeros(rows_total, device=batch["input_ids"].device)
+    counts = torch.zeros(rows_total, device=batch["input_ids"].device, dtype=torch.long)
+    for rows, sub in length_groups(batch):
         logps = sequence_logps(model, sub)
         sums = sums.index_put((rows,), logps.sum)
         counts = counts.index_put((rows,), logps.count)

@@ -10,7 +10,7 @@ Left-padded batches get position ids from the mask (real tokens keep positions 0
 scores the same whichever side it is padded on.
 
 `bucketed=True` trims padding without changing a single number: the rows of a right-padded batch are
-grouped by length and each group runs with only its own padding (see `length_buckets`). On CPU this beats
+grouped by length and each group runs with only its own padding (`data.collate.length_groups`). On CPU this beats
 one padding-free row, whose attention costs (total tokens)² instead of Σ length².
 """
 
@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alignkit.data.collate import length_groups
 from alignkit.errors import AlignkitError
-
-GROUP_COST = 32  # one more forward call costs about as much as this many more token positions
 
 
 def reward_parts(model):
@@ -50,29 +49,6 @@ def positions_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def length_buckets(lengths: list[int], group_cost: int = GROUP_COST) -> list[list[int]]:
-    """Row indices grouped by length so that running each group padded to its longest row costs least.
-
-    Cost = the token positions computed (group size x longest length, summed over groups) + `group_cost`
-    per group, the fixed price of one more forward call, in tokens. Sorted by length, the best groups are
-    runs of neighbours, so a small dynamic programme over the sorted rows finds the exact optimum.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    n = len(order)
-    best = [0] + [None] * n  # best[j]: least cost of the first j sorted rows; cut[j]: where its last group starts
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j):  # the last group is order[i:j]; its longest row is order[i]
-            cost = best[i] + lengths[order[i]] * (j - i) + group_cost
-            if best[j] is None or cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[j]:j])
-        j = cut[j]
-    return groups[::-1]
-
-
 def _scores(backbone, head, inputs: dict, ends: Tensor) -> Tensor:
     hidden = backbone(use_cache=False, **inputs).last_hidden_state
     picked = hidden.reshape(-1, hidden.shape[-1])[ends]
@@ -83,7 +59,7 @@ def sequence_rewards(model, batch: dict, bucketed: bool = False, max_waste: floa
     """(N,) float32 score of each sequence in `batch`, in row order (packed rows: in `sequence_ends` order).
 
     batch: input_ids (B, T) with attention_mask (B, T), padded on either side; or one padding-free row
-    with position_ids and sequence_ends (see `data.collate.collate_sequences_padding_free`).
+    with position_ids and sequence_ends (`data.collate.collate_sequences(..., padding_free=True)`).
     bucketed: run a right-padded batch in length groups (same scores, less compute on pad tokens).
     """
     parts = reward_parts(model)
@@ -101,16 +77,10 @@ def sequence_rewards(model, batch: dict, bucketed: bool = False, max_waste: floa
     if not bucketed:
         inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions_from_mask(mask)}
         return _scores(*parts, inputs, last_token_index(batch))
-    lengths = mask.sum(-1).tolist()
-    out = torch.empty(len(lengths), device=input_ids.device)
-    for group in length_buckets(lengths):
-        width = lengths[group[0]]
-        rows = torch.tensor(group, device=input_ids.device)
-        sub_mask = mask[rows, :width]
-        inputs = {"input_ids": input_ids[rows, :width], "attention_mask": sub_mask}
-        if bool(sub_mask.all()):
-            del inputs["attention_mask"]  # no padding in this group: plain causal attention (faster path)
-        out = out.index_put((rows,), _scores(*parts, inputs, last_token_index({"attention_mask": sub_mask})))
+    out = torch.empty(mask.shape[0], device=input_ids.device)
+    for rows, sub in length_groups(batch, ("input_ids", "attention_mask")):
+        ends = last_token_index({"attention_mask": mask[rows, :sub["input_ids"].shape[1]]})
+        out = out.index_put((rows,), _scores(*parts, sub, ends))
     return out
 
 
