@@ -162,6 +162,14 @@ def cmd_judge(args) -> int:
     return 0
 
 
+def cmd_win_rate(args) -> int:
+    from alignkit.feedback.winrate import WinRateConfig, run_win_rate
+
+    path = run_win_rate(_config_from_args(WinRateConfig, args))
+    print(f"wrote {path} and {path.parent / 'comparisons.jsonl'}", file=sys.stderr)
+    return 0
+
+
 def _without(args, *names):
     return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in names})
 
@@ -345,6 +353,9 @@ def build_parser() -> Parser:
          "ORPO: odds-ratio term + NLL, reference-free.", (), {"loss_type": "orpo", "title": None}),
         ("cpo", "simpo", "CPO preference optimisation (no reference model)",
          "CPO: DPO with a uniform reference + NLL.", (), {"loss_type": "cpo", "title": None}),
+        ("kto", "kto", "KTO on unpaired thumbs-up/down data (or pairs, split in two)",
+         "Kahneman-Tversky optimisation: learns from labelled single completions; preference pairs are split "
+         "into a desirable and an undesirable example.", (), {}),
     )
     for name, method, summary, description, aliases, defaults in training:
         p = commands.add_parser(name, aliases=list(aliases), help=summary,
@@ -374,6 +385,15 @@ def build_parser() -> Parser:
     option(p, "--out", "--output", "-o", help="write the preferences here (default: OUTPUT_DIR/preferences.jsonl)")
     add_arguments(p, JudgeConfig)
     p.set_defaults(func=cmd_judge)
+
+    from alignkit.feedback.winrate import WinRateConfig
+
+    p = commands.add_parser("win-rate", aliases=["win_rate"], help="win rate of one policy's answers against another's",
+                            description="Judge the answers of policy A against policy B's to the same prompts (two "
+                            "`alignkit generate` outputs) and report A's win rate with a 95% interval.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    add_arguments(p, WinRateConfig)
+    p.set_defaults(func=cmd_win_rate)
 
     p = commands.add_parser("score", help="score prompt/response rows with reward models",
                             description="Score every response in a file (prompt+completion, preference pairs, or "

@@ -7,7 +7,7 @@ A recipe is YAML:
     defaults: {seed: 0}              # keys given to every stage that has them
     stages:
       - name: sft
-        method: sft                  # sft, reward_model, generate, generate_pairs, judge
+        method: sft                  # sft, reward_model, dpo, simpo, kto, generate, generate_pairs, judge, win_rate
         config: {model_name_or_path: embedded:smollm2-135m-instruct, dataset_name: builtin:sft.jsonl}
       - name: answers
         method: generate
@@ -32,9 +32,11 @@ METHODS = {
     "reward_model": ("alignkit.methods.reward_model", "RewardConfig", "train_reward_model", "model"),
     "dpo": ("alignkit.methods.dpo", "DPOConfig", "train_dpo", "model"),
     "simpo": ("alignkit.methods.simpo", "SimPOConfig", "train_simpo", "model"),
+    "kto": ("alignkit.methods.kto", "KTOConfig", "train_kto", "model"),
     "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),
+    "win_rate": ("alignkit.feedback.winrate", "WinRateConfig", "run_win_rate", "win_rate.json"),
 }
 STAGE_REF = "stage:"
 PACKAGED = Path(__file__).parent / "configs"

@@ -120,6 +120,21 @@ def collate_packed(rows, pad_id: int) -> dict:
     }
 
 
+def collate_responses(examples: Sequence[Tokenized], pad_id: int, padding_free: bool = False) -> dict:
+    """Prompt+response examples whose response log-probs are summed per sequence (DPO, KTO): right-padded
+    (`collate`), or one padding-free row with `sequence_lengths` to split the sums by."""
+    import torch
+
+    if not padding_free:
+        return collate(examples, pad_id)
+    from alignkit.data.tokenize import MaskedExample
+
+    masked = [MaskedExample(e.input_ids, [0] * len(e.prompt_ids) + [1] * len(e.completion_ids)) for e in examples]
+    batch = collate_padding_free(masked, pad_id)
+    batch["sequence_lengths"] = torch.tensor([len(e.input_ids) for e in examples])
+    return batch
+
+
 def collate_sequences(sequences: Sequence[Sequence[int]], pad_id: int, padding_free: bool = False) -> dict:
     """Whole sequences to be scored (rewards, values).
 

@@ -109,23 +109,23 @@ class DPOExample:
     ref_chosen: float | None = None
     ref_rejected: float | None = None
 
+    def rows(self) -> list:
+        """The sequences the reference scores, in the order `set_reference` takes their log-probs."""
+        return [self.pair.chosen, self.pair.rejected]
+
+    def set_reference(self, values: list[float]) -> None:
+        self.ref_chosen, self.ref_rejected = values
+
 
 def collate_dpo(examples: list[DPOExample], pad_id: int, padding_free: bool = False) -> dict:
     """Chosen rows then rejected rows, right-padded (or one padding-free row with `sequence_lengths`), and the
     precomputed reference log-probs when the examples carry them."""
     import torch
 
-    from alignkit.data.collate import collate_pairs, collate_padding_free
-    from alignkit.data.tokenize import MaskedExample
+    from alignkit.data.collate import collate_responses
 
     pairs = [e.pair for e in examples]
-    if padding_free:
-        rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        masked = [MaskedExample(r.input_ids, [0] * len(r.prompt_ids) + [1] * len(r.completion_ids)) for r in rows]
-        batch = collate_padding_free(masked, pad_id)
-        batch["sequence_lengths"] = torch.tensor([len(r.input_ids) for r in rows])
-    else:
-        batch = collate_pairs(pairs, pad_id)
+    batch = collate_responses([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, padding_free)
     if examples[0].ref_chosen is not None:
         batch["ref_logps"] = torch.tensor([e.ref_chosen for e in examples] + [e.ref_rejected for e in examples])
     return batch
@@ -254,40 +254,46 @@ def evaluate_pairs(loss_fn, model, examples: list[DPOExample], pad_id: int, batc
     return {f"eval/{k}": v / max(n, 1) for k, v in totals.items()}
 
 
-def precompute_reference(examples: list[DPOExample], reference_model, pad_id: int, batch_size: int,
-                         cache_path=None, key: str = "") -> None:
-    """Fill every example's reference log-probs (from `cache_path` when it holds the same `key`)."""
+def precompute_reference(examples: list, reference_model, pad_id: int, batch_size: int, cache_path=None,
+                         key: str = "") -> None:
+    """Fill in every example's reference log-probs (from `cache_path` when it holds the same `key`). An
+    example gives the sequences to score with `rows()` and takes their summed log-probs with
+    `set_reference(values)` (DPO: chosen, rejected; KTO: the completion and its mismatched KL partner)."""
     import torch
+
+    from alignkit.data.collate import collate
 
     if cache_path is not None and cache_path.exists():
         cached = torch.load(cache_path, weights_only=True)
-        if cached.get("key") == key and len(cached["chosen"]) == len(examples):
-            for e, c, r in zip(examples, cached["chosen"].tolist(), cached["rejected"].tolist()):
-                e.ref_chosen, e.ref_rejected = c, r
+        if cached.get("key") == key and "values" in cached and len(cached["values"]) == len(examples):
+            for e, values in zip(examples, cached["values"].tolist()):
+                e.set_reference(values)
             return
     device = next(reference_model.parameters()).device
+    computed = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate_dpo(chunk, pad_id).items()}
-            sums = sequence_sums(reference_model, batch, bucketed=True)[0].tolist()
-            for e, c, r in zip(chunk, sums[: len(chunk)], sums[len(chunk):]):
-                e.ref_chosen, e.ref_rejected = c, r
-    if cache_path is not None:
+            rows = [row for e in chunk for row in e.rows()]
+            batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+            sums = sequence_sums(reference_model, batch, bucketed=True)[0].reshape(len(chunk), -1).cpu()
+            for e, values in zip(chunk, sums.tolist()):
+                e.set_reference(values)
+            computed.append(sums)
+    if cache_path is not None and computed:
         from alignkit.engine.checkpoint import torch_save_atomic
 
-        payload = {"key": key, "chosen": torch.tensor([e.ref_chosen for e in examples]),
-                   "rejected": torch.tensor([e.ref_rejected for e in examples])}
-        torch_save_atomic(cache_path, payload)
+        torch_save_atomic(cache_path, {"key": key, "values": torch.cat(computed)})
 
 
-def _cache_key(config: DPOConfig, examples: list[DPOExample]) -> str:
+def cache_key(config, examples: list) -> str:
+    """What the cached reference log-probs depend on: the reference model and every scored sequence."""
     import hashlib
 
     digest = hashlib.sha256()
     digest.update(str(config.ref_model_name_or_path or config.model_name_or_path).encode())
     for e in examples:
-        digest.update(repr((e.pair.prompt_ids, e.pair.chosen_ids, e.pair.rejected_ids)).encode())
+        digest.update(repr([(row.prompt_ids, row.completion_ids) for row in e.rows()]).encode())
     return digest.hexdigest()
 
 
@@ -336,7 +342,7 @@ def train_dpo(config: DPOConfig):
     if strategy == "precomputed":
         size = config.train.per_device_eval_batch_size
         precompute_reference(examples, reference_model, pad_id, size, out / "reference_logps.pt",
-                             _cache_key(config, examples))
+                             cache_key(config, examples))
         precompute_reference(eval_examples, reference_model, pad_id, size)
         reference_model = None  # not in memory while training
     reference = Reference(strategy, reference_model, bucketed=config.batch_layout == "bucketed")

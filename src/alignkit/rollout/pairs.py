@@ -53,13 +53,18 @@ class GeneratePairsConfig:
             raise AlignkitError(f"config: max_prompts: must be >= 0, got {self.max_prompts}")
 
 
-def load_prompt_rows(names: str, max_prompts: int = 0) -> list[dict]:
-    """Prompt rows from one file or several separated by commas; the first `max_prompts` of each when set."""
+def load_prompt_rows(names: str, max_prompts: int = 0, split: str | None = None) -> list[dict]:
+    """Prompt rows from one file or several separated by commas; only those whose "split" column is `split`
+    when given; the first `max_prompts` of each file when set."""
     from alignkit.data.io import load_rows
 
     rows = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
         found = load_rows(name, "prompt")
+        if split is not None:
+            found = [r for r in found if r.get("split") == split]
+            if not found:
+                raise AlignkitError(f"{name}: split: no rows with split {split!r}")
         rows += found[:max_prompts] if max_prompts else found
     return rows
 

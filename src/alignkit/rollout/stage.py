@@ -16,7 +16,9 @@ class GenerateConfig:
     model_name_or_path: str = "embedded:smollm2-135m-instruct"
     """Model to sample from: embedded:NAME, a local checkpoint, a hub id, or stage:NAME in a pipeline."""
     dataset_name: str = "builtin:prompts.jsonl"
-    """Prompt-format rows ({"prompt": ...})."""
+    """Prompt-format rows ({"prompt": ...}); several files separated by commas are read in turn."""
+    dataset_split: str | None = None
+    """Only the rows whose "split" column has this value (e.g. test: prompts no stage trained on)."""
     output_dir: str = "runs/generate"
     """Directory for generations.jsonl and run.json."""
     sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(max_new_tokens=128, temperature=0.0))
@@ -39,16 +41,17 @@ def run_generate(config: GenerateConfig) -> Path:
     """Sample, write generations.jsonl atomically, mark the stage complete; returns the file."""
     import time
 
-    from alignkit.data.io import load_rows, write_jsonl
+    from alignkit.data.io import write_jsonl
     from alignkit.engine.outputs import write_status
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rollout.generate import as_records, generate
+    from alignkit.rollout.pairs import load_prompt_rows
 
     config.check()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rows = load_rows(config.dataset_name, "prompt")
+    rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
