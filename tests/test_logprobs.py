@@ -373,6 +373,22 @@ def test_score_mask():
     assert score_mask(batch).tolist() == [[False, False, True, True], [False, True, True, True]]
 
 
+@pytest.mark.parametrize("softcapped", [False, True])
+def test_sequence_logps_mean_logits(tiny_model, tiny_tokenizer, softcapped):
+    """token_mean_logits is the vocabulary mean of the full logits at each scored position, on the chunked
+    path (h·mean(w), logits never built) and on the full-logits fallback alike."""
+    if softcapped:
+        tiny_model.config.final_logit_softcapping = 30.0
+    batch, _ = make_batch(tiny_tokenizer)
+    with torch.no_grad():
+        out = sequence_logps(tiny_model, batch, mean_logits=True, temperature=0.7)
+        logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits / 0.7
+    expected = torch.zeros_like(out.token_logps)
+    expected[:, 1:] = logits[:, :-1].mean(-1) * out.mask[:, 1:]
+    torch.testing.assert_close(out.token_mean_logits, expected, atol=1e-5, rtol=1e-5)
+    assert sequence_logps(tiny_model, batch).token_mean_logits is None
+
+
 def test_sequence_logps_softcapped_head_falls_back(tiny_model, tiny_tokenizer):
     """A config with final soft-capping is not a plain linear head: the full-logits fallback runs and agrees."""
     tiny_model.config.final_logit_softcapping = 30.0

@@ -98,13 +98,14 @@ def _sampling(args):
 
 
 def cmd_generate(args) -> int:
-    from alignkit.data.io import load_rows, write_jsonl
+    from alignkit.data.io import write_jsonl
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rollout.generate import as_records, generate
+    from alignkit.rollout.pairs import load_prompt_rows
 
     settings = _sampling(args)
     settings.check()
-    rows = load_rows(args.prompts, "prompt")
+    rows = load_prompt_rows(args.prompts, split=args.dataset_split)
     tokenizer = load_tokenizer(args.model_name_or_path, padding_side="left")
     model = load_policy(args.model_name_or_path, dtype=args.dtype, device=args.device)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings)
@@ -244,8 +245,9 @@ def cmd_demo(args) -> int:
     from alignkit.pipeline import run_pipeline
 
     print(f"alignkit {__version__} demo: SmolLM2-135M-Instruct answers, learns from the built-in SFT data "
-          "(LoRA) and answers again; then it samples response pairs, a simulated annotator labels them, and a "
-          "reward model learns those preferences\n", flush=True)
+          "(LoRA) and answers again; then it samples response pairs, a simulated annotator labels them, a reward "
+          "model and a DPO policy learn those preferences, and the annotator compares DPO's answers with SFT's\n",
+          flush=True)
     root = run_pipeline("demo", {"output_dir": args.output_dir} if args.output_dir else None)
     before = read_jsonl_file(root / "before" / "generations.jsonl")
     after = read_jsonl_file(root / "after" / "generations.jsonl")
@@ -253,6 +255,7 @@ def cmd_demo(args) -> int:
         question = b["prompt"][-1]["content"] if isinstance(b["prompt"], list) else b["prompt"]
         print(f"\nQ: {question}\n  before: {_one_line(b['completion'])}\n  after:  {_one_line(a['completion'])}")
     _print_reward_model_result(root)
+    _print_win_rate(root)
     print(f"\nreports: {root / 'index.html'}")
     return 0
 
@@ -274,6 +277,16 @@ def _print_reward_model_result(root) -> None:
           f"{judged['preferences']} preferences, {judged['ties']} ties")
     print(f"reward model: held-out accuracy {accuracy:.1%} (95% interval {low:.0%}-{high:.0%}) against the "
           f"annotator's labels on {held_out} pairs for test-split prompts; 50% is chance")
+
+
+def _print_win_rate(root) -> None:
+    """The demo's DPO policy against its SFT starting point, on the held-out prompts."""
+    from alignkit.engine.outputs import read_status
+    from alignkit.feedback.winrate import describe
+
+    summary = read_status(root / "win_rate")
+    if summary.get("status") == "complete":
+        print(f"\nDPO: {describe(summary, 'the DPO policy', 'the SFT policy')}, answering held-out prompts")
 
 
 def _one_line(text: str, width: int = 200) -> str:
@@ -317,7 +330,9 @@ def build_parser() -> Parser:
                             "JSONL rows with a completion field.")
     option(p, "--model_name_or_path", "--model", required=True,
            help="embedded:smollm2-135m-instruct, embedded:tiny, a local checkpoint or a hub id")
-    option(p, "--prompts", "--dataset_name", "--data", required=True, help="file of prompt rows")
+    option(p, "--prompts", "--dataset_name", "--data", required=True,
+           help="file of prompt rows (several: comma-separated)")
+    option(p, "--dataset_split", help="only rows whose split column has this value (e.g. test)")
     option(p, "--output", "--output_file", "-o", help="write JSONL here (default: print to stdout)")
     option(p, "--max_new_tokens", type=int, default=256, help="most tokens per response (default: 256)")
     option(p, "--temperature", type=float, default=0.7, help="sampling temperature, 0 for greedy (default: 0.7)")

@@ -99,9 +99,16 @@ def cpo(policy_chosen: Tensor, policy_rejected: Tensor, beta: float = 0.1,
     return PreferenceLoss(losses, *_rewards(beta, policy_chosen, policy_rejected))
 
 
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 − eˣ) for x < 0, accurate in float32 too: log(−expm1(x)) near 0, log1p(−eˣ) below −ln 2
+    (Mächler 2012). x is kept below 0 by the dtype's smallest normal number, so p = 1 stays finite."""
+    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
 def log_odds(mean_logps: Tensor) -> Tensor:
     """log(p / (1 − p)) for p = exp(mean token log-prob), computed stably (log p − log(1 − p))."""
-    return mean_logps - torch.log1p(-torch.exp(mean_logps.clamp(max=-1e-6)))
+    return mean_logps - log1mexp(mean_logps)
 
 
 def orpo(policy_chosen_mean: Tensor, policy_rejected_mean: Tensor, lam: float = 0.1) -> tuple[PreferenceLoss, Tensor]:

@@ -131,32 +131,34 @@ def collate_dpo(examples: list[DPOExample], pad_id: int, padding_free: bool = Fa
     return batch
 
 
-def sequence_sums(model, batch: dict, bucketed: bool = False) -> tuple:
-    """(summed response log-probs, response token counts), one per sequence in the batch's order."""
+def sequence_sums(model, batch: dict, bucketed: bool = False, mean_logits: bool = False) -> tuple:
+    """(summed response log-probs, response token counts), one per sequence in the batch's order; with
+    `mean_logits`, a third tensor: each response's summed vocabulary-mean logits (no gradient)."""
     import torch
 
     from alignkit.data.collate import length_groups
     from alignkit.ops.logprobs import sequence_logps
 
+    def sums_of(logps):
+        values = (logps.token_logps, logps.mask.long())
+        return values + ((logps.token_mean_logits,) if mean_logits else ())
+
     if "sequence_lengths" in batch:  # one padding-free row: sum each sequence's segment
-        logps = sequence_logps(model, batch)
         lengths = batch["sequence_lengths"]
         segment = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
-        sums = torch.zeros(len(lengths), device=logps.token_logps.device).index_add(0, segment, logps.token_logps[0])
-        counts = torch.zeros(len(lengths), device=lengths.device, dtype=torch.long).index_add(
-            0, segment, logps.mask[0].long())
-        return sums, counts
+        per_token = sums_of(sequence_logps(model, batch, mean_logits=mean_logits))
+        return tuple(torch.zeros(len(lengths), device=t.device, dtype=t.dtype).index_add(0, segment, t[0])
+                     for t in per_token)
     if not bucketed:
-        logps = sequence_logps(model, batch)
-        return logps.sum, logps.count
+        return tuple(t.sum(-1) for t in sums_of(sequence_logps(model, batch, mean_logits=mean_logits)))
     rows_total = batch["input_ids"].shape[0]
-    sums = torch.zeros(rows_total, device=batch["input_ids"].device)
-    counts = torch.zeros(rows_total, device=batch["input_ids"].device, dtype=torch.long)
+    out = None
     for rows, sub in length_groups(batch):
-        logps = sequence_logps(model, sub)
-        sums = sums.index_put((rows,), logps.sum)
-        counts = counts.index_put((rows,), logps.count)
-    return sums, counts
+        parts = [t.sum(-1) for t in sums_of(sequence_logps(model, sub, mean_logits=mean_logits))]
+        if out is None:
+            out = [torch.zeros(rows_total, device=t.device, dtype=t.dtype) for t in parts]
+        out = [o.index_put((rows,), t) for o, t in zip(out, parts)]
+    return tuple(out)
 
 
 class Reference:
@@ -181,7 +183,7 @@ def dpo_loss(model, batch: dict, reference: Reference, config: DPOConfig, bucket
     """(summed loss over the batch's pairs, metrics with TRL's names)."""
     from alignkit.losses import preference
 
-    sums, counts = sequence_sums(model, batch, bucketed)
+    sums, counts, logits = sequence_sums(model, batch, bucketed, mean_logits=True)
     ref = reference.logps(model, batch).to(sums)
     policy_c, policy_r = sums.chunk(2)
     ref_c, ref_r = ref.chunk(2)
@@ -199,16 +201,29 @@ def dpo_loss(model, batch: dict, reference: Reference, config: DPOConfig, bucket
         nll = preference.nll_term(policy_c, count_c)
         losses = losses + config.rpo_alpha * nll
         metrics["nll_loss"] = nll.detach().mean().item()
-    margins = out.chosen_rewards - out.rejected_rewards
+    # rewards are β × the summed log-ratios for every loss (IPO too, whose loss uses per-token means), as TRL logs
+    chosen_rewards = config.beta * (policy_c - ref_c).detach()
+    rejected_rewards = config.beta * (policy_r - ref_r).detach()
+    margins = chosen_rewards - rejected_rewards
     metrics.update({
-        "rewards/chosen": out.chosen_rewards.mean().item(),
-        "rewards/rejected": out.rejected_rewards.mean().item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
         "rewards/margins": margins.mean().item(),
         "rewards/accuracies": (margins > 0).float().mean().item(),
         "logps/chosen": policy_c.detach().mean().item(),
         "logps/rejected": policy_r.detach().mean().item(),
+        **logit_metrics(logits, counts),
     })
     return losses.sum(), metrics
+
+
+def logit_metrics(logit_sums, counts) -> dict:
+    """TRL's logits/chosen and logits/rejected: the vocabulary-mean logit averaged over the batch's chosen
+    (rejected) response tokens."""
+    logits_c, logits_r = logit_sums.chunk(2)
+    count_c, count_r = counts.chunk(2)
+    return {"logits/chosen": (logits_c.sum() / count_c.sum().clamp(min=1)).item(),
+            "logits/rejected": (logits_r.sum() / count_r.sum().clamp(min=1)).item()}
 
 
 def count_pairs(batch: dict) -> int:

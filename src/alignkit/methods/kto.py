@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
@@ -161,15 +162,24 @@ def split_batch(batch: dict) -> tuple[dict, dict]:
     return matched, kl
 
 
-def kto_forward(model, batch: dict, reference, config: KTOConfig, bucketed: bool = False):
-    """(per-example losses, per-example implicit rewards β·r, policy log-probs, KL estimate)."""
+class KTOOutputs(NamedTuple):
+    losses: object  # (B,) per-example losses
+    rewards: object  # (B,) implicit rewards β·(log π − log ρ), detached
+    logps: object  # (B,) policy log-probs of the completions, detached
+    kl: object  # the reference point z₀ (the clamped batch KL estimate)
+    logit_sums: object  # (B,) summed vocabulary-mean logits of each completion
+    counts: object  # (B,) completion tokens
+
+
+def kto_forward(model, batch: dict, reference, config: KTOConfig, bucketed: bool = False) -> KTOOutputs:
+    """The loss and what the metrics need, for one batch."""
     import torch
 
     from alignkit.losses import preference
     from alignkit.methods.dpo import sequence_sums
 
     matched, kl_batch = split_batch(batch)
-    policy, _ = sequence_sums(model, matched, bucketed)
+    policy, counts, logits = sequence_sums(model, matched, bucketed, mean_logits=True)
     ref = reference.logps(model, matched).to(policy)
     with torch.no_grad():  # the reference point is a constant of the loss
         kl_policy = sequence_sums(model, kl_batch, bucketed)[0]
@@ -179,21 +189,22 @@ def kto_forward(model, batch: dict, reference, config: KTOConfig, bucketed: bool
     out = preference.kto(policy, ref, desirable, kl, config.beta, config.desirable_weight,
                          config.undesirable_weight)
     rewards = (config.beta * (policy - ref)).detach()
-    return out.losses, rewards, policy.detach(), kl.clamp(min=0)
+    return KTOOutputs(out.losses, rewards, policy.detach(), kl.clamp(min=0), logits, counts)
 
 
 def kto_loss(model, batch: dict, reference, config: KTOConfig, bucketed: bool = False):
     """(summed loss over the batch's examples, metrics with TRL's names)."""
-    losses, rewards, logps, kl = kto_forward(model, batch, reference, config, bucketed)
+    out = kto_forward(model, batch, reference, config, bucketed)
     desirable = batch["desirable"].bool()
-    metrics = {"kl": kl.item()}
+    metrics = {"kl": out.kl.item()}
     for name, rows in (("chosen", desirable), ("rejected", ~desirable)):
         if rows.any():
-            metrics[f"rewards/{name}"] = rewards[rows].mean().item()
-            metrics[f"logps/{name}"] = logps[rows].mean().item()
+            metrics[f"rewards/{name}"] = out.rewards[rows].mean().item()
+            metrics[f"logps/{name}"] = out.logps[rows].mean().item()
+            metrics[f"logits/{name}"] = (out.logit_sums[rows].sum() / out.counts[rows].sum().clamp(min=1)).item()
     if desirable.any() and (~desirable).any():
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-    return losses.sum(), metrics
+    return out.losses.sum(), metrics
 
 
 def count_examples(batch: dict) -> int:
@@ -211,10 +222,10 @@ def evaluate_kto(model, examples: list[KTOExample], reference, config: KTOConfig
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate_kto(chunk, pad_id).items()}
-        loss, reward, _, kl = kto_forward(model, batch, reference, config, bucketed=True)
-        losses.append(loss.cpu())
-        rewards.append(reward.cpu())
-        kls.append(kl.item())
+        out = kto_forward(model, batch, reference, config, bucketed=True)
+        losses.append(out.losses.cpu())
+        rewards.append(out.rewards.cpu())
+        kls.append(out.kl.item())
         sizes.append(len(chunk))
     loss, reward = torch.cat(losses), torch.cat(rewards)
     desirable = torch.tensor([e.desirable for e in examples])

@@ -80,10 +80,12 @@ class SimPOConfig:
 
 def simpo_loss(model, batch: dict, config: SimPOConfig, bucketed: bool = False):
     """(summed loss over the batch's pairs, metrics with TRL's names)."""
-    from alignkit.losses import preference
-    from alignkit.methods.dpo import sequence_sums
+    import torch
 
-    sums, counts = sequence_sums(model, batch, bucketed)
+    from alignkit.losses import preference
+    from alignkit.methods.dpo import logit_metrics, sequence_sums
+
+    sums, counts, logits = sequence_sums(model, batch, bucketed, mean_logits=True)
     policy_c, policy_r = sums.chunk(2)
     count_c, count_r = counts.chunk(2)
     mean_c, mean_r = policy_c / count_c.clamp(min=1), policy_r / count_r.clamp(min=1)
@@ -100,7 +102,8 @@ def simpo_loss(model, batch: dict, config: SimPOConfig, bucketed: bool = False):
     else:
         out, ratio = preference.orpo(mean_c, mean_r, config.lambda_)
         losses = nll + out.losses
-        metrics["log_odds_ratio"] = ratio.mean().item()
+        metrics["log_odds_ratio"] = torch.nn.functional.logsigmoid(ratio).mean().item()  # TRL's names
+        metrics["log_odds_chosen"] = ratio.mean().item()
     margins = out.chosen_rewards - out.rejected_rewards
     metrics.update({
         "nll_loss": nll.detach().mean().item(),
@@ -110,6 +113,7 @@ def simpo_loss(model, batch: dict, config: SimPOConfig, bucketed: bool = False):
         "rewards/accuracies": (margins > 0).float().mean().item(),
         "logps/chosen": policy_c.detach().mean().item(),
         "logps/rejected": policy_r.detach().mean().item(),
+        **logit_metrics(logits, counts),
     })
     return losses.sum(), metrics
 

@@ -205,6 +205,9 @@ class SequenceLogProbs:
 
     token_logps: Tensor
     mask: Tensor
+    token_mean_logits: Tensor | None = None
+    """(B, T) mean over the vocabulary of the logits at each scored position (no gradient), when asked
+    for: TRL's logits/chosen and logits/rejected metrics."""
 
     @property
     def sum(self) -> Tensor:
@@ -257,13 +260,15 @@ def score_mask(batch: dict) -> Tensor:
 
 
 def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperature: float = 1.0,
-                   uniform_grad: bool = False) -> SequenceLogProbs:
+                   uniform_grad: bool = False, mean_logits: bool = False) -> SequenceLogProbs:
     """Per-token and summed log-probs of the response tokens in `batch`.
 
     batch: input_ids (B, T), attention_mask (B, T), completion_mask (B, T) (1 on response tokens; when
     absent every real token but the first is scored), optional position_ids (packed sequences).
     Only response positions are projected to the vocabulary; see the module docstring for memory.
     uniform_grad: the caller's loss is a plain sum of the token log-probs (SFT); see `linear_log_probs`.
+    mean_logits: also fill `token_mean_logits`. With a plain linear head the mean over the vocabulary of
+    h·w_v + b_v is h·mean(w) + mean(b): one dot product per token, the logits still never materialised.
     """
     input_ids = batch["input_ids"]
     mask = score_mask(batch)
@@ -276,14 +281,29 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
         hidden = model.get_decoder()(input_ids=input_ids, use_cache=False, **model_inputs).last_hidden_state
         selected = hidden[:, :-1][target_mask]
         flat = linear_log_probs(selected, head.weight, head.bias, labels, chunk_size, temperature, uniform_grad)
+        if mean_logits:
+            with torch.no_grad():
+                flat_mean = selected.detach().float() @ head.weight.float().mean(0)
+                if head.bias is not None:
+                    flat_mean = flat_mean + head.bias.float().mean()
+                flat_mean = flat_mean / temperature
     else:
         logits = model(input_ids=input_ids, use_cache=False, **model_inputs).logits[:, :-1]
         if temperature != 1.0:
             logits = logits / temperature
         flat = selective_log_softmax(logits[target_mask], labels, chunk_size)
-    token_logps = flat.new_zeros(mask.shape)
-    token_logps = torch.cat([token_logps[:, :1], token_logps[:, 1:].masked_scatter(target_mask, flat)], dim=1)
-    return SequenceLogProbs(token_logps=token_logps, mask=mask)
+        if mean_logits:
+            with torch.no_grad():
+                flat_mean = logits[target_mask].float().mean(-1)
+    token_logps = _scatter(mask, target_mask, flat)
+    token_mean_logits = _scatter(mask, target_mask, flat_mean) if mean_logits else None
+    return SequenceLogProbs(token_logps=token_logps, mask=mask, token_mean_logits=token_mean_logits)
+
+
+def _scatter(mask: Tensor, target_mask: Tensor, flat: Tensor) -> Tensor:
+    """(B, T) with the per-scored-token values `flat` at their positions (the predicted token's), 0 elsewhere."""
+    out = flat.new_zeros(mask.shape)
+    return torch.cat([out[:, :1], out[:, 1:].masked_scatter(target_mask, flat)], dim=1)
 
 
 def sequence_logps_naive(model, batch: dict, temperature: float = 1.0) -> SequenceLogProbs:
