@@ -347,14 +347,16 @@ def test_data_stats_json_parses(capsys, tmp_path):
 def test_demo_recipe_plans_its_stages(tmp_path):
     """`alignkit demo` runs the packaged demo recipe (timed in the closing notes, too slow for the suite):
     the real model answers, is fine-tuned with LoRA, and the fine-tuned model answers again; it then samples
-    response pairs, the rubric judges them, and a reward model learns the judgments."""
+    response pairs, the rubric judges them, a reward model and a DPO policy learn the judgments, and the DPO
+    policy's held-out win rate against the SFT policy is judged."""
     from alignkit.config import load_yaml
     from alignkit.pipeline import plan, resolve_recipe
 
     stages = plan(load_yaml(resolve_recipe("demo")), "demo", {"output_dir": str(tmp_path)})
     assert [(s["name"], s["method"]) for s in stages] == [
         ("before", "generate"), ("sft", "sft"), ("after", "generate"), ("pairs", "generate_pairs"),
-        ("judge", "judge"), ("reward_model", "reward_model")]
+        ("judge", "judge"), ("reward_model", "reward_model"), ("dpo", "dpo"), ("sft_answers", "generate"),
+        ("dpo_answers", "generate"), ("win_rate", "win_rate")]
     values = {s["name"]: s["values"] for s in stages}
     assert values["before"]["model_name_or_path"] == "embedded:smollm2-135m-instruct"
     assert values["sft"]["use_peft"] is True
@@ -362,6 +364,11 @@ def test_demo_recipe_plans_its_stages(tmp_path):
     assert values["pairs"]["model_name_or_path"] == str(tmp_path / "sft" / "model")
     assert values["judge"]["dataset_name"] == str(tmp_path / "pairs" / "pairs.jsonl")
     assert values["reward_model"]["dataset_name"] == str(tmp_path / "judge" / "preferences.jsonl")
+    assert values["dpo"]["model_name_or_path"] == str(tmp_path / "sft" / "model")
+    assert values["dpo"]["ref"] == "adapter" and values["dpo"]["use_peft"] is True
+    assert values["dpo_answers"]["dataset_split"] == "test" == values["sft_answers"]["dataset_split"]
+    assert values["win_rate"]["dataset_name"] == str(tmp_path / "dpo_answers" / "generations.jsonl")
+    assert values["win_rate"]["baseline"] == str(tmp_path / "sft_answers" / "generations.jsonl")
 
 
 def test_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):

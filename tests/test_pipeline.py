@@ -120,7 +120,14 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "pipeline", "tiny", "--output_dir", tmp_path)
     dpo = read_status(tmp_path / "dpo")
     assert dpo["status"] == "complete" and "eval/rewards/accuracies" in dpo["eval"]
-    assert rc == 0 and out.count("complete, skipped") == 6
+    win = json.loads((tmp_path / "win_rate" / "win_rate.json").read_text())
+    assert win["prompts"] == 62 and win["wins"] + win["losses"] + win["ties"] == 62  # the test-split prompts
+    assert win["a"] == str(tmp_path / "dpo_answers" / "generations.jsonl")
+    assert rc == 0 and out.count("complete, skipped") == 9
+    from alignkit.cli import _print_win_rate
+
+    _print_win_rate(tmp_path)
+    assert "DPO: the DPO policy vs the SFT policy: win rate" in capsys.readouterr().out
 
 
 def test_pipeline_resumes_an_interrupted_stage(tmp_path, capsys, monkeypatch):
