@@ -1,0 +1,212 @@
+"""Online RL building blocks as pure tensor functions: KL estimators, advantage estimators (GAE, GRPO's
+group normalisation, RLOO's leave-one-out baseline, REINFORCE++), whitening, the clipped policy and value
+losses, loss aggregation, and the adaptive KL controller.
+
+Shapes: per-token tensors are (B, T) over the response tokens with a (B, T) `mask` (1 on real response
+tokens, 0 on padding after EOS); per-sequence tensors are (B,). Groups are consecutive: with group size G,
+rows [0, G) answer the first prompt, [G, 2G) the second, and so on.
+
+| function | what | source |
+|---|---|---|
+| `kl_penalty` | k1 = r, k2 = r²/2, k3 = (e^(−r) − 1) + r, with r = log π − log π_ref | Schulman 2020, "Approximating KL divergence" |
+| `gae` | Â_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γV_{t+1} − V_t; returns Â + V | Schulman et al. 2016, eq. 16 |
+| `whiten` | (x − mean) / std over the masked entries | — |
+| `group_advantages` | (r − mean_group) / (std_group + ε); Dr. GRPO without the std | Shao et al. 2024 (GRPO); Liu et al. 2025 (Dr. GRPO) |
+| `rloo_advantages` | r_i − mean_{j≠i} r_j | Ahmadian et al. 2024 (RLOO) |
+| `reinforce_pp_advantages` | whitened return-to-go of the KL-penalised token rewards | Hu 2025 (REINFORCE++) |
+| `clipped_policy_loss` | −min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) | Schulman et al. 2017 (PPO), eq. 7 |
+| `clipped_value_loss` | ½·max((V − R)², (clip(V, V_old ± ε) − R)²) | PPO's value clipping (as in OpenAI baselines) |
+| `aggregate` | token-mean, sequence-mean, or Dr. GRPO's constant-length sum | — |
+| `AdaptiveKLController` | β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon) | Ziegler et al. 2019, eq. 2 |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+AGGREGATIONS = ("token-mean", "sequence-mean", "constant-length")
+
+
+def kl_penalty(logps: Tensor, ref_logps: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(π‖π_ref) from samples of π. k1 is unbiased but noisy and can be negative;
+    k3 is unbiased and never negative (low variance); k2 is biased, low variance, never negative."""
+    r = logps - ref_logps
+    if estimator == "k1":
+        return r
+    if estimator == "k2":
+        return 0.5 * r.square()
+    if estimator == "k3":
+        return torch.expm1(-r) + r
+    raise ValueError(f"kl estimator must be one of {', '.join(KL_ESTIMATORS)}, got {estimator!r}")
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim=None) -> Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean).square(), mask)
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
+    return var
+
+
+def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / sqrt(var + eps) over the masked entries (unbiased variance); padding stays 0.
+    shift_mean=False only rescales (PPO's rewards)."""
+    mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """(advantages, returns) by generalised advantage estimation over each response. The value after the
+    last real token is 0 (the episode ends at EOS or the length limit); padding gets 0."""
+    mask = mask.to(values.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO: each reward minus its group's mean, divided by the group's std (unbiased) + eps when `scale`
+    (Dr. GRPO: scale=False). A group whose rewards are all equal gets advantage 0."""
+    groups = rewards.view(-1, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO: each reward minus the mean of the other G − 1 rewards of its group (G ≥ 2)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt")
+    groups = rewards.view(-1, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def reinforce_pp_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, gamma: float = 1.0) -> Tensor:
+    """REINFORCE++: token rewards −β·KL_t plus the sequence score at the last real token, summed to the
+    return-to-go (discount γ), then whitened over the whole batch (no critic, no group baseline)."""
+    token_rewards = token_level_rewards(scores, kl, mask, kl_coef)
+    returns = torch.zeros_like(token_rewards)
+    running = torch.zeros_like(token_rewards[:, 0])
+    for t in reversed(range(token_rewards.shape[1])):
+        running = token_rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return whiten(returns * mask, mask)
+
+
+def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """RLHF's per-token reward: −β·KL_t at every response token, plus the sequence's score at its last real
+    token (Ziegler et al. 2019; Ouyang et al. 2022)."""
+    mask = mask.to(kl.dtype)
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+    rows = torch.arange(len(scores), device=scores.device)
+    has_tokens = mask.sum(dim=1) > 0
+    return rewards.index_put((rows[has_tokens], last[has_tokens]), scores[has_tokens].to(rewards.dtype),
+                             accumulate=True)
+
+
+@dataclass
+class PolicyLoss:
+    losses: Tensor  # (B, T) per-token loss (0 on padding)
+    ratio: Tensor  # (B, T) π/π_old
+    clipped: Tensor  # (B, T) bool, the clipped branch was taken
+    approx_kl: Tensor  # (B, T) ½(log ρ)², an estimate of KL(π_old‖π)
+
+
+def clipped_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
+                        clip_high: float | None = None) -> PolicyLoss:
+    """PPO's clipped surrogate per token; `advantages` is (B, T) or (B,) (broadcast over tokens).
+    clip_high defaults to clip_low (DAPO's clip-higher sets it larger)."""
+    clip_high = clip_low if clip_high is None else clip_high
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    log_ratio = (logps - old_logps) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    losses = torch.maximum(unclipped, clipped) * mask
+    was_clipped = (clipped > unclipped) & mask.bool()
+    return PolicyLoss(losses, ratio, was_clipped, 0.5 * log_ratio.square() * mask)
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                       clip: float = 0.2) -> tuple[Tensor, Tensor]:
+    """(per-token ½·max((V − R)², (V_clipped − R)²), bool mask of where the clipped branch was larger)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    plain, clipped = (values - returns).square(), (clipped_values - returns).square()
+    return 0.5 * torch.maximum(plain, clipped) * mask, (clipped > plain) & mask.bool()
+
+
+def aggregate(losses: Tensor, mask: Tensor, mode: str = "token-mean", max_length: int | None = None) -> Tensor:
+    """One scalar from per-token losses.
+    token-mean: every token in the batch weighs the same (DAPO; long answers weigh more per sequence);
+    sequence-mean: the mean over each sequence's tokens, then over sequences (GRPO's paper);
+    constant-length: each sequence's sum over a fixed length (max_length, default T), then the mean over
+    sequences (Dr. GRPO: no length bias either way)."""
+    mask = mask.to(losses.dtype)
+    if mode == "token-mean":
+        return (losses * mask).sum() / mask.sum().clamp(min=1)
+    if mode == "sequence-mean":
+        return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if mode == "constant-length":
+        return ((losses * mask).sum(1) / (max_length or losses.shape[1])).mean()
+    raise ValueError(f"loss aggregation must be one of {', '.join(AGGREGATIONS)}, got {mode!r}")
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019: move β so the observed KL tracks `target`; the proportional error is clipped
+    to ±0.2 and scaled by the samples seen over `horizon`."""
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int = 10000):
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class FixedKLController:
+    """A constant β."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
