@@ -64,10 +64,12 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 
 def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None = None,
-             progress: bool = True) -> list[list[Generation]]:
+             progress: bool = True, reseed: bool = True) -> list[list[Generation]]:
     """Sample `num_return_sequences` responses for each prompt (string or conversation).
 
-    Returns one list of Generations per prompt, in the order given.
+    Returns one list of Generations per prompt, in the order given. reseed=False draws from the global
+    random state as it stands (online RL: successive rollouts differ, and a resumed run, whose random
+    state is restored, draws the same samples).
     """
     import torch
     from tqdm.auto import tqdm
@@ -93,7 +95,8 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
         options.update(temperature=None, top_p=None, top_k=None)
     was_training = model.training
     model.eval()
-    torch.manual_seed(settings.seed)
+    if reseed:
+        torch.manual_seed(settings.seed)
     bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress or None, leave=False)
     try:
         for start in range(0, len(order), settings.batch_size):

@@ -1,0 +1,154 @@
+"""Reward sources for online RL, named by a spec string, and their weighted combination.
+
+Every source is a callable `f(prompts, completions, **columns) -> list[float]`; columns are the prompt
+rows' extra fields (e.g. `answer` for a maths task, `hazard` for the rubric) plus `finish_reason`.
+
+| spec | source |
+|---|---|
+| `rm:PATH` | a reward model saved by `alignkit rm` (`rm:A,B` is the ensemble mean) |
+| `rules` | the simulated annotator's rubric total (`alignkit.feedback.rubric`) for each response |
+| `module:function` or `path/to/file.py:function` | any Python function with the signature above (verifiable rewards) |
+| `contains:TEXT` | 1 when the completion contains TEXT, else 0 (a known target, for tests and smoke runs) |
+| `max_words:N` | 1 up to N words, falling linearly to 0 at 2N (a short-answer target) |
+
+`RewardMix` adds weighted sources and two optional penalties: one for a response cut at the length limit
+(no EOS), and DAPO's soft over-length penalty, which ramps from 0 to −1 over the last `overlong_buffer`
+tokens before max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+
+RewardFn = Callable[..., list]
+
+
+def contains(text: str) -> RewardFn:
+    def reward(prompts, completions, **columns) -> list[float]:
+        return [1.0 if text in c else 0.0 for c in completions]
+
+    reward.__name__ = f"contains:{text}"
+    return reward
+
+
+def max_words(limit: int) -> RewardFn:
+    def reward(prompts, completions, **columns) -> list[float]:
+        return [min(1.0, max(0.0, 2.0 - len(c.split()) / limit)) for c in completions]
+
+    reward.__name__ = f"max_words:{limit}"
+    return reward
+
+
+def rubric_reward(prompts, completions, **columns) -> list[float]:
+    """The rubric's weighted total for each response (harmfulness from the row's tags)."""
+    from alignkit.feedback.rubric import RubricContext, is_harmful_prompt, score_response
+
+    rows = [{**{k: v[i] for k, v in columns.items()}, "prompt": p} for i, p in enumerate(prompts)]
+    return [score_response(row["prompt"], c, RubricContext(is_harmful_prompt(row), row.get("finish_reason"))).total
+            for c, row in zip(completions, rows)]
+
+
+def _python_function(spec: str) -> RewardFn:
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise AlignkitError(f"{target}: file: reward function file does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise AlignkitError(f"reward: cannot import {target!r} ({e})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise AlignkitError(f"reward: {target!r} has no function {name!r}")
+    return fn
+
+
+def load_reward(spec: str, device: str = "auto") -> RewardFn:
+    """A reward source from its spec (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "rm" and arg:
+        from alignkit.rewards.model import RewardModel
+
+        models = [RewardModel(p.strip(), device=device) for p in arg.split(",") if p.strip()]
+        if len(models) == 1:
+            return models[0]
+        from alignkit.rewards.combine import Ensemble
+
+        return Ensemble(models)
+    if spec == "rules":
+        return rubric_reward
+    if kind == "contains" and arg:
+        return contains(arg)
+    if kind == "max_words" and arg:
+        try:
+            return max_words(int(arg))
+        except ValueError:
+            raise AlignkitError(f"reward: max_words needs a whole number, got {arg!r}") from None
+    if ":" in spec:
+        return _python_function(spec)
+    raise AlignkitError(f"reward: unknown source {spec!r}; use rm:PATH, rules, module:function, file.py:function, "
+                        "contains:TEXT or max_words:N")
+
+
+def source_name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+@dataclass
+class RewardMix:
+    """Σ weight·source + penalties. `__call__` returns (total per sample, {source name: per-sample scores})."""
+
+    sources: Sequence[RewardFn]
+    weights: Sequence[float] | None = None
+    missing_eos_penalty: float | None = None
+    """Added (use a negative number) to responses cut at the length limit."""
+    overlong_buffer: int = 0
+    """DAPO's soft over-length penalty: from 0 to −overlong_penalty over the last this-many tokens."""
+    overlong_penalty: float = 1.0
+    max_new_tokens: int | None = None
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.weights = list(self.weights) if self.weights is not None else [1.0] * len(self.sources)
+        if len(self.weights) != len(self.sources):
+            raise AlignkitError(f"reward_weights: {len(self.weights)} weights for {len(self.sources)} reward sources")
+        if not self.sources:
+            raise AlignkitError("reward: give at least one reward source")
+        self.names = self.names or [source_name(s) for s in self.sources]
+
+    def __call__(self, prompts: list, completions: list[str], finish_reasons: list[str] | None = None,
+                 lengths: list[int] | None = None, rows: list[dict] | None = None) -> tuple[list[float], dict]:
+        import math
+
+        rows = rows or [{} for _ in prompts]
+        keys = {k for row in rows for k in row if k != "prompt"}
+        columns = {k: [row.get(k) for row in rows] for k in keys}
+        columns["finish_reason"] = finish_reasons or [None] * len(prompts)
+        total = [0.0] * len(prompts)
+        parts = {}
+        for name, source, weight in zip(self.names, self.sources, self.weights):
+            scores = [float(s) for s in source(prompts, completions, **columns)]
+            if len(scores) != len(prompts):
+                raise AlignkitError(f"reward {name}: returned {len(scores)} scores for {len(prompts)} completions")
+            if not all(math.isfinite(s) for s in scores):
+                raise AlignkitError(f"reward {name}: returned a non-finite score")
+            parts[name] = scores
+            total = [t + weight * s for t, s in zip(total, scores)]
+        if self.missing_eos_penalty is not None and finish_reasons is not None:
+            total = [t + (self.missing_eos_penalty if f == "length" else 0.0) for t, f in zip(total, finish_reasons)]
+        if self.overlong_buffer and lengths is not None and self.max_new_tokens:
+            start = self.max_new_tokens - self.overlong_buffer
+            total = [t - self.overlong_penalty * min(1.0, max(0, n - start) / self.overlong_buffer)
+                     for t, n in zip(total, lengths)]
+        return total, parts

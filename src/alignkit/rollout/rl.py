@@ -1,0 +1,67 @@
+"""Rollouts for online RL: G sampled responses per prompt, kept as token ids so the trainer scores exactly
+the tokens that were sampled.
+
+`sample_rollout` draws the responses with `rollout.generate` (KV cache, batched, EOS stops a response) from
+the global random state, so a resumed run draws the same samples. The behaviour log-probs are not taken
+from the sampler: the trainer computes them with the same forward pass and temperature it uses for the
+loss (`ops.logprobs.sequence_logps(..., temperature)`), so on the first minibatch the ratio π/π_old is
+exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Rollout:
+    """G responses to each of P prompts; index i = prompt i // G, sample i % G."""
+
+    rows: list[dict]  # the prompt row of each sample (extra columns go to reward functions)
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # ends with EOS when finish_reason is "stop"
+    completions: list[str]
+    finish_reasons: list[str]
+    group_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    @property
+    def prompts(self) -> list:
+        return [row["prompt"] for row in self.rows]
+
+    def batch(self, pad_id: int, indices: list[int] | None = None) -> dict:
+        """Right-padded input_ids, attention_mask and completion_mask of the samples at `indices` (all by
+        default)."""
+        from alignkit.data.collate import collate
+        from alignkit.data.tokenize import Tokenized
+
+        indices = range(len(self)) if indices is None else indices
+        return collate([Tokenized(self.prompt_ids[i], self.completion_ids[i]) for i in indices], pad_id)
+
+
+def sample_rollout(model, tokenizer, rows: list[dict], settings, group_size: int,
+                   progress: bool = False) -> Rollout:
+    """`group_size` sampled responses to each row's prompt (settings: `rollout.generate.SamplingSettings`;
+    its num_return_sequences is replaced by group_size)."""
+    from dataclasses import replace
+
+    from alignkit.data.tokenize import encode_prompt
+    from alignkit.rollout.generate import generate
+
+    settings = replace(settings, num_return_sequences=group_size)
+    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings, progress=progress, reseed=False)
+    samples = [(row, g) for row, gens in zip(rows, outputs) for g in gens]
+    prompt_ids = {i: encode_prompt(tokenizer, row["prompt"]) for i, row in enumerate(rows)}
+    eos = tokenizer.eos_token_id
+    return Rollout(
+        rows=[row for row, _ in samples],
+        prompt_ids=[prompt_ids[i // group_size] for i in range(len(samples))],
+        completion_ids=[g.completion_ids or [eos] for _, g in samples],
+        completions=[g.completion for _, g in samples],
+        finish_reasons=[g.finish_reason for _, g in samples],
+        group_size=group_size,
+    )
