@@ -87,6 +87,10 @@ def test_token_level_rewards_put_the_score_on_the_last_real_token():
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
     out = rl.token_level_rewards(torch.tensor([1.0, 2.0]), kl, mask, kl_coef=0.5)
     assert out.tolist() == [pytest.approx([-0.05, -0.1, 0.85]), pytest.approx([1.75, 0.0, 0.0])]
+    # responses that start after prompt positions (masks aligned with input_ids): the score still lands on
+    # the last response token
+    shifted = rl.token_level_rewards(torch.tensor([1.0]), torch.zeros(1, 4), torch.tensor([[0, 1, 1, 0]]), 0.5)
+    assert shifted.tolist() == [[0.0, 0.0, 1.0, 0.0]]
 
 
 def test_reinforce_pp_advantages():

@@ -371,6 +371,12 @@ def build_parser() -> Parser:
         ("kto", "kto", "KTO on unpaired thumbs-up/down data (or pairs, split in two)",
          "Kahneman-Tversky optimisation: learns from labelled single completions; preference pairs are split "
          "into a desirable and an undesirable example.", (), {}),
+        ("grpo", "grpo", "online RL with group-relative advantages (GRPO, Dr. GRPO, REINFORCE++)",
+         "Sample a group of responses per prompt, score them with reward sources, and follow the group-relative "
+         "advantage (docs/rl.md).", (), {}),
+        ("rloo", "grpo", "online RL with RLOO's leave-one-out baseline",
+         "RLOO: GRPO's loop with each response's baseline the mean reward of the other responses to its prompt.",
+         (), {"advantage": "rloo"}),
     )
     for name, method, summary, description, aliases, defaults in training:
         p = commands.add_parser(name, aliases=list(aliases), help=summary,

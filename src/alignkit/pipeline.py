@@ -33,6 +33,7 @@ METHODS = {
     "dpo": ("alignkit.methods.dpo", "DPOConfig", "train_dpo", "model"),
     "simpo": ("alignkit.methods.simpo", "SimPOConfig", "train_simpo", "model"),
     "kto": ("alignkit.methods.kto", "KTOConfig", "train_kto", "model"),
+    "grpo": ("alignkit.methods.grpo", "GRPOConfig", "train_grpo", "model"),
     "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),

@@ -259,8 +259,7 @@ def train(
                 bad_streak += 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens = int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-                             for b in batches))
+            tokens = int(sum(_tokens_of(b) for b in batches))
             tokens_seen += tokens * world
             step_time = time.perf_counter() - t0
             bar.update(1)
@@ -295,6 +294,14 @@ def train(
             accelerator.end_training()
     seconds = elapsed_before + time.perf_counter() - started
     return TrainResult(out, step, skipped, seconds, last, eval_metrics)
+
+
+def _tokens_of(batch: dict) -> int:
+    """Tokens a micro-batch put through the model: its attention mask's count, or `num_tokens` when the step
+    set it (online RL batches hold prompts; the step generates the tokens)."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
 
 
 class _nullcontext:

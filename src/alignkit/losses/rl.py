@@ -122,7 +122,8 @@ def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float
     token (Ziegler et al. 2019; Ouyang et al. 2022)."""
     mask = mask.to(kl.dtype)
     rewards = -kl_coef * kl * mask
-    last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask * positions).argmax(dim=1)  # the response may start after the prompt's positions
     rows = torch.arange(len(scores), device=scores.device)
     has_tokens = mask.sum(dim=1) > 0
     return rewards.index_put((rows[has_tokens], last[has_tokens]), scores[has_tokens].to(rewards.dtype),

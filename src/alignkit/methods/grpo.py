@@ -1,0 +1,308 @@
+"""Group-relative online RL: GRPO (Shao et al. 2024), Dr. GRPO (Liu et al. 2025), RLOO (Ahmadian et al.
+2024) and REINFORCE++ (Hu 2025), on the shared engine.
+
+Each step takes a batch of prompts, samples `num_generations` responses to each from the current policy
+(`rollout.rl.sample_rollout`), scores them with the reward sources (`rewards.sources`), turns the scores
+into advantages, and takes one gradient step on the clipped objective:
+
+- advantage grpo: (r − mean of the prompt's group) / (its std + 1e-4), or without the std when
+  scale_rewards is false (Dr. GRPO); rloo: r − mean of the other G − 1; reinforce_pp: the whitened
+  return-to-go of the KL-penalised token rewards (`losses.rl`).
+- per-token loss: −min(ρÂ, clip(ρ, 1 − ε, 1 + ε_high)Â), plus β·KL(π‖π_ref) (k3 by default) when beta > 0
+  (for reinforce_pp the KL is in the reward instead); aggregated per `loss_type`: dapo (token-mean),
+  grpo (sequence-mean), dr_grpo (each sequence's sum over max_completion_length).
+- One update per rollout (μ = 1): the behaviour log-probs are the policy's own, detached, so ρ = 1 and the
+  gradient is the policy gradient. They are computed by the same forward pass, with the sampling
+  temperature, that the loss uses.
+
+`per_device_train_batch_size` counts completions, as in TRL: it must be a multiple of num_generations, and
+each micro-batch holds per_device_train_batch_size / num_generations prompts. Sampling draws from the global
+random state, which checkpoints save, so a resumed run samples exactly what the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+
+from alignkit.engine.settings import PeftSettings, TrainSettings
+from alignkit.errors import AlignkitError
+
+ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
+LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean", "dr_grpo": "constant-length"}
+REFERENCES = ("auto", "copy", "adapter", "none")
+
+
+@dataclass
+class GRPOConfig:
+    """Online RL with group-relative advantages (GRPO, Dr. GRPO, RLOO, REINFORCE++)."""
+
+    model_name_or_path: str = "embedded:smollm2-135m-instruct"
+    """Policy to train: embedded:NAME, a local checkpoint or a hub id (usually an SFT model)."""
+    ref_model_name_or_path: str | None = None
+    """Reference model for the KL term (default: the policy's starting weights)."""
+    dataset_name: str = ""
+    """Prompt rows ({"prompt": ...}; extra columns go to the reward functions); several files comma-separated."""
+    dataset_train_split: str | None = None
+    """Only prompt rows whose "split" column has this value (default: all rows)."""
+    reward_funcs: str = "rules"
+    """Reward sources separated by spaces: rm:PATH, rules, module:function, file.py:function, contains:TEXT,
+    max_words:N (docs/rl.md)."""
+    reward_weights: str | None = None
+    """One weight per reward source, separated by spaces (default: all 1)."""
+    num_generations: int = 8
+    """Responses sampled per prompt (the group size G)."""
+    max_completion_length: int = 256
+    """Most tokens generated per response."""
+    max_prompt_length: int | None = 512
+    """Prompts longer than this are cut from the left."""
+    temperature: float = 1.0
+    """Sampling temperature (the log-probs of the loss use it too)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Sample from the k most likely tokens (0: all)."""
+    advantage: str = "grpo"
+    """grpo (group-normalised), rloo (leave-one-out baseline) or reinforce_pp (REINFORCE++)."""
+    scale_rewards: bool = True
+    """grpo: divide by the group's std (false: Dr. GRPO)."""
+    loss_type: str = "dapo"
+    """How token losses become one number: dapo (token-mean), grpo (sequence-mean), dr_grpo (sum / max length)."""
+    beta: float = 0.0
+    """KL coefficient β (0: no reference model at all)."""
+    kl_estimator: str = "k3"
+    """k1, k2 or k3 (Schulman's estimators; k3 is unbiased and never negative)."""
+    epsilon: float = 0.2
+    """Clip range ε of the ratio."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO's clip-higher; default: epsilon)."""
+    missing_eos_penalty: float | None = None
+    """Added to the reward of responses cut at max_completion_length (e.g. -1.0)."""
+    ref: str = "auto"
+    """Reference for the KL term: copy, adapter (LoRA disabled), none, or auto (adapter with LoRA, else copy;
+    none when beta is 0 and the advantage needs no KL)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more time."""
+    dtype: str = "auto"
+    """Weights dtype: auto, float32, bfloat16, float16."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps."""
+    peft: PeftSettings = field(default_factory=PeftSettings)
+    """LoRA settings (flat keys: use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules)."""
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=1e-6))
+    """Shared training settings (flat keys: learning_rate, max_steps, ...)."""
+
+    CLI_ALIASES = {"model_name_or_path": ("--model",), "dataset_name": ("--data", "--prompts"),
+                   "ref_model_name_or_path": ("--ref_model",), "reward_funcs": ("--reward",),
+                   "num_generations": ("--n",)}
+
+    def check(self) -> None:
+        from alignkit.losses.rl import KL_ESTIMATORS
+
+        if not self.dataset_name:
+            raise AlignkitError("config: dataset_name: give the prompts (--dataset_name / --prompts FILE)")
+        for name, value, allowed in (("advantage", self.advantage, ADVANTAGES), ("loss_type", self.loss_type,
+                                     tuple(LOSS_TYPES)), ("ref", self.ref, REFERENCES),
+                                     ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
+            if value not in allowed:
+                raise AlignkitError(f"config: {name}: must be one of {', '.join(allowed)}, got {value!r}")
+        if self.num_generations < 2:
+            raise AlignkitError(f"config: num_generations: a group needs at least 2 responses, got "
+                                f"{self.num_generations}")
+        if self.train.per_device_train_batch_size % self.num_generations:
+            raise AlignkitError(f"config: per_device_train_batch_size: counts completions and must be a multiple "
+                                f"of num_generations ({self.num_generations}), got "
+                                f"{self.train.per_device_train_batch_size}")
+        if self.beta < 0:
+            raise AlignkitError(f"config: beta: must be >= 0, got {self.beta}")
+        if self.temperature <= 0:
+            raise AlignkitError(f"config: temperature: online RL samples; must be > 0, got {self.temperature}")
+        if self.ref == "adapter" and not self.peft.use_peft:
+            raise AlignkitError("config: ref: adapter needs a LoRA adapter to disable; add --use_peft true")
+        if self.reference() == "none" and (self.beta > 0 or self.advantage == "reinforce_pp"):
+            raise AlignkitError("config: ref: none leaves no reference for the KL term; set beta 0 or pick a reference")
+        self.train.check()
+
+    def reference(self) -> str:
+        if self.ref != "auto":
+            return self.ref
+        if self.beta == 0 and self.advantage != "reinforce_pp":
+            return "none"
+        return "adapter" if self.peft.use_peft and not self.ref_model_name_or_path else "copy"
+
+    def reward_specs(self) -> list[str]:
+        specs = self.reward_funcs if isinstance(self.reward_funcs, list) else self.reward_funcs.split()
+        if not specs:
+            raise AlignkitError("config: reward_funcs: give at least one reward source")
+        return specs
+
+    def weights(self) -> list[float] | None:
+        if self.reward_weights is None:
+            return None
+        values = self.reward_weights if isinstance(self.reward_weights, list) else self.reward_weights.split()
+        try:
+            return [float(v) for v in values]
+        except ValueError:
+            raise AlignkitError(f"config: reward_weights: expected numbers, got {self.reward_weights!r}") from None
+
+
+class RunawayWatch:
+    """Warns once when the KL to the reference or the response length runs away."""
+
+    def __init__(self, kl_limit: float = 1.0, clipped_limit: float = 0.5, patience: int = 5):
+        self.kl_limit, self.clipped_limit, self.patience = kl_limit, clipped_limit, patience
+        self.long_streak, self.warned_kl, self.warned_length = 0, False, False
+
+    def __call__(self, metrics: dict) -> None:
+        kl = metrics.get("kl")
+        if kl is not None and kl > self.kl_limit and not self.warned_kl:
+            self.warned_kl = True
+            warnings.warn(f"grpo: the per-token KL to the reference reached {kl:.2f} nats: the policy is drifting "
+                          "far from it. Raise beta, lower the learning rate, or check the reward for exploits",
+                          stacklevel=2)
+        clipped = metrics.get("completions/clipped_ratio", 0.0)
+        self.long_streak = self.long_streak + 1 if clipped >= self.clipped_limit else 0
+        if self.long_streak >= self.patience and not self.warned_length:
+            self.warned_length = True
+            warnings.warn(f"grpo: for {self.long_streak} steps at least {self.clipped_limit:.0%} of the responses hit "
+                          "max_completion_length: lengths are running away. Add missing_eos_penalty, a length "
+                          "penalty, or raise max_completion_length", stacklevel=2)
+
+
+class GroupPolicyStep:
+    """One training step: sample, score, advantages, clipped loss. Called by the engine per micro-batch."""
+
+    def __init__(self, config: GRPOConfig, tokenizer, rewards, reference_model=None):
+        from alignkit.rollout.generate import SamplingSettings
+
+        self.config, self.tokenizer, self.rewards = config, tokenizer, rewards
+        self.reference_model = reference_model
+        self.strategy = config.reference()
+        self.sampling = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                                         top_p=config.top_p, top_k=config.top_k, batch_size=64)
+        self.watch = RunawayWatch()
+
+    def reference_logps(self, model, batch: dict):
+        import torch
+
+        from alignkit.ops.logprobs import sequence_logps
+
+        with torch.no_grad():
+            if self.strategy == "adapter":
+                with model.disable_adapter():
+                    return sequence_logps(model, batch, temperature=self.config.temperature).token_logps
+            return sequence_logps(self.reference_model, batch, temperature=self.config.temperature).token_logps
+
+    def __call__(self, model, batch: dict):
+        import torch
+
+        from alignkit.losses import rl
+        from alignkit.ops.logprobs import sequence_logps
+        from alignkit.rollout.rl import sample_rollout
+
+        config = self.config
+        policy = getattr(model, "module", model)
+        rows = batch["rows"]
+        rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, config.num_generations)
+        lengths = [len(c) for c in rollout.completion_ids]
+        scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
+                                     rollout.rows)
+        device = next(policy.parameters()).device
+        rewards = torch.tensor(scores, dtype=torch.float32, device=device)
+        tensors = {k: v.to(device) for k, v in rollout.batch(self.tokenizer.pad_token_id).items()}
+        batch["num_tokens"] = int(tensors["attention_mask"].sum())
+
+        logps = sequence_logps(model, tensors, temperature=config.temperature)
+        mask = logps.mask
+        old = logps.token_logps.detach()  # μ = 1: the behaviour policy is the current one
+        kl = None
+        if self.strategy != "none":
+            kl = rl.kl_penalty(logps.token_logps, self.reference_logps(policy, tensors), config.kl_estimator)
+        group = config.num_generations
+        if config.advantage == "grpo":
+            advantages = rl.group_advantages(rewards, group, scale=config.scale_rewards)
+        elif config.advantage == "rloo":
+            advantages = rl.rloo_advantages(rewards, group)
+        else:
+            advantages = rl.reinforce_pp_advantages(rewards, kl.detach(), mask, config.beta)
+        out = rl.clipped_policy_loss(logps.token_logps, old, advantages, mask, config.epsilon, config.epsilon_high)
+        per_token = out.losses
+        if kl is not None and config.beta > 0 and config.advantage != "reinforce_pp":
+            per_token = per_token + config.beta * kl * mask
+        loss = rl.aggregate(per_token, mask, LOSS_TYPES[config.loss_type], config.max_completion_length)
+
+        groups = rewards.view(-1, group)
+        metrics = {
+            "reward": rewards.mean().item(),
+            "reward_std": groups.std(dim=1).mean().item(),
+            "frac_reward_zero_std": (groups.std(dim=1) < 1e-6).float().mean().item(),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/clipped_ratio": sum(f == "length" for f in rollout.finish_reasons) / len(lengths),
+            "clip_ratio": rl.masked_mean(out.clipped.float(), mask).item(),
+        }
+        if kl is not None:
+            metrics["kl"] = rl.masked_mean(kl.detach(), mask).item()
+        for name, values in parts.items():
+            metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
+        self.watch(metrics)
+        return loss * len(rollout), metrics
+
+
+def load_prompts(config: GRPOConfig) -> list[dict]:
+    from alignkit.rollout.pairs import load_prompt_rows
+
+    rows = load_prompt_rows(config.dataset_name, split=config.dataset_train_split)
+    if not rows:
+        raise AlignkitError(f"{config.dataset_name}: no prompts")
+    return rows
+
+
+def train_grpo(config: GRPOConfig):
+    """Train config.model_name_or_path on config.dataset_name's prompts with the configured rewards; writes
+    the run directory and returns the engine's TrainResult."""
+    import torch
+
+    from alignkit.engine.loop import check_output_dir
+    from alignkit.engine.outputs import start_run, train_and_save
+    from alignkit.models.load import load_policy, load_tokenizer
+    from alignkit.rewards.sources import RewardMix, load_reward
+
+    config.check()
+    check_output_dir(config.train)
+    rows = load_prompts(config)
+    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
+    rewards = RewardMix([load_reward(s, device=config.device) for s in config.reward_specs()], config.weights(),
+                        missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
+    if config.max_prompt_length:
+        rows = [_cut_prompt(row, tokenizer, config.max_prompt_length) for row in rows]
+    start_run("grpo", config)
+    reference_model = None
+    if config.reference() == "copy":
+        reference_model = load_policy(config.ref_model_name_or_path or config.model_name_or_path,
+                                      dtype=config.dtype, device=config.device).eval()
+        reference_model.requires_grad_(False)
+    torch.manual_seed(config.train.seed)
+    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                        lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+    step = GroupPolicyStep(config, tokenizer, rewards, reference_model)
+    prompts_per_batch = config.train.per_device_train_batch_size // config.num_generations
+    engine_config = replace(config, train=replace(config.train, per_device_train_batch_size=prompts_per_batch))
+
+    def collate(items):
+        return {"rows": items}
+
+    def count(batch):
+        return len(batch["rows"]) * config.num_generations
+
+    return train_and_save("grpo", engine_config, model, tokenizer, rows, collate, step, count_fn=count)
+
+
+def _cut_prompt(row: dict, tokenizer, max_prompt_length: int) -> dict:
+    """Plain-text prompts longer than max_prompt_length tokens keep their last tokens (conversations are kept
+    whole: cutting one would break its chat template)."""
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if len(ids) > max_prompt_length:
+            return {**row, "prompt": tokenizer.decode(ids[-max_prompt_length:])}
+    return row
