@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/logprobs.py
 	$(PY) benchmarks/sft.py
 	$(PY) benchmarks/reward_model.py
+	$(PY) benchmarks/dpo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -374,6 +374,9 @@ def build_parser() -> Parser:
         ("grpo", "grpo", "online RL with group-relative advantages (GRPO, Dr. GRPO, REINFORCE++)",
          "Sample a group of responses per prompt, score them with reward sources, and follow the group-relative "
          "advantage (docs/rl.md).", (), {}),
+        ("ppo", "ppo", "PPO with a KL penalty, a value model and GAE (RLHF)",
+         "PPO: sample, score, penalise KL to the reference per token, GAE with a value model, several clipped "
+         "epochs per rollout (docs/rl.md).", (), {}),
         ("rloo", "grpo", "online RL with RLOO's leave-one-out baseline",
          "RLOO: GRPO's loop with each response's baseline the mean reward of the other responses to its prompt.",
          (), {"advantage": "rloo"}),

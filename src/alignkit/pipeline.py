@@ -34,6 +34,7 @@ METHODS = {
     "simpo": ("alignkit.methods.simpo", "SimPOConfig", "train_simpo", "model"),
     "kto": ("alignkit.methods.kto", "KTOConfig", "train_kto", "model"),
     "grpo": ("alignkit.methods.grpo", "GRPOConfig", "train_grpo", "model"),
+    "ppo": ("alignkit.methods.ppo", "PPOConfig", "train_ppo", "model"),
     "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),

@@ -208,6 +208,8 @@ class SequenceLogProbs:
     token_mean_logits: Tensor | None = None
     """(B, T) mean over the vocabulary of the logits at each scored position (no gradient), when asked
     for: TRL's logits/chosen and logits/rejected metrics."""
+    hidden: Tensor | None = None
+    """(B, T, H) the final hidden states, when asked for (a value head on the policy's trunk reads them)."""
 
     @property
     def sum(self) -> Tensor:
@@ -260,7 +262,8 @@ def score_mask(batch: dict) -> Tensor:
 
 
 def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperature: float = 1.0,
-                   uniform_grad: bool = False, mean_logits: bool = False) -> SequenceLogProbs:
+                   uniform_grad: bool = False, mean_logits: bool = False,
+                   return_hidden: bool = False) -> SequenceLogProbs:
     """Per-token and summed log-probs of the response tokens in `batch`.
 
     batch: input_ids (B, T), attention_mask (B, T), completion_mask (B, T) (1 on response tokens; when
@@ -288,7 +291,10 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
                     flat_mean = flat_mean + head.bias.float().mean()
                 flat_mean = flat_mean / temperature
     else:
-        logits = model(input_ids=input_ids, use_cache=False, **model_inputs).logits[:, :-1]
+        outputs = model(input_ids=input_ids, use_cache=False, output_hidden_states=return_hidden, **model_inputs)
+        if return_hidden:
+            hidden = outputs.hidden_states[-1]
+        logits = outputs.logits[:, :-1]
         if temperature != 1.0:
             logits = logits / temperature
         flat = selective_log_softmax(logits[target_mask], labels, chunk_size)
@@ -297,7 +303,8 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
                 flat_mean = logits[target_mask].float().mean(-1)
     token_logps = _scatter(mask, target_mask, flat)
     token_mean_logits = _scatter(mask, target_mask, flat_mean) if mean_logits else None
-    return SequenceLogProbs(token_logps=token_logps, mask=mask, token_mean_logits=token_mean_logits)
+    return SequenceLogProbs(token_logps=token_logps, mask=mask, token_mean_logits=token_mean_logits,
+                            hidden=hidden if return_hidden else None)
 
 
 def _scatter(mask: Tensor, target_mask: Tensor, flat: Tensor) -> Tensor:
