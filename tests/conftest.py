@@ -73,3 +73,17 @@ def marker_pairs(n: int, seed: int = 0) -> list[dict]:
 def make_marker_pairs():
     """`marker_pairs(n, seed)`: preference rows whose known rule is "the response with banana wins"."""
     return marker_pairs
+
+
+E_SHARE = '''
+def e_share(prompts, completions, **columns):
+    """The share of the letter e in the response: a target the random tiny model can move towards."""
+    return [c.count("e") / max(len(c), 1) for c in completions]
+'''
+
+
+def e_share_reward(directory) -> str:
+    """Write the online-RL tests' verifiable reward into `directory`; returns its reward spec (file.py:e_share)."""
+    path = directory / "e_share_reward.py"
+    path.write_text(E_SHARE)
+    return f"{path}:e_share"

@@ -9,21 +9,15 @@ import pytest
 import torch
 
 from alignkit.config import build_config
+from conftest import e_share_reward
 from alignkit.errors import AlignkitError
 from alignkit.methods.grpo import GRPOConfig, train_grpo
 
-REWARD = '''
-def e_share(prompts, completions, **columns):
-    """The share of the letter e in the response: a target the random tiny model can move towards."""
-    return [c.count("e") / max(len(c), 1) for c in completions]
-'''
 
 
 def _config(tmp_path, out, **overrides):
-    reward = tmp_path / "reward.py"
-    reward.write_text(REWARD)
     values = {"model_name_or_path": "embedded:tiny", "dataset_name": "builtin:prompts.jsonl",
-              "reward_funcs": f"{reward}:e_share", "num_generations": 8, "per_device_train_batch_size": 16,
+              "reward_funcs": e_share_reward(tmp_path), "num_generations": 8, "per_device_train_batch_size": 16,
               "max_completion_length": 8, "learning_rate": 1e-2, "max_steps": 24, "logging_steps": 1,
               "output_dir": str(out), "progress": False, "device": "cpu"}
     return build_config(GRPOConfig, {**values, **overrides})
@@ -48,7 +42,7 @@ def test_each_raises_a_verifiable_reward(tmp_path, advantage, beta):
     assert last >= 1.8 * first, (advantage, rewards)
     metrics = result.last_metrics
     assert {"reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio",
-            "clip_ratio", f"rewards/{'e_share'}/mean"} <= set(metrics)
+            "clip_ratio", "rewards/e_share/mean"} <= set(metrics)
     assert ("kl" in metrics) == (beta > 0)
     if beta > 0:
         assert 0 < metrics["kl"] < 5.0  # k3, per token: reported (lr 1e-2 on a random model drifts fast)
@@ -99,10 +93,8 @@ def test_settings_errors(tmp_path):
 def test_cli_rloo(tmp_path, capsys):
     from alignkit.cli import main
 
-    reward = tmp_path / "reward.py"
-    reward.write_text(REWARD)
     rc = main(["rloo", "--model", "embedded:tiny", "--prompts", "builtin:prompts.jsonl", "--reward",
-               f"{reward}:e_share max_words:20", "--reward_weights", "1 0.5", "--n", "2",
+               f"{e_share_reward(tmp_path)} max_words:20", "--reward_weights", "1 0.5", "--n", "2",
                "--per_device_train_batch_size", "4", "--max_completion_length", "4", "--max_steps", "1",
                "--output_dir", str(tmp_path / "run"), "--progress", "false", "--device", "cpu"])
     out, err = capsys.readouterr()

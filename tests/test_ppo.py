@@ -10,20 +10,15 @@ import pytest
 import torch
 
 from alignkit.config import build_config
+from conftest import e_share_reward
 from alignkit.errors import AlignkitError
 from alignkit.methods.ppo import PPOConfig, train_ppo
 
-REWARD = '''
-def e_share(prompts, completions, **columns):
-    return [c.count("e") / max(len(c), 1) for c in completions]
-'''
 
 
 def _config(tmp_path, out, **overrides):
-    reward = tmp_path / "reward.py"
-    reward.write_text(REWARD)
     values = {"model_name_or_path": "embedded:tiny", "dataset_name": "builtin:prompts.jsonl",
-              "reward_funcs": f"{reward}:e_share", "reward_weights": "10", "per_device_train_batch_size": 16,
+              "reward_funcs": e_share_reward(tmp_path), "reward_weights": "10", "per_device_train_batch_size": 16,
               "max_completion_length": 8, "temperature": 1.0, "learning_rate": 1e-2, "max_steps": 12,
               "num_ppo_epochs": 2, "num_mini_batches": 2, "logging_steps": 1, "output_dir": str(out),
               "progress": False, "device": "cpu"}
@@ -76,7 +71,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 
     def crash_on_update_4(self, batch, hidden=None):
         calls["n"] += 1
-        if calls["n"] == 1 + 3 * (1 + 2 * 2):  # the rollout forward of update 4 (each update: 1 + epochs × minibatches)
+        # each update calls it 1 + epochs × minibatches times: this is the rollout forward of update 4
+        if calls["n"] == 1 + 3 * (1 + 2 * 2):
             raise KeyboardInterrupt
         return real(self, batch, hidden)
 
