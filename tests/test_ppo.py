@@ -98,3 +98,14 @@ def test_settings_errors(tmp_path):
         _config(tmp_path, tmp_path / "o", num_mini_batches=3).check()
     with pytest.raises(AlignkitError, match="adapter needs a LoRA adapter"):
         _config(tmp_path, tmp_path / "o", ref="adapter").check()
+
+
+def test_cli_ppo(tmp_path, capsys):
+    from alignkit.cli import main
+
+    rc = main(["ppo", "--model", "embedded:tiny", "--prompts", "builtin:prompts.jsonl", "--reward",
+               e_share_reward(tmp_path), "--per_device_train_batch_size", "4", "--max_completion_length", "4",
+               "--max_steps", "1", "--output_dir", str(tmp_path / "run"), "--progress", "false", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.startswith("ppo: 1 steps") and "final objective/scores" in out

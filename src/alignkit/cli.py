@@ -204,9 +204,10 @@ def _reward_source(args):
 
 
 def _print_finished(method: str, out, result) -> None:
-    final = result.last_metrics.get("loss")
+    name = next((k for k in ("loss", "objective/scores", "reward") if k in result.last_metrics), None)
+    final = f"; final {name} {result.last_metrics[name]:.4f}" if name else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
-    print(f"{method}: {result.steps} steps in {result.seconds:.0f} s; final loss {final:.4f}"
+    print(f"{method}: {result.steps} steps in {result.seconds:.0f} s{final}"
           + (f", {evals}" if evals else "") + (f"; {result.skipped_steps} steps skipped" if result.skipped_steps else ""))
     print(f"  model:   {out / 'model'}\n  report:  {out / 'report.html'}\n  metrics: {out / 'metrics.jsonl'}")
 
