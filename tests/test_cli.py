@@ -356,7 +356,8 @@ def test_demo_recipe_plans_its_stages(tmp_path):
     assert [(s["name"], s["method"]) for s in stages] == [
         ("before", "generate"), ("sft", "sft"), ("after", "generate"), ("pairs", "generate_pairs"),
         ("judge", "judge"), ("reward_model", "reward_model"), ("dpo", "dpo"), ("sft_answers", "generate"),
-        ("dpo_answers", "generate"), ("win_rate", "win_rate")]
+        ("dpo_answers", "generate"), ("win_rate", "win_rate"), ("ppo", "ppo"), ("ppo_answers", "generate"),
+        ("ppo_win_rate", "win_rate")]
     values = {s["name"]: s["values"] for s in stages}
     assert values["before"]["model_name_or_path"] == "embedded:smollm2-135m-instruct"
     assert values["sft"]["use_peft"] is True
@@ -369,6 +370,8 @@ def test_demo_recipe_plans_its_stages(tmp_path):
     assert values["dpo_answers"]["dataset_split"] == "test" == values["sft_answers"]["dataset_split"]
     assert values["win_rate"]["dataset_name"] == str(tmp_path / "dpo_answers" / "generations.jsonl")
     assert values["win_rate"]["baseline"] == str(tmp_path / "sft_answers" / "generations.jsonl")
+    assert values["ppo"]["reward_funcs"] == "rm:" + str(tmp_path / "reward_model" / "model")
+    assert values["ppo"]["ref"] == "adapter" and values["ppo"]["value_model"] == "shared"
 
 
 def test_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):

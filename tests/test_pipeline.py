@@ -123,11 +123,19 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     win = json.loads((tmp_path / "win_rate" / "win_rate.json").read_text())
     assert win["prompts"] == 62 and win["wins"] + win["losses"] + win["ties"] == 62  # the test-split prompts
     assert win["a"] == str(tmp_path / "dpo_answers" / "generations.jsonl")
-    assert rc == 0 and out.count("complete, skipped") == 9
+    assert rc == 0 and out.count("complete, skipped") == 12
+    ppo = read_status(tmp_path / "ppo")
+    assert ppo["status"] == "complete" and "objective/kl" in ppo["final"]
+    import yaml
+
+    ppo_config = yaml.safe_load((tmp_path / "ppo" / "config.yaml").read_text())
+    assert ppo_config["reward_funcs"] == "rm:" + str(tmp_path / "reward_model" / "model")  # rm:stage:reward_model
     from alignkit.cli import _print_win_rate
 
     _print_win_rate(tmp_path)
-    assert "DPO: the DPO policy vs the SFT policy: win rate" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "DPO: the DPO policy vs the SFT policy: win rate" in shown
+    assert "PPO: reward-model score" in shown and "PPO: the PPO policy vs the SFT policy: win rate" in shown
 
 
 def test_pipeline_resumes_an_interrupted_stage(tmp_path, capsys, monkeypatch):

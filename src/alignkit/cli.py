@@ -281,13 +281,36 @@ def _print_reward_model_result(root) -> None:
 
 
 def _print_win_rate(root) -> None:
-    """The demo's DPO policy against its SFT starting point, on the held-out prompts."""
+    """The demo's DPO (and PPO) policies against their SFT starting point, on the held-out prompts."""
     from alignkit.engine.outputs import read_status
     from alignkit.feedback.winrate import describe
 
     summary = read_status(root / "win_rate")
     if summary.get("status") == "complete":
         print(f"\nDPO: {describe(summary, 'the DPO policy', 'the SFT policy')}, answering held-out prompts")
+    _print_ppo_result(root)
+
+
+def _print_ppo_result(root) -> None:
+    """The demo's PPO stage: reward-model score and KL over training, then its held-out win rate."""
+    import json
+
+    from alignkit.engine.outputs import read_status
+    from alignkit.feedback.winrate import describe
+
+    metrics = root / "ppo" / "metrics.jsonl"
+    if read_status(root / "ppo").get("status") != "complete" or not metrics.exists():
+        return
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    k = max(1, len(rows) // 4)
+    first = sum(r["objective/scores"] for r in rows[:k]) / k
+    last = sum(r["objective/scores"] for r in rows[-k:]) / k
+    kl = sum(r["objective/kl"] for r in rows[-k:]) / k
+    print(f"\nPPO: reward-model score {first:.2f} -> {last:.2f} (mean of the first and last {k} of {len(rows)} "
+          f"updates), KL to the SFT policy {kl:.2f} nats per response at the end")
+    summary = read_status(root / "ppo_win_rate")
+    if summary.get("status") == "complete":
+        print(f"PPO: {describe(summary, 'the PPO policy', 'the SFT policy')}, answering held-out prompts")
 
 
 def _one_line(text: str, width: int = 200) -> str:

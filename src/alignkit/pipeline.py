@@ -11,7 +11,8 @@ A recipe is YAML:
         config: {model_name_or_path: embedded:smollm2-135m-instruct, dataset_name: builtin:sft.jsonl}
       - name: answers
         method: generate
-        config: {model_name_or_path: stage:sft}    # stage:NAME is that stage's output (model/, a .jsonl)
+        config: {model_name_or_path: stage:sft}    # stage:NAME is that stage's output (model/, a .jsonl),
+                                               # also inside a value: rm:stage:reward_model
 
 A stage is complete when its run.json says so. A stage that was interrupted is resumed from its latest
 checkpoint when it has one, so rerunning a recipe after a crash continues where it stopped.
@@ -88,15 +89,26 @@ def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[
         values.update(stage.get("config") or {})
         values.setdefault("output_dir", str(root / name))
         for key, value in values.items():
-            if isinstance(value, str) and value.startswith(STAGE_REF):
-                ref = value[len(STAGE_REF):]
-                if ref not in dirs:
-                    raise AlignkitError(f"{where}: {key}: {value!r} names no earlier stage")
-                ref_dir, ref_method = dirs[ref]
-                values[key] = str(ref_dir / METHODS[ref_method][3])
+            if isinstance(value, str) and STAGE_REF in value:
+                values[key] = _resolve_stage_refs(value, dirs, f"{where}: {key}")
         dirs[name] = (Path(values["output_dir"]), stage["method"])
         planned.append({"name": name, "method": stage["method"], "values": values})
     return planned
+
+
+def _resolve_stage_refs(value: str, dirs: dict, where: str) -> str:
+    """Every stage:NAME in `value` (alone, or inside a spec such as rm:stage:reward_model) becomes the path of
+    what that earlier stage produced."""
+    import re
+
+    def path_of(match) -> str:
+        name = match.group(1)
+        if name not in dirs:
+            raise AlignkitError(f"{where}: {value!r} names no earlier stage {name!r}")
+        ref_dir, ref_method = dirs[name]
+        return str(ref_dir / METHODS[ref_method][3])
+
+    return re.sub(r"(?<![\w])" + STAGE_REF + r"([\w.-]+)", path_of, value)
 
 
 def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> Path:
