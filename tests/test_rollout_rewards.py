@@ -32,7 +32,8 @@ def test_rollout_groups_samples_and_keeps_token_ids(tiny_model, tiny_tokenizer):
     assert again.completion_ids != rollout.completion_ids
     # ... and the same state gives the same samples (a resumed run repeats them)
     torch.manual_seed(0)
-    assert sample_rollout(tiny_model, tiny_tokenizer, rows, settings, group_size=3).completion_ids == rollout.completion_ids
+    repeated = sample_rollout(tiny_model, tiny_tokenizer, rows, settings, group_size=3)
+    assert repeated.completion_ids == rollout.completion_ids
 
 
 def test_recomputed_behaviour_logps_give_ratio_one(tiny_model, tiny_tokenizer):

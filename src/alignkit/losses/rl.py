@@ -8,10 +8,10 @@ rows [0, G) answer the first prompt, [G, 2G) the second, and so on.
 
 | function | what | source |
 |---|---|---|
-| `kl_penalty` | k1 = r, k2 = r²/2, k3 = (e^(−r) − 1) + r, with r = log π − log π_ref | Schulman 2020, "Approximating KL divergence" |
+| `kl_penalty` | k1 = r, k2 = r²/2, k3 = (e^(−r) − 1) + r; r = log π − log π_ref | Schulman 2020 (approximating KL) |
 | `gae` | Â_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + γV_{t+1} − V_t; returns Â + V | Schulman et al. 2016, eq. 16 |
 | `whiten` | (x − mean) / std over the masked entries | — |
-| `group_advantages` | (r − mean_group) / (std_group + ε); Dr. GRPO without the std | Shao et al. 2024 (GRPO); Liu et al. 2025 (Dr. GRPO) |
+| `group_advantages` | (r − group mean) / (group std + ε); Dr. GRPO: no std | Shao et al. 2024; Liu et al. 2025 |
 | `rloo_advantages` | r_i − mean_{j≠i} r_j | Ahmadian et al. 2024 (RLOO) |
 | `reinforce_pp_advantages` | whitened return-to-go of the KL-penalised token rewards | Hu 2025 (REINFORCE++) |
 | `clipped_policy_loss` | −min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) | Schulman et al. 2017 (PPO), eq. 7 |

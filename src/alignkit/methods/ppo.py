@@ -141,7 +141,7 @@ class ValueHead:
         self.shared = config.value_model == "shared"
         self.model = None
         if self.shared:
-            hidden = policy.config.hidden_size if hasattr(policy, "config") else policy.get_base_model().config.hidden_size
+            hidden = policy.get_output_embeddings().in_features
             device = next(policy.parameters()).device
             self.head = torch.nn.Linear(hidden, 1, device=device)
             torch.nn.init.zeros_(self.head.weight)
