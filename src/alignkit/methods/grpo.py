@@ -130,21 +130,6 @@ class GRPOConfig:
             return "none"
         return "adapter" if self.peft.use_peft and not self.ref_model_name_or_path else "copy"
 
-    def reward_specs(self) -> list[str]:
-        specs = self.reward_funcs if isinstance(self.reward_funcs, list) else self.reward_funcs.split()
-        if not specs:
-            raise AlignkitError("config: reward_funcs: give at least one reward source")
-        return specs
-
-    def weights(self) -> list[float] | None:
-        if self.reward_weights is None:
-            return None
-        values = self.reward_weights if isinstance(self.reward_weights, list) else self.reward_weights.split()
-        try:
-            return [float(v) for v in values]
-        except ValueError:
-            raise AlignkitError(f"config: reward_weights: expected numbers, got {self.reward_weights!r}") from None
-
 
 class RunawayWatch:
     """Warns once when the KL to the reference or the response length runs away."""
@@ -265,14 +250,14 @@ def train_grpo(config: GRPOConfig):
     from alignkit.engine.loop import check_output_dir
     from alignkit.engine.outputs import start_run, train_and_save
     from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rewards.sources import RewardMix, load_reward
+    from alignkit.rewards.sources import reward_mix
 
     config.check()
     check_output_dir(config.train)
     rows = load_prompts(config)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    rewards = RewardMix([load_reward(s, device=config.device) for s in config.reward_specs()], config.weights(),
-                        missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
+    rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
+                         missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
     if config.max_prompt_length:
         rows = [_cut_prompt(row, tokenizer, config.max_prompt_length) for row in rows]
     start_run("grpo", config)

@@ -186,23 +186,21 @@ def train_ppo(config: PPOConfig):
     from alignkit.engine.outputs import save_final_model, start_run, write_report_quietly, write_status
     from alignkit.engine.runlog import MetricsLog, peak_memory_mb
     from alignkit.losses import rl
-    from alignkit.methods.grpo import GRPOConfig, _cut_prompt, load_prompts
+    from alignkit.methods.grpo import _cut_prompt, load_prompts
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.ops.logprobs import sequence_logps
-    from alignkit.rewards.sources import RewardMix, load_reward
+    from alignkit.rewards.sources import reward_mix
     from alignkit.rollout.generate import SamplingSettings
     from alignkit.rollout.rl import sample_rollout
 
     config.check()
     latest = check_output_dir(config.train)
     settings = config.train
-    reward_view = GRPOConfig(reward_funcs=config.reward_funcs, reward_weights=config.reward_weights)
     rows = load_prompts(config)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
     rows = [_cut_prompt(row, tokenizer, 512) for row in rows]
-    rewards = RewardMix([load_reward(s, device=config.device) for s in reward_view.reward_specs()],
-                        reward_view.weights(), missing_eos_penalty=config.missing_eos_penalty,
-                        max_new_tokens=config.max_completion_length)
+    rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
+                         missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
     start_run("ppo", config)
     out = Path(settings.output_dir)
     strategy = config.reference()

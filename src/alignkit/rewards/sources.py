@@ -152,3 +152,18 @@ class RewardMix:
             total = [t - self.overlong_penalty * min(1.0, max(0, n - start) / self.overlong_buffer)
                      for t, n in zip(total, lengths)]
         return total, parts
+
+
+def reward_mix(funcs, weights=None, device: str = "auto", **penalties) -> RewardMix:
+    """A `RewardMix` from the trainers' options: `funcs` is specs separated by spaces (or a list, from YAML),
+    `weights` numbers separated by spaces (or a list); `penalties` go to RewardMix."""
+    specs = funcs if isinstance(funcs, list) else str(funcs).split()
+    if not specs:
+        raise AlignkitError("config: reward_funcs: give at least one reward source")
+    values = None
+    if weights is not None:
+        try:
+            values = [float(v) for v in (weights if isinstance(weights, list) else str(weights).split())]
+        except ValueError:
+            raise AlignkitError(f"config: reward_weights: expected numbers, got {weights!r}") from None
+    return RewardMix([load_reward(spec, device=device) for spec in specs], values, **penalties)
