@@ -167,22 +167,28 @@ class GroupPolicyStep:
                                          top_p=config.top_p, top_k=config.top_k, batch_size=64)
         self.watch = RunawayWatch()
 
-    def reference_logps(self, model, batch: dict):
+    def reference_logps(self, model, rollout):
         import torch
 
-        from alignkit.ops.logprobs import sequence_logps
-
+        reference = self.reference_model
         with torch.no_grad():
             if self.strategy == "adapter":
                 with model.disable_adapter():
-                    return sequence_logps(model, batch, temperature=self.config.temperature).token_logps
-            return sequence_logps(self.reference_model, batch, temperature=self.config.temperature).token_logps
+                    return self.logps(model, rollout).token_logps
+            return self.logps(reference, rollout).token_logps
+
+    def logps(self, model, rollout):
+        """Per-token log-probs of the rollout's completions, each prompt computed once (`ops.prefix`)."""
+        from alignkit.ops.prefix import group_logps
+
+        group = rollout.group_size
+        return group_logps(model, rollout.prompt_ids[::group], rollout.completion_ids, self.tokenizer.pad_token_id,
+                           temperature=self.config.temperature)
 
     def __call__(self, model, batch: dict):
         import torch
 
         from alignkit.losses import rl
-        from alignkit.ops.logprobs import sequence_logps
         from alignkit.rollout.rl import sample_rollout
 
         config = self.config
@@ -194,15 +200,14 @@ class GroupPolicyStep:
                                      rollout.rows)
         device = next(policy.parameters()).device
         rewards = torch.tensor(scores, dtype=torch.float32, device=device)
-        tensors = {k: v.to(device) for k, v in rollout.batch(self.tokenizer.pad_token_id).items()}
-        batch["num_tokens"] = int(tensors["attention_mask"].sum())
+        batch["num_tokens"] = sum(map(len, rollout.prompt_ids)) + sum(lengths)
 
-        logps = sequence_logps(model, tensors, temperature=config.temperature)
+        logps = self.logps(model, rollout)
         mask = logps.mask
         old = logps.token_logps.detach()  # μ = 1: the behaviour policy is the current one
         kl = None
         if self.strategy != "none":
-            kl = rl.kl_penalty(logps.token_logps, self.reference_logps(policy, tensors), config.kl_estimator)
+            kl = rl.kl_penalty(logps.token_logps, self.reference_logps(policy, rollout), config.kl_estimator)
         group = config.num_generations
         if config.advantage == "grpo":
             advantages = rl.group_advantages(rewards, group, scale=config.scale_rewards)

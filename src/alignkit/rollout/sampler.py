@@ -1,0 +1,97 @@
+"""Group sampling for online RL: G responses per prompt from one prompt prefill, finished rows dropped.
+
+transformers' `generate` with num_return_sequences=G copies every prompt G times before the prefill, and
+keeps every row of the batch in every decoding step until the longest response ends. This sampler
+prefills each prompt once and repeats its KV cache G times, and removes a row from the batch (and the
+cache) as soon as it emits a stop token, so each step costs only the rows still running. Sampling follows
+`generate`'s order of warpers (temperature, then top-k, then top-p) and draws from torch's global random
+state, so a run whose random state is restored draws the same tokens again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def filter_logits(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """(N, V) float32 logits with temperature applied and tokens outside top-k / the top-p nucleus at -inf."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first is always kept)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def pick_tokens(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """(N,) next tokens: argmax when temperature is 0, else a draw from the filtered distribution."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1)[:, 0]
+
+
+def sample_groups(model, prompt_ids: list[list[int]], group: int, settings, stop_ids: list[int],
+                  pad_id: int) -> list[list[int]]:
+    """`group` sampled token rows per prompt (row i continues prompt i // group), settings.max_new_tokens
+    long: after a row's first stop token come pad_id fillers (`rollout.generate._finish` cuts them).
+    settings: `rollout.generate.SamplingSettings` (batch_size counts prompts per prefill)."""
+    from alignkit.ops.prefix import cache_argument
+
+    was_training = model.training
+    model.eval()
+    keyword = cache_argument(model)
+    out: list[list[int]] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompt_ids), settings.batch_size):
+                out += _sample_batch(model, prompt_ids[start:start + settings.batch_size], group, settings,
+                                     stop_ids, pad_id, keyword)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword) -> list[list[int]]:
+    from transformers import DynamicCache
+
+    from alignkit.data.collate import pad
+
+    device = next(model.parameters()).device
+    ids = pad(prompt_ids, pad_id, side="left").to(device)
+    mask = pad([[1] * len(p) for p in prompt_ids], 0, side="left").to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1,
+                   use_cache=True, **{keyword: cache}).logits[:, -1]
+    cache.batch_repeat_interleave(group)
+    logits = logits.repeat_interleave(group, 0)
+    mask = mask.repeat_interleave(group, 0)
+    position = positions[:, -1:].repeat_interleave(group, 0)
+    rows = logits.shape[0]
+    tokens = torch.full((rows, settings.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    live = torch.arange(rows, device=device)  # batch row -> output row
+    stops = torch.tensor(stop_ids, device=device)
+    for step in range(settings.max_new_tokens):
+        chosen = pick_tokens(logits, settings.temperature, settings.top_k, settings.top_p)
+        tokens[live, step] = chosen
+        if step == settings.max_new_tokens - 1:
+            break
+        running = ~torch.isin(chosen, stops)
+        if not running.all():
+            if not running.any():
+                break
+            keep = running.nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            live, chosen, mask, position = live[keep], chosen[keep], mask[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position = position + 1
+        logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                       **{keyword: cache}).logits[:, -1]
+    return tokens.tolist()
