@@ -153,7 +153,7 @@ def test_preference_rows_compares_every_pair_and_keeps_extra_columns():
         "split": "test",
     }
     prefs, stats = preference_rows([row], RubricJudge())
-    assert stats == {"rows": 1, "comparisons": 3, "preferences": 3, "ties": 0}
+    assert stats == {"rows": 1, "comparisons": 3, "preferences": 3, "ties": 0, "skipped_empty": 0}
     pairs = {(p["chosen"], p["rejected"]) for p in prefs}
     assert pairs == {(GOOD, REFUSAL), (GOOD, CUT), (CUT, REFUSAL)}
     for p in prefs:
@@ -166,7 +166,7 @@ def test_preference_rows_compares_every_pair_and_keeps_extra_columns():
 def test_preference_rows_counts_identical_responses_as_ties():
     row = {"prompt": PROMPT, "responses": [GOOD, GOOD, REFUSAL]}
     prefs, stats = preference_rows([row], RubricJudge())
-    assert stats == {"rows": 1, "comparisons": 3, "preferences": 2, "ties": 1}
+    assert stats == {"rows": 1, "comparisons": 3, "preferences": 2, "ties": 1, "skipped_empty": 0}
     assert all(p["chosen"] == GOOD and p["rejected"] == REFUSAL for p in prefs)
 
 
@@ -188,9 +188,16 @@ def test_preference_rows_keeps_ties_in_original_order_when_asked():
     ]
 
 
+def test_preference_rows_skips_pairs_with_an_empty_response():
+    row = {"prompt": PROMPT, "responses": [GOOD, " ", REFUSAL]}
+    prefs, stats = preference_rows([row], RubricJudge())
+    assert stats == {"rows": 1, "comparisons": 1, "preferences": 1, "ties": 0, "skipped_empty": 2}
+    assert [(p["chosen"], p["rejected"]) for p in prefs] == [(GOOD, REFUSAL)]
+
+
 def test_preference_rows_with_custom_key_and_nothing_to_compare():
     prefs, stats = preference_rows([{"prompt": "q", "samples": ["only one"]}], RubricJudge(), responses_key="samples")
-    assert prefs == [] and stats == {"rows": 1, "comparisons": 0, "preferences": 0, "ties": 0}
+    assert prefs == [] and stats == {"rows": 1, "comparisons": 0, "preferences": 0, "ties": 0, "skipped_empty": 0}
 
 
 def test_preference_rows_reports_bad_rows_in_one_line():

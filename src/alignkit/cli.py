@@ -157,9 +157,10 @@ def cmd_judge(args) -> int:
     output = args.out
     config = _config_from_args(JudgeConfig, _without(args, "out"))
     path, stats = judge_file(config, output)
+    kept = " (kept)" if config.keep_ties else " (dropped)"
+    empty = f", {stats['skipped_empty']} pairs with an empty response skipped" if stats["skipped_empty"] else ""
     print(f"judge {config.judge}: {stats['rows']} rows, {stats['comparisons']} comparisons -> "
-          f"{stats['preferences']} preferences, {stats['ties']} ties{' (kept)' if config.keep_ties else ' (dropped)'}; "
-          f"wrote {path}", file=sys.stderr)
+          f"{stats['preferences']} preferences, {stats['ties']} ties{kept}{empty}; wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -186,16 +186,21 @@ def preference_rows(rows, judge=None, responses_key: str = "responses", keep_tie
     Input rows: {"prompt", responses_key: [str, ...], optional "finish_reasons": [...] aligned with the
     responses, any extra columns}. Each decided pair gives {"prompt", "chosen", "rejected", "p_chosen", "judge",
     **extra columns}; ties (identical responses included) are counted, and kept with "tie": True in their
-    original order only when keep_ties. stats: rows, comparisons, preferences, ties.
+    original order only when keep_ties. Pairs with an empty (blank) response are not judged: preference
+    data cannot hold an empty message. stats: rows, comparisons, preferences, ties, skipped_empty.
     """
     judge = RubricJudge() if judge is None else judge
     rows = list(rows)
     pairs, prompts, firsts, seconds, judge_rows = [], [], [], [], []
+    skipped_empty = 0
     for index, row in enumerate(rows):
         responses, finish_reasons = _responses_of(row, index, responses_key)
         extra = {k: v for k, v in row.items() if k not in (responses_key, "finish_reasons", "prompt")}
         for i in range(len(responses)):
             for j in range(i + 1, len(responses)):
+                if not responses[i].strip() or not responses[j].strip():
+                    skipped_empty += 1
+                    continue
                 judged = responses[i] != responses[j]  # identical texts are a tie without asking
                 pairs.append((row.get("prompt"), responses[i], responses[j], extra, judged))
                 if judged:
@@ -216,7 +221,8 @@ def preference_rows(rows, judge=None, responses_key: str = "responses", keep_tie
             out.append(_preference(prompt, a, b, judgment.prob_first, judge.name, extra))
         else:
             out.append(_preference(prompt, b, a, 1.0 - judgment.prob_first, judge.name, extra))
-    stats = {"rows": len(rows), "comparisons": len(pairs), "preferences": len(pairs) - ties, "ties": ties}
+    stats = {"rows": len(rows), "comparisons": len(pairs), "preferences": len(pairs) - ties, "ties": ties,
+             "skipped_empty": skipped_empty}
     return out, stats
 
 

@@ -1,4 +1,4 @@
-"""Batched sampling from a policy with transformers' `generate` (KV cache on).
+"""Batched sampling from a policy (KV cache on; `rollout.sampler` does the decoding).
 
 Prompts are tokenized with `encode_prompt`, the same function training uses, so what the model sees at
 generation matches what it was trained on. Prompts are sorted by length before batching (less padding),
@@ -71,10 +71,12 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
     random state as it stands (online RL: successive rollouts differ, and a resumed run, whose random
     state is restored, draws the same samples).
     """
+    from dataclasses import replace
+
     import torch
     from tqdm.auto import tqdm
 
-    from alignkit.data.collate import pad
+    from alignkit.rollout.sampler import sample_groups
 
     settings = settings or SamplingSettings()
     settings.check()
@@ -82,38 +84,21 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[list[Generation]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
-    greedy = settings.temperature == 0
-    options = dict(
-        max_new_tokens=settings.max_new_tokens, do_sample=not greedy,
-        num_return_sequences=settings.num_return_sequences, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stop, use_cache=True,
-    )
-    if not greedy:
-        options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
-    else:
-        options.update(temperature=None, top_p=None, top_k=None)
-    was_training = model.training
-    model.eval()
+    n = settings.num_return_sequences
     if reseed:
         torch.manual_seed(settings.seed)
     bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress or None, leave=False)
     try:
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
-            ids = [encoded[i] for i in batch]
-            input_ids = pad(ids, tokenizer.pad_token_id, side="left").to(device)
-            attention_mask = pad([[1] * len(x) for x in ids], 0, side="left").to(device)
-            with torch.no_grad():
-                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
-            new = out[:, input_ids.shape[1]:].tolist()
-            for row, tokens in enumerate(new):
-                index = batch[row // settings.num_return_sequences]
+            rows = sample_groups(model, [encoded[i] for i in batch], n, replace(settings, batch_size=len(batch)),
+                                 stop, tokenizer.pad_token_id)
+            for k, tokens in enumerate(rows):
+                index = batch[k // n]
                 results[index].append(_finish(prompts[index], tokens, stop, tokenizer))
             bar.update(len(batch))
     finally:
         bar.close()
-        model.train(was_training)
     return results
 
 

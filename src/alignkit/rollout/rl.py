@@ -1,11 +1,11 @@
 """Rollouts for online RL: G sampled responses per prompt, kept as token ids so the trainer scores exactly
 the tokens that were sampled.
 
-`sample_rollout` draws the responses with `rollout.sampler` (KV cache, one prefill per prompt, a response
-leaves the batch at its stop token) from the global random state, so a resumed run draws the same samples. The behaviour log-probs are not taken
-from the sampler: the trainer computes them with the same forward pass and temperature it uses for the
-loss (`ops.logprobs.sequence_logps(..., temperature)`), so on the first minibatch the ratio π/π_old is
-exactly 1.
+`sample_rollout` draws the responses with `rollout.generate` (KV cache, one prefill per prompt, a response
+leaves the batch at its stop token) from the global random state, so a resumed run draws the same
+samples. The behaviour log-probs are not taken from the sampler: the trainer computes them with the same
+forward pass and temperature it uses for the loss (`ops.logprobs.sequence_logps` or, for groups,
+`ops.prefix.group_logps`), so on the first minibatch the ratio π/π_old is exactly 1.
 """
 
 from __future__ import annotations
@@ -43,25 +43,23 @@ class Rollout:
         return collate([Tokenized(self.prompt_ids[i], self.completion_ids[i]) for i in indices], pad_id)
 
 
-def sample_rollout(model, tokenizer, rows: list[dict], settings, group_size: int) -> Rollout:
-    """`group_size` sampled responses to each row's prompt (settings: `rollout.generate.SamplingSettings`),
-    drawn by `rollout.sampler.sample_groups` (one prefill per prompt, finished rows dropped)."""
-    from alignkit.data.tokenize import encode_prompt
-    from alignkit.rollout.generate import _finish, _stop_ids
-    from alignkit.rollout.sampler import sample_groups
+def sample_rollout(model, tokenizer, rows: list[dict], settings, group_size: int,
+                   progress: bool = False) -> Rollout:
+    """`group_size` sampled responses to each row's prompt (settings: `rollout.generate.SamplingSettings`;
+    its num_return_sequences is replaced by group_size)."""
+    from dataclasses import replace
 
-    prompts = [row["prompt"] for row in rows]
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    stop = _stop_ids(model, tokenizer)
-    # longest prompts first, so each prefill batch pads little
-    order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))
-    sampled = sample_groups(model, [encoded[i] for i in order], group_size, settings, stop, tokenizer.pad_token_id)
-    by_prompt = {i: sampled[k * group_size:(k + 1) * group_size] for k, i in enumerate(order)}
-    samples = [(i, _finish(prompts[i], tokens, stop, tokenizer)) for i in range(len(rows)) for tokens in by_prompt[i]]
+    from alignkit.data.tokenize import encode_prompt
+    from alignkit.rollout.generate import generate
+
+    settings = replace(settings, num_return_sequences=group_size)
+    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings, progress=progress, reseed=False)
+    samples = [(row, g) for row, gens in zip(rows, outputs) for g in gens]
+    prompt_ids = {i: encode_prompt(tokenizer, row["prompt"]) for i, row in enumerate(rows)}
     eos = tokenizer.eos_token_id
     return Rollout(
-        rows=[rows[i] for i, _ in samples],
-        prompt_ids=[encoded[i] for i, _ in samples],
+        rows=[row for row, _ in samples],
+        prompt_ids=[prompt_ids[i // group_size] for i in range(len(samples))],
         completion_ids=[g.completion_ids or [eos] for _, g in samples],
         completions=[g.completion for _, g in samples],
         finish_reasons=[g.finish_reason for _, g in samples],
