@@ -81,6 +81,13 @@ class GRPOConfig:
     ref: str = "auto"
     """Reference for the KL term: copy, adapter (LoRA disabled), none, or auto (adapter with LoRA, else copy;
     none when beta is 0 and the advantage needs no KL)."""
+    use_vllm: bool = False
+    """Sample with a vLLM engine colocated in this process (GPU; the weights are pushed to it after every
+    update). Needs `pip install vllm`."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """use_vllm: the share of GPU memory vLLM may take (weights and KV cache); the trainer uses the rest."""
+    vllm_enable_sleep_mode: bool = False
+    """use_vllm: release vLLM's memory between rollouts (more room to train, a little time to wake)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more time."""
     dtype: str = "auto"
@@ -121,6 +128,11 @@ class GRPOConfig:
             raise AlignkitError("config: ref: adapter needs a LoRA adapter to disable; add --use_peft true")
         if self.reference() == "none" and (self.beta > 0 or self.advantage == "reinforce_pp"):
             raise AlignkitError("config: ref: none leaves no reference for the KL term; set beta 0 or pick a reference")
+        if self.use_vllm and self.device in ("cpu", "mps"):
+            raise AlignkitError(f"config: use_vllm: vLLM needs a CUDA GPU, got device {self.device}; drop --use_vllm")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise AlignkitError(f"config: vllm_gpu_memory_utilization: must be in (0, 1), got "
+                                f"{self.vllm_gpu_memory_utilization}")
         self.train.check()
 
     def reference(self) -> str:
@@ -157,11 +169,13 @@ class RunawayWatch:
 class GroupPolicyStep:
     """One training step: sample, score, advantages, clipped loss. Called by the engine per micro-batch."""
 
-    def __init__(self, config: GRPOConfig, tokenizer, rewards, reference_model=None):
+    def __init__(self, config: GRPOConfig, tokenizer, rewards, reference_model=None, sampler=None):
         from alignkit.rollout.generate import SamplingSettings
 
         self.config, self.tokenizer, self.rewards = config, tokenizer, rewards
         self.reference_model = reference_model
+        self.sampler = sampler  # None: the torch sampler on the policy itself
+        self.calls = 0
         self.strategy = config.reference()
         self.sampling = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
                                          top_p=config.top_p, top_k=config.top_k, batch_size=64)
@@ -194,7 +208,12 @@ class GroupPolicyStep:
         config = self.config
         policy = getattr(model, "module", model)
         rows = batch["rows"]
-        rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, config.num_generations)
+        # an external engine gets the weights of every update before its next rollout
+        if self.sampler is not None and self.calls % config.train.gradient_accumulation_steps == 0:
+            self.sampler.sync(policy)
+        self.calls += 1
+        rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, config.num_generations,
+                                 sampler=self.sampler)
         lengths = [len(c) for c in rollout.completion_ids]
         scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
                                      rollout.rows)
@@ -274,7 +293,7 @@ def train_grpo(config: GRPOConfig):
     torch.manual_seed(config.train.seed)
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
                         lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    step = GroupPolicyStep(config, tokenizer, rewards, reference_model)
+    step = GroupPolicyStep(config, tokenizer, rewards, reference_model, sampler=vllm_sampler(config))
     prompts_per_batch = config.train.per_device_train_batch_size // config.num_generations
     engine_config = replace(config, train=replace(config.train, per_device_train_batch_size=prompts_per_batch))
 
@@ -285,6 +304,17 @@ def train_grpo(config: GRPOConfig):
         return len(batch["rows"]) * config.num_generations
 
     return train_and_save("grpo", engine_config, model, tokenizer, rows, collate, step, count_fn=count)
+
+
+def vllm_sampler(config: GRPOConfig):
+    """The colocated vLLM engine when config.use_vllm, else None (the torch sampler)."""
+    if not config.use_vllm:
+        return None
+    from alignkit.models.load import resolve_path
+    from alignkit.rollout.vllm_engine import VLLMSampler
+
+    return VLLMSampler(resolve_path(config.model_name_or_path), gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                       enable_sleep_mode=config.vllm_enable_sleep_mode, dtype=config.dtype, seed=config.train.seed)
 
 
 def _cut_prompt(row: dict, tokenizer, max_prompt_length: int) -> dict:

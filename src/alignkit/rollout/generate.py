@@ -64,20 +64,22 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 
 def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None = None,
-             progress: bool = True, reseed: bool = True) -> list[list[Generation]]:
+             progress: bool = True, reseed: bool = True, sampler=None) -> list[list[Generation]]:
     """Sample `num_return_sequences` responses for each prompt (string or conversation).
 
     Returns one list of Generations per prompt, in the order given. reseed=False draws from the global
     random state as it stands (online RL: successive rollouts differ, and a resumed run, whose random
-    state is restored, draws the same samples).
+    state is restored, draws the same samples). sampler: where the tokens come from (default
+    `rollout.sampler.sample_groups` on `model`; `rollout.vllm_engine.VLLMSampler` on a GPU).
     """
     from dataclasses import replace
 
     import torch
     from tqdm.auto import tqdm
 
-    from alignkit.rollout.sampler import sample_groups
+    from alignkit.rollout.vllm_engine import TorchSampler
 
+    sampler = sampler or TorchSampler(model)
     settings = settings or SamplingSettings()
     settings.check()
     stop = _stop_ids(model, tokenizer)
@@ -91,8 +93,8 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
     try:
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
-            rows = sample_groups(model, [encoded[i] for i in batch], n, replace(settings, batch_size=len(batch)),
-                                 stop, tokenizer.pad_token_id)
+            rows = sampler.sample([encoded[i] for i in batch], n, replace(settings, batch_size=len(batch)), stop,
+                                  tokenizer.pad_token_id)
             for k, tokens in enumerate(rows):
                 index = batch[k // n]
                 results[index].append(_finish(prompts[index], tokens, stop, tokenizer))

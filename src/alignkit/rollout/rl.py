@@ -44,16 +44,17 @@ class Rollout:
 
 
 def sample_rollout(model, tokenizer, rows: list[dict], settings, group_size: int,
-                   progress: bool = False) -> Rollout:
+                   progress: bool = False, sampler=None) -> Rollout:
     """`group_size` sampled responses to each row's prompt (settings: `rollout.generate.SamplingSettings`;
-    its num_return_sequences is replaced by group_size)."""
+    its num_return_sequences is replaced by group_size; sampler: see `rollout.generate.generate`)."""
     from dataclasses import replace
 
     from alignkit.data.tokenize import encode_prompt
     from alignkit.rollout.generate import generate
 
     settings = replace(settings, num_return_sequences=group_size)
-    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings, progress=progress, reseed=False)
+    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings, progress=progress, reseed=False,
+                       sampler=sampler)
     samples = [(row, g) for row, gens in zip(rows, outputs) for g in gens]
     prompt_ids = {i: encode_prompt(tokenizer, row["prompt"]) for i, row in enumerate(rows)}
     eos = tokenizer.eos_token_id

@@ -1,0 +1,163 @@
+"""The vLLM rollout backend's wiring, against a stand-in `vllm` module (vLLM itself needs a GPU).
+
+The stand-in keeps its own copy of the model, loaded from the checkpoint path as vLLM would, samples with
+it, and takes new weights only through `load_weights`, so GRPO learns through it only if every update
+reaches the engine under names the checkpoint knows. Like vLLM, it reports a stop with the stop token
+left out of token_ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignkit.errors import AlignkitError
+
+
+class FakeLLM:
+    instances: list = []
+
+    def __init__(self, model, **options):
+        from alignkit.models.load import load_policy
+
+        self.path, self.options = model, options
+        self.inner = load_policy(model, dtype="float32", device="cpu")
+        self.loads, self.resets, self.requests = [], 0, []
+        runner = SimpleNamespace(model=self)
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
+            model_runner=runner)))
+        FakeLLM.instances.append(self)
+
+    def load_weights(self, weights):
+        state = self.inner.state_dict()
+        names = []
+        for name, tensor in weights:
+            assert name in state, f"vLLM would not know {name}"
+            state[name].copy_(tensor)
+            names.append(name)
+        self.loads.append(names)
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+    def generate(self, prompts, params, use_tqdm=True):
+        from alignkit.rollout.generate import SamplingSettings
+        from alignkit.rollout.sampler import sample_groups
+
+        self.requests.append(params)
+        settings = SamplingSettings(max_new_tokens=params.max_tokens, temperature=params.temperature,
+                                    top_p=params.top_p, top_k=max(params.top_k, 0), batch_size=len(prompts))
+        with torch.random.fork_rng():
+            torch.manual_seed(params.seed)
+            rows = sample_groups(self.inner, [p["prompt_token_ids"] for p in prompts], params.n, settings,
+                                 params.stop_token_ids, 0)
+        stops = set(params.stop_token_ids)
+        outputs = []
+        for k in range(len(prompts)):
+            completions = []
+            for row in rows[k * params.n:(k + 1) * params.n]:
+                end = next((i for i, t in enumerate(row) if t in stops), None)
+                if end is None:
+                    completions.append(SimpleNamespace(token_ids=row, finish_reason="length", stop_reason=None))
+                else:
+                    completions.append(SimpleNamespace(token_ids=row[:end], finish_reason="stop",
+                                                       stop_reason=row[end]))
+            outputs.append(SimpleNamespace(outputs=completions))
+        return outputs
+
+
+@pytest.fixture()
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = FakeLLM
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.instances = []
+    return FakeLLM
+
+
+@pytest.mark.filterwarnings("ignore:grpo. for 5 steps")
+def test_grpo_learns_through_the_engine_with_weights_synced_every_update(tmp_path, fake_vllm):
+    import json
+
+    from alignkit.config import build_config
+    from alignkit.methods.grpo import GRPOConfig, train_grpo
+    from conftest import e_share_reward
+
+    out = tmp_path / "run"
+    config = build_config(GRPOConfig, {
+        "model_name_or_path": "embedded:tiny", "dataset_name": "builtin:prompts.jsonl",
+        "reward_funcs": e_share_reward(tmp_path), "num_generations": 8, "per_device_train_batch_size": 16,
+        "max_completion_length": 8, "learning_rate": 1e-2, "max_steps": 24, "logging_steps": 1,
+        "output_dir": str(out), "progress": False, "use_vllm": True, "vllm_gpu_memory_utilization": 0.25})
+    train_grpo(config)
+    (engine,) = fake_vllm.instances
+    assert engine.options["gpu_memory_utilization"] == 0.25
+    assert len(engine.loads) == 24 and engine.resets == 24  # one batched push per update
+    tied = {"lm_head.weight"} if engine.inner.config.tie_word_embeddings else set()
+    assert set(engine.loads[0]) == set(engine.inner.state_dict()) - tied
+    params = engine.requests[0]
+    assert (params.n, params.max_tokens, params.temperature, params.top_k) == (8, 8, 1.0, -1)
+    rewards = [json.loads(line)["reward"] for line in (out / "metrics.jsonl").read_text().splitlines()
+               if '"reward"' in line]
+    assert sum(rewards[-4:]) >= 1.8 * sum(rewards[:4]), rewards
+
+
+def test_sync_pushes_merged_lora_weights_and_leaves_the_adapter_unmerged(fake_vllm, tiny_model_path):
+    from alignkit.models.load import load_policy
+    from alignkit.rollout.vllm_engine import VLLMSampler
+
+    policy = load_policy(tiny_model_path, dtype="float32", device="cpu",
+                         lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # a non-zero update, so merging changes the weights
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    VLLMSampler(tiny_model_path).sync(policy)
+    engine = fake_vllm.instances[0].inner.state_dict()
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, before[key], atol=0, rtol=0)  # the adapter is unmerged again
+    reference = copy.deepcopy(policy).merge_and_unload().state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(engine[name], tensor, msg=name)
+
+
+def test_engine_rows_end_with_their_stop_token(fake_vllm, tiny_model_path, tiny_tokenizer):
+    from alignkit.rollout.generate import SamplingSettings
+    from alignkit.rollout.vllm_engine import VLLMSampler
+
+    sampler = VLLMSampler(tiny_model_path)
+    stops = list(range(60, 160))
+    rows = sampler.sample([[5, 6, 7], [8, 9]], 4, SamplingSettings(max_new_tokens=10, temperature=1.0), stops, 0)
+    assert len(rows) == 8
+    for row in rows:
+        assert len(row) == 10 or row[-1] in stops
+        assert not any(t in stops for t in row[:-1])
+    assert any(row[-1] in stops for row in rows)
+
+
+def test_missing_vllm_is_one_clear_line(monkeypatch):
+    from alignkit.rollout.vllm_engine import VLLMSampler
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(AlignkitError, match="use_vllm: vLLM is not importable"):
+        VLLMSampler("anything")
+
+
+def test_vllm_is_imported_only_when_chosen_and_never_on_cpu():
+    from alignkit.methods.grpo import GRPOConfig
+
+    code = "import sys, alignkit.methods.grpo, alignkit.rollout.rl, alignkit.rollout.vllm_engine; " \
+           "print('vllm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    config = GRPOConfig(dataset_name="x", use_vllm=True, device="cpu")
+    with pytest.raises(AlignkitError, match="use_vllm: vLLM needs a CUDA GPU"):
+        config.check()
