@@ -136,6 +136,17 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "DPO: the DPO policy vs the SFT policy: win rate" in shown
     assert "PPO: reward-model score" in shown and "PPO: the PPO policy vs the SFT policy: win rate" in shown
+    # a recipe that extends tiny adds GRPO on the same reward model; the finished stages are skipped
+    extended = tmp_path / "tiny-grpo.yaml"
+    extended.write_text(
+        "extends: tiny\nstages:\n  - name: grpo\n    method: grpo\n    config:\n"
+        "      model_name_or_path: stage:sft\n      dataset_name: builtin:helpful.jsonl\n"
+        "      reward_funcs: rm:stage:reward_model\n      num_generations: 2\n"
+        "      per_device_train_batch_size: 4\n      max_completion_length: 8\n      max_steps: 2\n")
+    rc, out, err = run_cli(capsys, "pipeline", extended, "--output_dir", tmp_path)
+    assert rc == 0, err
+    assert out.count("complete, skipped") == 12 and "(grpo): running" in out
+    assert "reward" in read_status(tmp_path / "grpo")["final"]
 
 
 def test_pipeline_resumes_an_interrupted_stage(tmp_path, capsys, monkeypatch):
@@ -171,7 +182,23 @@ def test_pipeline_recipe_errors(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "pipeline", bad, "--output_dir", tmp_path / "o")
     assert rc == 2 and "stage:nope" in err and "names no earlier stage" in err
     rc, out, err = run_cli(capsys, "pipeline", "no-such-recipe")
-    assert rc == 2 and "packaged recipes: demo, tiny" in err
+    assert rc == 2 and "packaged recipes: demo, demo-grpo, tiny" in err
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\nstages: []\n")
+    rc, out, err = run_cli(capsys, "pipeline", loop)
+    assert rc == 2 and "extends" in err and "a cycle" in err
+
+
+def test_packaged_demo_grpo_recipe_extends_the_demo():
+    from alignkit.pipeline import load_recipe, plan, resolve_recipe
+
+    path = resolve_recipe("demo-grpo")
+    stages = plan(load_recipe(path), str(path))
+    names = [s["name"] for s in stages]
+    demo = [s["name"] for s in plan(load_recipe(resolve_recipe("demo")), "demo")]
+    assert names == demo + ["grpo", "grpo_answers", "grpo_win_rate"]
+    grpo = stages[names.index("grpo")]["values"]
+    assert grpo["output_dir"] == "runs/demo/grpo" and grpo["reward_funcs"] == "rm:runs/demo/reward_model/model"
 
 
 def test_report_command_rebuilds_a_report(tmp_path, capsys):

@@ -61,8 +61,27 @@ def resolve_recipe(path: str | Path) -> Path:
     packaged = PACKAGED / f"{path}.yaml"
     if packaged.is_file():
         return packaged
-    names = ", ".join(f.stem for f in sorted(PACKAGED.glob("*.yaml")))
+    names = ", ".join(sorted(f.stem for f in PACKAGED.glob("*.yaml")))
     raise AlignkitError(f"{path}: file: recipe does not exist (packaged recipes: {names})")
+
+
+def load_recipe(path: Path, seen: tuple = ()) -> dict:
+    """A recipe file as a dict. `extends: PARENT` (a packaged name or a path) runs the parent's stages first:
+    the parent's name, output_dir and defaults apply unless this recipe sets its own, and its stages come
+    before this recipe's, so stages a finished parent run already completed are skipped."""
+    from alignkit.config import load_yaml
+
+    recipe = load_yaml(path)
+    parent_name = recipe.pop("extends", None) if isinstance(recipe, dict) else None
+    if parent_name is None:
+        return recipe
+    parent_path = resolve_recipe(parent_name)
+    if parent_path.resolve() in seen:
+        raise AlignkitError(f"{path}: extends: {parent_name} extends this recipe again (a cycle)")
+    parent = load_recipe(parent_path, seen + (path.resolve(),))
+    merged = {**parent, **recipe, "defaults": {**(parent.get("defaults") or {}), **(recipe.get("defaults") or {})}}
+    merged["stages"] = list(parent.get("stages") or []) + list(recipe.get("stages") or [])
+    return merged
 
 
 def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[dict]:
@@ -113,13 +132,13 @@ def _resolve_stage_refs(value: str, dirs: dict, where: str) -> str:
 
 def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Run every stage not yet complete; returns the pipeline directory (with index.html)."""
-    from alignkit.config import build_config, load_yaml
+    from alignkit.config import build_config
     from alignkit.engine.checkpoint import find_latest
     from alignkit.engine.outputs import is_complete
     from alignkit.engine.report import write_pipeline_summary
 
     path = resolve_recipe(recipe_path)
-    recipe = load_yaml(path)
+    recipe = load_recipe(path)
     stages = plan(recipe, str(path), overrides)
     root = Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{recipe.get('name', 'pipeline')}")
     root.mkdir(parents=True, exist_ok=True)
