@@ -7,6 +7,10 @@ re-invoked with --worker) and reports its peak RSS (VmHWM: weights, gradients, A
 of everything loaded, up to the end of the last update: the final save, which merges a LoRA policy into a
 copy, is not counted) and its seconds per update. Target: one-model ≤ 0.5× the four-model peak memory.
 
+There is no TRL side: TRL 1.16 (the release measured against) ships no PPO trainer, in `trl` or in
+`trl.experimental`, so the issue's "TRL's PPO where present" does not apply; GRPO is compared with TRL's
+GRPOTrainer in benchmarks/grpo.py.
+
     python benchmarks/ppo.py                                   # SmolLM2, the demo's reward model if present
     python benchmarks/ppo.py --model embedded:tiny --reward rules
     python benchmarks/ppo.py --reward rm:runs/demo/reward_model/model --updates 2 --batch 8

@@ -427,7 +427,8 @@ def test_load_rows_raises_data_error_with_all_problems(tmp_path):
     path.write_text(json.dumps({"prompt": ""}) + "\n" + json.dumps({"prompt": "ok"}) + "\n" + "[1]\n")
     with pytest.raises(DataError) as info:
         load_rows(path)
-    assert info.value.problems == [f"{path}:1: prompt: empty string", f"{path}:3: row: must be a JSON object, got a list"]
+    assert info.value.problems == [f"{path}:1: prompt: empty string",
+                                   f"{path}:3: row: must be a JSON object, got a list"]
     assert str(info.value) == f"{path}:1: prompt: empty string (and 1 more problems)"
     assert isinstance(info.value, AlignkitError)
 

@@ -91,7 +91,8 @@ def test_sft_command_reads_a_recipe_and_rejects_unknown_keys(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model_name_or_path: embedded:tiny\ndataset_name: builtin:sft.jsonl\nlerning_rate: 1\n")
     rc, out, err = run_cli(capsys, "sft", "--config", recipe, "--output_dir", tmp_path / "o")
-    assert rc == 2 and err.strip() == "alignkit: error: config: unknown option 'lerning_rate' (did you mean learning_rate?)"
+    assert rc == 2
+    assert err.strip() == "alignkit: error: config: unknown option 'lerning_rate' (did you mean learning_rate?)"
     rc, out, err = run_cli(capsys, "sft", "--model", "embedded:tiny", "--data", tmp_path / "missing.jsonl",
                            "--output_dir", tmp_path / "o2")
     assert rc == 2 and "missing.jsonl: file: does not exist" in err
@@ -220,5 +221,6 @@ def test_nested_defaults_survive_partial_overrides():
     config = build_config(RewardConfig, {"dataset_name": "x.jsonl", "max_steps": 3})
     assert (config.train.learning_rate, config.train.max_steps) == (1e-4, 3)
     pairs = build_config(GeneratePairsConfig, {"dataset_name": "p.jsonl", "max_new_tokens": 8})
-    assert (pairs.sampling.num_return_sequences, pairs.sampling.temperature, pairs.sampling.max_new_tokens) == (2, 0.8, 8)
+    sampling = pairs.sampling
+    assert (sampling.num_return_sequences, sampling.temperature, sampling.max_new_tokens) == (2, 0.8, 8)
     assert flat_fields(RewardConfig)["learning_rate"][2] == 1e-4  # --help shows the method's default

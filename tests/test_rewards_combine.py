@@ -29,7 +29,8 @@ def test_ensembles_hand_worked():
 def test_ensemble_is_a_reward_source():
     members = [lambda p, c, **_: [1.0, 4.0], lambda p, c, **_: [2.0, 0.0], lambda p, c, **_: [3.0, 2.0]]
     assert Ensemble(members, "min")(["a", "b"], ["x", "y"]) == pytest.approx([1.0, 0.0])
-    assert Ensemble(members[:1], "mean_minus_std")(["a", "b"], ["x", "y"]) == pytest.approx([1.0, 4.0])  # one: no spread
+    one = Ensemble(members[:1], "mean_minus_std")  # one member: no spread
+    assert one(["a", "b"], ["x", "y"]) == pytest.approx([1.0, 4.0])
 
 
 def test_safety_helpfulness_rule_hand_worked():

@@ -153,11 +153,27 @@ def test_missing_vllm_is_one_clear_line(monkeypatch):
 
 
 def test_vllm_is_imported_only_when_chosen_and_never_on_cpu():
+    from alignkit.config import build_config
     from alignkit.methods.grpo import GRPOConfig
+    from alignkit.methods.ppo import PPOConfig
 
-    code = "import sys, alignkit.methods.grpo, alignkit.rollout.rl, alignkit.rollout.vllm_engine; " \
-           "print('vllm' in sys.modules)"
+    code = "import sys, alignkit.methods.grpo, alignkit.methods.ppo, alignkit.rollout.rl; print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-    config = GRPOConfig(dataset_name="x", use_vllm=True, device="cpu")
-    with pytest.raises(AlignkitError, match="use_vllm: vLLM needs a CUDA GPU"):
-        config.check()
+    for config_cls in (GRPOConfig, PPOConfig):
+        with pytest.raises(AlignkitError, match="use_vllm: vLLM needs a CUDA GPU"):
+            build_config(config_cls, {"dataset_name": "x", "use_vllm": True, "device": "cpu"})
+
+
+def test_ppo_pushes_weights_before_every_rollout(tmp_path, fake_vllm):
+    from alignkit.config import build_config
+    from alignkit.methods.ppo import PPOConfig, train_ppo
+    from conftest import e_share_reward
+
+    config = build_config(PPOConfig, {
+        "model_name_or_path": "embedded:tiny", "dataset_name": "builtin:prompts.jsonl",
+        "reward_funcs": e_share_reward(tmp_path), "per_device_train_batch_size": 4, "max_completion_length": 6,
+        "max_steps": 3, "output_dir": str(tmp_path / "ppo"), "progress": False, "use_vllm": True})
+    train_ppo(config)
+    (engine,) = fake_vllm.instances
+    assert len(engine.loads) == len(engine.requests) == 3 and engine.resets == 3
+    assert all(params.n == 1 for params in engine.requests)

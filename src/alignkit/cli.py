@@ -209,7 +209,8 @@ def _print_finished(method: str, out, result) -> None:
     final = f"; final {name} {result.last_metrics[name]:.4f}" if name else ""
     evals = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
     print(f"{method}: {result.steps} steps in {result.seconds:.0f} s{final}"
-          + (f", {evals}" if evals else "") + (f"; {result.skipped_steps} steps skipped" if result.skipped_steps else ""))
+          + (f", {evals}" if evals else "")
+          + (f"; {result.skipped_steps} steps skipped" if result.skipped_steps else ""))
     print(f"  model:   {out / 'model'}\n  report:  {out / 'report.html'}\n  metrics: {out / 'metrics.jsonl'}")
 
 
@@ -234,7 +235,8 @@ def cmd_report(args) -> int:
         return 0
     stages = [d for d in sorted(root.iterdir()) if (d / "run.json").exists()]
     if not stages:
-        raise AlignkitError(f"{root}: no metrics.jsonl or run.json here or in its subdirectories; is it a run directory?")
+        raise AlignkitError(f"{root}: no metrics.jsonl or run.json here or in its subdirectories; "
+                            "is it a run directory?")
     for stage in stages:
         if (stage / "metrics.jsonl").exists():
             write_report(stage)

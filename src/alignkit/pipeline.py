@@ -84,6 +84,12 @@ def load_recipe(path: Path, seen: tuple = ()) -> dict:
     return merged
 
 
+def pipeline_root(recipe: dict, overrides: dict | None = None) -> Path:
+    """Where the stages go: --output_dir, else the recipe's output_dir, else runs/<recipe name>."""
+    name = recipe.get("name", "pipeline")
+    return Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{name}")
+
+
 def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[dict]:
     """The stages of a recipe with their resolved configs (output dirs and stage: references filled in)."""
     from alignkit.config import flat_fields
@@ -91,7 +97,7 @@ def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[
     stages = recipe.get("stages")
     if not isinstance(stages, list) or not stages:
         raise AlignkitError(f"{recipe_path}: stages: a recipe needs a list of stages")
-    root = Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{recipe.get('name', 'pipeline')}")
+    root = pipeline_root(recipe, overrides)
     defaults = dict(recipe.get("defaults") or {})
     extra = {k: v for k, v in (overrides or {}).items() if k != "output_dir"}
     planned, dirs = [], {}
@@ -140,7 +146,7 @@ def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = Non
     path = resolve_recipe(recipe_path)
     recipe = load_recipe(path)
     stages = plan(recipe, str(path), overrides)
-    root = Path((overrides or {}).get("output_dir") or recipe.get("output_dir") or f"runs/{recipe.get('name', 'pipeline')}")
+    root = pipeline_root(recipe, overrides)
     root.mkdir(parents=True, exist_ok=True)
     rows = {s["name"]: summary_row(s["name"], Path(s["values"]["output_dir"])) for s in stages}
     for number, stage in enumerate(stages, start=1):

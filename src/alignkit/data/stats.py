@@ -48,7 +48,8 @@ def dataset_stats(path: str | os.PathLike, kind: str | None = None, tokenizer=No
     kind = result.kind
     ties = sum(1 for p in result.problems if p.field == "rejected" and p.why.startswith("identical"))
     stats: dict[str, Any] = {
-        "path": str(path), "kind": kind, "rows": len(result.rows) + len({p.line for p in result.problems if p.line is not None}),
+        "path": str(path), "kind": kind,
+        "rows": len(result.rows) + len({p.line for p in result.problems if p.line is not None}),
         "valid_rows": len(result.rows), "problems": len(result.problems), "ties": ties,
     }
     if not result.rows or kind is None:

@@ -103,3 +103,39 @@ class PeftSettings:
         targets = self.lora_target_modules
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": targets}
+
+
+@dataclass
+class VLLMSettings:
+    """Rollouts on a vLLM engine colocated in the training process (flat keys: use_vllm, vllm_...)."""
+
+    use_vllm: bool = False
+    """Sample with vLLM (CUDA GPU; `pip install vllm`); the trainer's weights are pushed to it after every
+    update."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """The share of GPU memory vLLM may take (weights and KV cache); the trainer uses the rest."""
+    vllm_enable_sleep_mode: bool = False
+    """Release vLLM's memory between rollouts (more room to train, a little time to wake)."""
+
+    def check(self) -> None:
+        from alignkit.errors import AlignkitError
+
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise AlignkitError(f"config: vllm_gpu_memory_utilization: must be in (0, 1), got "
+                                f"{self.vllm_gpu_memory_utilization}")
+
+    def check_device(self, device: str) -> None:
+        from alignkit.errors import AlignkitError
+
+        if self.use_vllm and device in ("cpu", "mps"):
+            raise AlignkitError(f"config: use_vllm: vLLM needs a CUDA GPU, got device {device}; drop --use_vllm")
+
+    def sampler(self, model_name_or_path: str, dtype: str, seed: int):
+        """The colocated vLLM engine when use_vllm, else None (the torch sampler on the policy)."""
+        if not self.use_vllm:
+            return None
+        from alignkit.models.load import resolve_path
+        from alignkit.rollout.vllm_engine import VLLMSampler
+
+        return VLLMSampler(resolve_path(model_name_or_path), gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                           enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=dtype, seed=seed)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, replace
 
-from alignkit.engine.settings import PeftSettings, TrainSettings
+from alignkit.engine.settings import PeftSettings, TrainSettings, VLLMSettings
 from alignkit.errors import AlignkitError
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
@@ -81,13 +81,6 @@ class GRPOConfig:
     ref: str = "auto"
     """Reference for the KL term: copy, adapter (LoRA disabled), none, or auto (adapter with LoRA, else copy;
     none when beta is 0 and the advantage needs no KL)."""
-    use_vllm: bool = False
-    """Sample with a vLLM engine colocated in this process (GPU; the weights are pushed to it after every
-    update). Needs `pip install vllm`."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """use_vllm: the share of GPU memory vLLM may take (weights and KV cache); the trainer uses the rest."""
-    vllm_enable_sleep_mode: bool = False
-    """use_vllm: release vLLM's memory between rollouts (more room to train, a little time to wake)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more time."""
     dtype: str = "auto"
@@ -96,6 +89,8 @@ class GRPOConfig:
     """auto, cpu, cuda or mps."""
     peft: PeftSettings = field(default_factory=PeftSettings)
     """LoRA settings (flat keys: use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules)."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM rollouts on a GPU (flat keys: use_vllm, vllm_gpu_memory_utilization, vllm_enable_sleep_mode)."""
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=1e-6))
     """Shared training settings (flat keys: learning_rate, max_steps, ...)."""
 
@@ -128,11 +123,8 @@ class GRPOConfig:
             raise AlignkitError("config: ref: adapter needs a LoRA adapter to disable; add --use_peft true")
         if self.reference() == "none" and (self.beta > 0 or self.advantage == "reinforce_pp"):
             raise AlignkitError("config: ref: none leaves no reference for the KL term; set beta 0 or pick a reference")
-        if self.use_vllm and self.device in ("cpu", "mps"):
-            raise AlignkitError(f"config: use_vllm: vLLM needs a CUDA GPU, got device {self.device}; drop --use_vllm")
-        if not 0 < self.vllm_gpu_memory_utilization < 1:
-            raise AlignkitError(f"config: vllm_gpu_memory_utilization: must be in (0, 1), got "
-                                f"{self.vllm_gpu_memory_utilization}")
+        self.vllm.check()
+        self.vllm.check_device(self.device)
         self.train.check()
 
     def reference(self) -> str:
@@ -293,7 +285,8 @@ def train_grpo(config: GRPOConfig):
     torch.manual_seed(config.train.seed)
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
                         lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    step = GroupPolicyStep(config, tokenizer, rewards, reference_model, sampler=vllm_sampler(config))
+    sampler = config.vllm.sampler(config.model_name_or_path, config.dtype, config.train.seed)
+    step = GroupPolicyStep(config, tokenizer, rewards, reference_model, sampler=sampler)
     prompts_per_batch = config.train.per_device_train_batch_size // config.num_generations
     engine_config = replace(config, train=replace(config.train, per_device_train_batch_size=prompts_per_batch))
 
@@ -304,17 +297,6 @@ def train_grpo(config: GRPOConfig):
         return len(batch["rows"]) * config.num_generations
 
     return train_and_save("grpo", engine_config, model, tokenizer, rows, collate, step, count_fn=count)
-
-
-def vllm_sampler(config: GRPOConfig):
-    """The colocated vLLM engine when config.use_vllm, else None (the torch sampler)."""
-    if not config.use_vllm:
-        return None
-    from alignkit.models.load import resolve_path
-    from alignkit.rollout.vllm_engine import VLLMSampler
-
-    return VLLMSampler(resolve_path(config.model_name_or_path), gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                       enable_sleep_mode=config.vllm_enable_sleep_mode, dtype=config.dtype, seed=config.train.seed)
 
 
 def _cut_prompt(row: dict, tokenizer, max_prompt_length: int) -> dict:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.engine.settings import PeftSettings, TrainSettings
+from alignkit.engine.settings import PeftSettings, TrainSettings, VLLMSettings
 from alignkit.errors import AlignkitError
 
 REFERENCES = ("auto", "copy", "adapter")
@@ -94,6 +94,8 @@ class PPOConfig:
     """auto, cpu, cuda or mps."""
     peft: PeftSettings = field(default_factory=PeftSettings)
     """LoRA settings (flat keys: use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules)."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """vLLM rollouts on a GPU (flat keys: use_vllm, vllm_gpu_memory_utilization, vllm_enable_sleep_mode)."""
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=3e-6))
     """Shared training settings; per_device_train_batch_size is prompts per rollout and max_steps counts
     rollouts (each gives num_ppo_epochs × num_mini_batches optimizer steps)."""
@@ -123,6 +125,8 @@ class PPOConfig:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
         if self.target_kl is not None and self.target_kl <= 0:
             raise AlignkitError(f"config: target_kl: must be > 0, got {self.target_kl}")
+        self.vllm.check()
+        self.vllm.check_device(self.device)
         self.train.check()
 
     def reference(self) -> str:
@@ -236,6 +240,7 @@ def train_ppo(config: PPOConfig):
         ckpt.set_rng_state(state["rng"])
     sampling = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
                                 top_p=config.top_p, top_k=config.top_k, batch_size=64)
+    sampler = config.vllm.sampler(config.model_name_or_path, config.dtype, settings.seed)  # None: torch
     device = next(policy.parameters()).device
     pad_id = tokenizer.pad_token_id
     log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0)
@@ -265,7 +270,9 @@ def train_ppo(config: PPOConfig):
         while step < updates:
             t0 = time.perf_counter()
             batch_rows = [rows[i] for i in stream.take(settings.per_device_train_batch_size)]
-            rollout = sample_rollout(policy, tokenizer, batch_rows, sampling, group_size=1)
+            if sampler is not None:
+                sampler.sync(policy)  # the weights of the previous rollout's updates
+            rollout = sample_rollout(policy, tokenizer, batch_rows, sampling, group_size=1, sampler=sampler)
             lengths = [len(c) for c in rollout.completion_ids]
             scores, parts = rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths, rollout.rows)
             tensors = {k: v.to(device) for k, v in rollout.batch(pad_id).items()}
