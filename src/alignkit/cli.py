@@ -484,6 +484,10 @@ def build_parser() -> Parser:
                             "the built-in SFT data, answer again, and show both.")
     option(p, "--output_dir", help="where the demo's stages go (default: runs/demo)")
     p.set_defaults(func=cmd_demo)
+
+    from alignkit.annotate.cli import add_commands as add_annotate_commands
+
+    add_annotate_commands(commands, option, Parser)
     return parser
 
 

@@ -216,11 +216,11 @@ def preference_rows(rows, judge=None, responses_key: str = "responses", keep_tie
         if judgment.winner is None:
             ties += 1
             if keep_ties:
-                out.append(_preference(prompt, a, b, judgment.prob_first, judge.name, extra, tie=True))
+                out.append(preference_row(prompt, a, b, judgment.prob_first, judge.name, extra, tie=True))
         elif judgment.winner == 0:
-            out.append(_preference(prompt, a, b, judgment.prob_first, judge.name, extra))
+            out.append(preference_row(prompt, a, b, judgment.prob_first, judge.name, extra))
         else:
-            out.append(_preference(prompt, b, a, 1.0 - judgment.prob_first, judge.name, extra))
+            out.append(preference_row(prompt, b, a, 1.0 - judgment.prob_first, judge.name, extra))
     stats = {"rows": len(rows), "comparisons": len(pairs), "preferences": len(pairs) - ties, "ties": ties,
              "skipped_empty": skipped_empty}
     return out, stats
@@ -241,7 +241,7 @@ def _responses_of(row, index: int, responses_key: str) -> tuple[list[str], list]
     return responses, finish_reasons
 
 
-def _preference(prompt, chosen: str, rejected: str, p_chosen: float, judge_name: str, extra: dict, tie=False):
+def preference_row(prompt, chosen: str, rejected: str, p_chosen: float, judge_name: str, extra: dict, tie=False):
     if isinstance(prompt, list):  # TRL's conversational form: the responses are assistant turns too
         chosen, rejected = _assistant_turn(chosen), _assistant_turn(rejected)
     row = {

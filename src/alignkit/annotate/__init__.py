@@ -1,0 +1,6 @@
+"""The human-preference web app: people judge "which response is better?" (`alignkit annotate`).
+
+db.py (tables, migrations), service.py (what the app does), agreement.py (inter-annotator statistics),
+server.py (FastAPI routes and the pages in static/), cli.py (the commands). FastAPI and SQLAlchemy are
+imported only here.
+"""
