@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/alignkit demo
 
+# .ci/services: chromium and PostgreSQL (apt) for the annotation app's tests; without them those tests skip
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	eval "$$(.ci/services)"; $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
@@ -38,6 +39,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/sft.py
 	$(PY) benchmarks/reward_model.py
 	$(PY) benchmarks/dpo.py
+	$(PY) benchmarks/grpo.py
+	$(PY) benchmarks/ppo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

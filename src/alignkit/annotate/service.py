@@ -152,13 +152,14 @@ def next_assignment(session, user: User, project: Project, rng: random.Random | 
     if open_one is not None:
         return open_one
     rng = rng or random.SystemRandom()
-    for _ in range(5):  # lost races retry with fresh candidates
+    while True:  # each lost race means another annotator took an item, so this ends
         mine = select(Assignment.item_id).where(Assignment.user_id == user.id)
-        candidates = session.scalars(
+        candidates = list(session.scalars(
             select(Item.id).where(Item.project_id == project.id, Item.taken < project.annotators_per_item,
-                                  ~Item.id.in_(mine)).order_by(Item.taken, Item.id).limit(10)).all()
+                                  ~Item.id.in_(mine)).order_by(Item.taken, Item.id).limit(64)))
         if not candidates:
             return None
+        rng.shuffle(candidates)  # annotators arriving together try different items
         for item_id in candidates:
             won = session.execute(update(Item).where(Item.id == item_id,
                                                      Item.taken < project.annotators_per_item)
@@ -175,7 +176,6 @@ def next_assignment(session, user: User, project: Project, rng: random.Random | 
             except IntegrityError:  # the same user asked twice at once: the other request has it
                 session.rollback()
                 return next_assignment(session, user, project, rng)
-    return None
 
 
 def queue_position(session, user: User, project: Project) -> dict:
