@@ -72,8 +72,6 @@ def shown_texts(page) -> tuple[str, str]:
 
 
 def test_annotator_judges_with_the_keyboard_and_markup_stays_text(server, tmp_path):
-    import httpx
-
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         # bypass_csp: Playwright's waits evaluate JavaScript, which the page's policy forbids. It also means
@@ -133,11 +131,23 @@ def test_annotator_judges_with_the_keyboard_and_markup_stays_text(server, tmp_pa
         assert right_box["y"] >= left_box["y"] + left_box["height"] - 1 and left_box["width"] <= 375
         page.keyboard.press("b")
         page.wait_for_selector("#done:not([hidden])")
+
+        # the admin exports from the dashboard, ties kept
+        admin = browser.new_page(bypass_csp=True)
+        admin.goto(server["url"] + "/admin")
+        admin.fill("#login-token", server["admin"])
+        admin.click("#login-form button[type=submit]")
+        admin.wait_for_selector("#dashboard:not([hidden])")
+        admin.wait_for_function("document.getElementById('progress-table').textContent.includes('annotator')")
+        assert "ann" in admin.inner_text("#progress-table") and "Fleiss" in admin.inner_text("#agreement")
+        admin.select_option("#ties", "keep")
+        with admin.expect_download() as download:
+            admin.click("#export")
+        exported = (tmp_path / "export.jsonl")
+        download.value.save_as(exported)
         browser.close()
 
-    headers = {"Authorization": f"Bearer {server['admin']}"}
-    exported = httpx.get(server["url"] + "/api/admin/projects/eggs/export?ties=keep", headers=headers).text
-    rows = [json.loads(line) for line in exported.splitlines()]
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
     assert len(rows) == 3  # a decided pair, a tie kept, the redone pair; "both bad" is left out
     assert sum(bool(r.get("tie")) for r in rows) == 1
     assert any(SCRIPT in json.dumps(r) or IMAGE in json.dumps(r) for r in rows)
