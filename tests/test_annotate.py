@@ -201,6 +201,9 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path):
     assert codes[:3] == [200, 200, 200] and codes[3] == 429
     limited = client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert float(limited.headers["retry-after"]) > 0
+    guesses = [client.post("/api/login", json={"name": "fast", "password": f"guess{i}"}).status_code
+               for i in range(12)]
+    assert guesses[:10] == [401] * 10 and guesses[10:] == [429, 429]  # password guessing is throttled
 
 
 def test_pages_forbid_inline_script_and_never_insert_html(app_env):

@@ -8,6 +8,7 @@ GET /api/me to same-origin scripts only). Admin routes answer 401 without creden
 annotators. Every response carries a Content-Security-Policy that allows no inline script, and the pages
 put model text into the DOM with textContent only: a response containing markup is shown, never run.
 Each user has a token bucket (default 20 requests/s, bursts of 40); beyond it, 429 with Retry-After.
+Logins are limited per client address (bursts of 10, then one every 2 s).
 """
 
 
@@ -76,6 +77,7 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
 
     _, Session = open_database(db_url)
     limiter = TokenBucket(rate, burst)
+    login_limiter = TokenBucket(rate=0.5, burst=10)  # per client address
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -163,7 +165,10 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
         return FileResponse(STATIC / "admin.html")
 
     @app.post("/api/login")
-    def login(body: Login, response: Response, session=Depends(db)):
+    def login(body: Login, request: Request, response: Response, session=Depends(db)):
+        wait = login_limiter.take(request.client.host if request.client else "?")
+        if wait:  # password guessing gets slow
+            raise HTTPException(429, "too many login attempts; wait", headers={"Retry-After": f"{wait:.2f}"})
         user = None
         if body.token:
             user = service.user_by_token(session, body.token)
