@@ -87,6 +87,17 @@ def test_rm_cli_then_score_and_rm_judge(capsys, tmp_path, make_marker_pairs):
     judged = read_jsonl(tmp_path / "j.jsonl")
     assert len(judged) == 1 and judged[0]["judge"] == f"rm:{model}"
 
+    # what `alignkit generate` writes (a string completion, here to a conversational prompt) is scored too
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": [{"role": "user", "content": "p"}], "completion": "a cat",
+                                   "finish_reason": "stop"}) + "\n")
+    rc, out, err = run_cli(capsys, "score", "--rm", model, "--data", answers)
+    assert rc == 0, err
+    assert isinstance(json.loads(out)["score"], float) and "scored 1 responses" in err
+    answers.write_text(json.dumps({"prompt": "p", "completion": 3, "finish_reason": "stop"}) + "\n")
+    rc, _, err = run_cli(capsys, "score", "--rm", model, "--data", answers)
+    assert rc == 2 and "answers.jsonl:1: completion: " in err
+
 
 @pytest.mark.parametrize("argv, says", [
     (["judge", "--pairs", "{tmp}/bad.jsonl", "--out", "{tmp}/o.jsonl"], "bad.jsonl:2: responses: expected a list"),

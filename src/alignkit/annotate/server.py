@@ -177,7 +177,8 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
         if user is None:
             raise HTTPException(401, "wrong name, password or token")
         cookie = session_cookie(user)
-        response.set_cookie(COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, samesite="strict", path="/")
+        response.set_cookie(COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
         return {"name": user.name, "role": user.role, "csrf": csrf_token(user, cookie)}
 
     @app.post("/api/logout")
