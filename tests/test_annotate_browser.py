@@ -138,7 +138,7 @@ def test_annotator_judges_with_the_keyboard_and_markup_stays_text(server, tmp_pa
         admin.fill("#login-token", server["admin"])
         admin.click("#login-form button[type=submit]")
         admin.wait_for_selector("#dashboard:not([hidden])")
-        admin.wait_for_function("document.getElementById('progress-table').textContent.includes('annotator')")
+        admin.wait_for_function("document.getElementById('agreement').textContent.includes('Fleiss')")
         assert "ann" in admin.inner_text("#progress-table") and "Fleiss" in admin.inner_text("#agreement")
         admin.select_option("#ties", "keep")
         with admin.expect_download() as download:

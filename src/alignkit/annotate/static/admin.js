@@ -53,7 +53,6 @@ async function start(me) {
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
-  $("login-form").addEventListener("submit", (event) => login(event, start));
   $("project").addEventListener("change", refresh);
   $("export").addEventListener("click", async () => {
     const text = await api("GET", "/api/admin/projects/" + project() + "/export?votes=" + $("votes").value +
@@ -90,5 +89,5 @@ document.addEventListener("DOMContentLoaded", async () => {
     } catch (error) { say("Not created: " + error.message); }
   });
   const me = await whoAmI();
-  if (me) start(me); else $("login").hidden = false;
+  if (me) start(me); else showLogin(start);
 });

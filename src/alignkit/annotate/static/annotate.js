@@ -111,7 +111,6 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("undo-done").addEventListener("click", undo);
   $("show-help").addEventListener("click", () => toggle("help"));
   $("show-guidelines").addEventListener("click", () => toggle("guidelines"));
-  $("login-form").addEventListener("submit", (event) => login(event, start));
   const me = await whoAmI();
-  if (me) start(me); else $("login").hidden = false;
+  if (me) start(me); else showLogin(start);
 });

@@ -40,6 +40,33 @@ function renderPrompt(container, prompt) {
   }
 }
 
+function showLogin(onDone) {
+  // the same form on both pages: name + password, or an access token
+  const section = document.getElementById("login");
+  const form = el("form");
+  form.id = "login-form";
+  const field = (label, id, type, autocomplete) => {
+    const wrap = el("label", label + " ");
+    const input = el("input");
+    input.id = id;
+    input.type = type;
+    input.autocomplete = autocomplete;
+    wrap.append(input);
+    return wrap;
+  };
+  const submit = el("button", "Log in");
+  submit.type = "submit";
+  const error = el("p", null, "error");
+  error.id = "login-error";
+  error.setAttribute("role", "alert");
+  form.append(field("Name", "login-name", "text", "username"), field("Password", "login-password", "password",
+              "current-password"), el("p", "or", "or"), field("Access token", "login-token", "text", "off"),
+              submit, error);
+  form.addEventListener("submit", (event) => login(event, onDone));
+  section.replaceChildren(el("h1", "Log in"), form);
+  section.hidden = false;
+}
+
 async function login(event, onDone) {
   event.preventDefault();
   const name = document.getElementById("login-name").value;
