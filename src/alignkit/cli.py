@@ -119,7 +119,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _overrides(args, skip=("func", "command", "config", "method", "title")) -> dict:
+def _overrides(args, skip=("func", "command", "config", "method", "title", "cai_command", "annotate_command")) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -486,8 +486,10 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_demo)
 
     from alignkit.annotate.cli import add_commands as add_annotate_commands
+    from alignkit.feedback.cai_cli import add_commands as add_cai_commands
 
     add_annotate_commands(commands, option, Parser)
+    add_cai_commands(commands, option, Parser, add_arguments)
     return parser
 
 

@@ -94,13 +94,17 @@ def _with_prefix(tokenizer, ids: list[int]) -> list[int]:
     return prefix + ids if prefix and ids[: len(prefix)] != prefix else ids
 
 
+def render_prompt(tokenizer, prompt: Any) -> str:
+    """The text a model reads for a prompt: a conversation through the chat template (with the assistant's
+    generation header), a string as it is."""
+    if isinstance(prompt, list):
+        return _render(tokenizer, prompt, add_generation_prompt=True) if prompt else ""
+    return prompt
+
+
 def encode_prompt(tokenizer, prompt: Any) -> list[int]:
     """Token ids of a prompt (string or conversation), with BOS exactly once when the tokenizer uses one."""
-    if isinstance(prompt, list):
-        text = _render(tokenizer, prompt, add_generation_prompt=True) if prompt else ""
-    else:
-        text = prompt
-    return _with_prefix(tokenizer, _encode(tokenizer, text))
+    return _with_prefix(tokenizer, _encode(tokenizer, render_prompt(tokenizer, prompt)))
 
 
 def _conversation_texts(tokenizer, prompt: list, completion: list) -> tuple[str, str]:

@@ -162,15 +162,27 @@ class RewardJudge:
         return [(sigmoid(a - b), {"reward_first": a, "reward_second": b}) for a, b in zip(scores[:n], scores[n:])]
 
 
-JUDGES_HELP = "rules (the written rubric), rm:PATH (a reward model), or rm:PATH,PATH,... (their mean)"
+JUDGES_HELP = ("rules (the written rubric), rm:PATH (a reward model), rm:PATH,PATH,... (their mean), llm:MODEL "
+               "(a local LM's A/B probabilities), llm-cot:MODEL (after its reasoning, clamped to [0.4, 0.6]), "
+               "openai:URL[#MODEL] (an OpenAI-compatible completions server)")
 
 
-def make_judge(spec: str, device: str = "auto"):
+def make_judge(spec: str, device: str = "auto", constitution: str = "default", seed: int = 0):
     """A judge from its command-line name: see JUDGES_HELP."""
     from alignkit.errors import AlignkitError
 
     if spec == "rules":
         return RubricJudge()
+    for prefix, cot in (("llm:", False), ("llm-cot:", True)):
+        if spec.startswith(prefix) and spec[len(prefix):]:
+            from alignkit.feedback.llm_judge import LocalLLMJudge
+
+            return LocalLLMJudge(spec[len(prefix):], constitution, seed=seed, cot=cot, device=device)
+    if spec.startswith("openai:") and spec[7:]:
+        from alignkit.feedback.llm_judge import OpenAIJudge
+
+        url, _, model = spec[7:].partition("#")
+        return OpenAIJudge(url, model or None, constitution, seed=seed)
     if spec.startswith("rm:") and spec[3:]:
         from alignkit.rewards.combine import Ensemble
         from alignkit.rewards.model import RewardModel

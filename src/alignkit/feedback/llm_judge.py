@@ -1,0 +1,193 @@
+"""LLM judges behind the judge interface (`feedback.judges`): RLAIF soft labels from a model's own
+probabilities of answering (A) or (B).
+
+The judge is shown the conversation, a comparison question drawn from the constitution, and the two
+responses as options (A) and (B); the answer is read, not generated: with log-probs ℓ_A and ℓ_B of the
+next token being "A" or "B", P(first better) = exp ℓ_A / (exp ℓ_A + exp ℓ_B) = σ(ℓ_A − ℓ_B), a soft label.
+The judges are order-sensitive, so `judge_pairs` also asks with the responses swapped and averages the two,
+which cancels a constant preference for a position. The principle is drawn per pair from a hash of the
+pair (not of its order), so both orders are asked the same question.
+
+With `cot`, the judge first writes its reasoning (greedy), then answers; as in Bai et al. (2022), such
+answers are overconfident, so the probability is clamped to [0.4, 0.6].
+
+- `LocalLLMJudge`: a transformers model (embedded:NAME, a path, a hub id), batched.
+- `OpenAIJudge`: any OpenAI-compatible /v1/completions endpoint that returns top log-probs (vLLM's or
+  llama.cpp's server), over plain HTTP from the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from alignkit.errors import AlignkitError
+from alignkit.feedback.constitution import Constitution, load_constitution
+
+COT_CLAMP = (0.4, 0.6)
+OPTIONS = ("A", "B")
+
+
+def soft_preference(logp_a: float, logp_b: float) -> float:
+    """P(A) from the two options' log-probs, normalised over just those two (stable for large gaps)."""
+    if logp_a == -math.inf and logp_b == -math.inf:
+        return 0.5
+    diff = logp_a - logp_b
+    return 1.0 / (1.0 + math.exp(-diff)) if diff >= 0 else math.exp(diff) / (1.0 + math.exp(diff))
+
+
+def _text(value) -> str:
+    if isinstance(value, list):
+        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in value if isinstance(m, dict))
+    return str(value)
+
+
+def comparison_text(prompt, first: str, second: str, question: str) -> str:
+    """The judge's task as one user message."""
+    return (f"Consider this conversation between a person and an AI assistant.\n\n{_text(prompt)}\n\n"
+            f"{question}\n\nOptions:\n(A) {first}\n\n(B) {second}\n\n"
+            "Answer with the letter of the better reply.")
+
+
+ANSWER_PREFIX = "The better reply is ("
+
+
+class _PrincipledJudge:
+    """Shared by the LLM judges: principle drawing and the clamp for chain of thought."""
+
+    order_sensitive = True
+    tie_band = 0.0
+
+    def __init__(self, constitution: Constitution | str = "default", seed: int = 0, cot: bool = False):
+        self.constitution = load_constitution(constitution) if isinstance(constitution, str) else constitution
+        if not self.constitution.comparisons:
+            raise AlignkitError(f"constitution {self.constitution.name}: no comparisons to judge with")
+        self.seed, self.cot = seed, cot
+
+    def principle(self, prompt, first: str, second: str):
+        """The same comparison question for a pair in either order (hash of the unordered pair)."""
+        key = json.dumps([_text(prompt), sorted([first, second]), self.seed], ensure_ascii=False)
+        index = int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(self.constitution.comparisons)
+        return self.constitution.comparisons[index]
+
+    def finish(self, p: float) -> float:
+        return min(max(p, COT_CLAMP[0]), COT_CLAMP[1]) if self.cot else p
+
+
+class LocalLLMJudge(_PrincipledJudge):
+    """A local causal LM as judge: one forward pass per pair (two with chain of thought)."""
+
+    def __init__(self, model: str, constitution: Constitution | str = "default", seed: int = 0, cot: bool = False,
+                 device: str = "auto", batch_size: int = 8, max_length: int = 1024, cot_tokens: int = 96):
+        super().__init__(constitution, seed, cot)
+        from alignkit.models.load import load_policy, load_tokenizer
+
+        self.name = f"llm:{model}" + (":cot" if cot else "")
+        self.tokenizer = load_tokenizer(model, padding_side="left")
+        self.model = load_policy(model, device=device).eval()
+        self.batch_size, self.max_length, self.cot_tokens = batch_size, max_length, cot_tokens
+        self.option_ids = [self._option_id(letter) for letter in OPTIONS]
+        self.audit: list[dict] = []  # every text the judge was shown, in order
+
+    def _option_id(self, letter: str) -> int:
+        ids = self.tokenizer(letter, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise AlignkitError(f"judge: the tokenizer splits {letter!r} into {len(ids)} tokens; cannot read its "
+                                "probability as one next token")
+        return ids[0]
+
+    def render(self, task: str, reasoning: str | None = None) -> str:
+        """The exact text the model reads: chat template, then the start of its answer."""
+        messages = [{"role": "user", "content": task}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) \
+            if getattr(self.tokenizer, "chat_template", None) else task + "\n"
+        if reasoning is not None:
+            text += f"Let's think step by step: {reasoning.strip()}\nSo, {ANSWER_PREFIX}"
+        else:
+            text += "Let's think step by step:" if self.cot else ANSWER_PREFIX
+        return text
+
+    def _next_token_logps(self, texts: list[str]) -> list[tuple[float, float]]:
+        import torch
+
+        out = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=self.max_length, add_special_tokens=False)
+            with torch.no_grad():
+                logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -1].float()
+            logps = torch.log_softmax(logits, -1)[:, self.option_ids]
+            out += [(float(a), float(b)) for a, b in logps.tolist()]
+        return out
+
+    def _reason(self, texts: list[str]) -> list[str]:
+        from alignkit.rollout.generate import SamplingSettings
+        from alignkit.rollout.sampler import sample_groups
+
+        greedy = SamplingSettings(max_new_tokens=self.cot_tokens, temperature=0.0, batch_size=self.batch_size)
+        ids = [self.tokenizer(t, add_special_tokens=False).input_ids[-self.max_length:] for t in texts]
+        rows = sample_groups(self.model, ids, 1, greedy, [self.tokenizer.eos_token_id], self.tokenizer.pad_token_id)
+        eos = self.tokenizer.eos_token_id
+        return [self.tokenizer.decode(r[:r.index(eos)] if eos in r else r, skip_special_tokens=True) for r in rows]
+
+    def compare(self, prompts, first, second, rows):
+        tasks = [comparison_text(p, a, b, self.principle(p, a, b).question) for p, a, b in zip(prompts, first, second)]
+        reasoning = self._reason([self.render(t) for t in tasks]) if self.cot else [None] * len(tasks)
+        texts = [self.render(t, r) for t, r in zip(tasks, reasoning)]
+        self.audit += [{"judge": self.name, "text": t} for t in texts]
+        results = []
+        for (la, lb), p, a, b, why in zip(self._next_token_logps(texts), prompts, first, second, reasoning):
+            detail = {"principle": self.principle(p, a, b).name, "logp_A": round(la, 4), "logp_B": round(lb, 4)}
+            if why is not None:
+                detail["reasoning"] = why
+            results.append((self.finish(soft_preference(la, lb)), detail))
+        return results
+
+
+class OpenAIJudge(_PrincipledJudge):
+    """An OpenAI-compatible completions endpoint as judge (vLLM server, llama.cpp server, ...)."""
+
+    def __init__(self, url: str, model: str | None = None, constitution: Constitution | str = "default",
+                 seed: int = 0, api_key: str | None = None, timeout: float = 120.0):
+        super().__init__(constitution, seed, cot=False)
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        self.model, self.api_key, self.timeout = model, api_key, timeout
+        self.name = f"openai:{url}" + (f"#{model}" if model else "")
+        self.audit: list[dict] = []
+
+    def _post(self, payload: dict) -> dict:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url + "/completions", data=json.dumps(payload).encode(),
+                                         headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.URLError as error:
+            raise AlignkitError(f"judge {self.url}: {error}") from None
+
+    def compare(self, prompts, first, second, rows):
+        texts = [comparison_text(p, a, b, self.principle(p, a, b).question) + "\n" + ANSWER_PREFIX
+                 for p, a, b in zip(prompts, first, second)]
+        self.audit += [{"judge": self.name, "text": t} for t in texts]
+        payload = {"prompt": texts, "max_tokens": 1, "temperature": 0, "logprobs": 20}
+        if self.model:
+            payload["model"] = self.model
+        choices = sorted(self._post(payload).get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(texts):
+            raise AlignkitError(f"judge {self.url}: {len(choices)} answers for {len(texts)} prompts")
+        results = []
+        for choice, p, a, b in zip(choices, prompts, first, second):
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
+            la, lb = (max((v for k, v in top.items() if k.strip() == letter), default=-math.inf) for letter in OPTIONS)
+            detail = {"principle": self.principle(p, a, b).name, "logp_A": la, "logp_B": lb}
+            results.append((soft_preference(la, lb), detail))
+        return results
