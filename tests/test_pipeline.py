@@ -183,11 +183,32 @@ def test_pipeline_recipe_errors(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "pipeline", bad, "--output_dir", tmp_path / "o")
     assert rc == 2 and "stage:nope" in err and "names no earlier stage" in err
     rc, out, err = run_cli(capsys, "pipeline", "no-such-recipe")
-    assert rc == 2 and "packaged recipes: demo, demo-grpo, tiny" in err
+    assert rc == 2 and "packaged recipes: demo, demo-cai, demo-grpo, tiny" in err
     loop = tmp_path / "loop.yaml"
     loop.write_text(f"extends: {loop}\nstages: []\n")
     rc, out, err = run_cli(capsys, "pipeline", loop)
     assert rc == 2 and "extends" in err and "a cycle" in err
+
+
+def test_cai_stages_run_in_a_pipeline(tmp_path, capsys):
+    recipe = tmp_path / "tiny-cai.yaml"
+    recipe.write_text(
+        "extends: tiny\nstages:\n"
+        "  - {name: cai_revise, method: cai_revise, config: {model_name_or_path: stage:sft, "
+        "dataset_name: builtin:harmful.jsonl, max_prompts: 3, max_new_tokens: 4}}\n"
+        "  - {name: cai_sft, method: sft, config: {model_name_or_path: stage:sft, dataset_name: stage:cai_revise, "
+        "max_steps: 2, per_device_train_batch_size: 2}}\n"
+        "  - {name: cai_label, method: cai_label, config: {dataset_name: stage:pairs, judge: 'llm:embedded:tiny'}}\n"
+        "  - {name: cai_dpo, method: dpo, config: {model_name_or_path: stage:cai_sft, dataset_name: stage:cai_label, "
+        "max_steps: 2, per_device_train_batch_size: 2}}\n")
+    rc, out, err = run_cli(capsys, "pipeline", recipe, "--output_dir", tmp_path / "run")
+    assert rc == 0, err
+    from alignkit.engine.outputs import read_status
+
+    assert read_status(tmp_path / "run" / "cai_revise")["prompts"] == 3
+    label = read_status(tmp_path / "run" / "cai_label")
+    assert label["status"] == "complete" and "kappa_with_rules" in label
+    assert read_status(tmp_path / "run" / "cai_dpo")["status"] == "complete"
 
 
 def test_packaged_demo_grpo_recipe_extends_the_demo():
@@ -200,6 +221,10 @@ def test_packaged_demo_grpo_recipe_extends_the_demo():
     assert names == demo + ["grpo", "grpo_answers", "grpo_win_rate"]
     grpo = stages[names.index("grpo")]["values"]
     assert grpo["output_dir"] == "runs/demo/grpo" and grpo["reward_funcs"] == "rm:runs/demo/reward_model/model"
+    cai = plan(load_recipe(resolve_recipe("demo-cai")), "demo-cai")
+    assert [s["name"] for s in cai][len(demo):] == ["cai_revise", "cai_sft", "cai_pairs", "cai_label", "cai_dpo",
+                                                   "cai_answers", "cai_win_rate"]
+    assert cai[-3]["values"]["dataset_name"] == "runs/demo/cai_label/preferences.jsonl"
 
 
 def test_report_command_rebuilds_a_report(tmp_path, capsys):

@@ -7,7 +7,7 @@ A recipe is YAML:
     defaults: {seed: 0}              # keys given to every stage that has them
     stages:
       - name: sft
-        method: sft                  # sft, reward_model, dpo, simpo, kto, generate, generate_pairs, judge, win_rate
+        method: sft                  # any key of METHODS below
         config: {model_name_or_path: embedded:smollm2-135m-instruct, dataset_name: builtin:sft.jsonl}
       - name: answers
         method: generate
@@ -40,6 +40,8 @@ METHODS = {
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),
     "win_rate": ("alignkit.feedback.winrate", "WinRateConfig", "run_win_rate", "win_rate.json"),
+    "cai_revise": ("alignkit.feedback.cai", "CAIReviseConfig", "run_cai_revise", "sft.jsonl"),
+    "cai_label": ("alignkit.feedback.cai", "CAILabelConfig", "run_cai_label", "preferences.jsonl"),
 }
 STAGE_REF = "stage:"
 PACKAGED = Path(__file__).parent / "configs"
