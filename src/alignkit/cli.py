@@ -141,6 +141,13 @@ def _config_from_args(cls, args):
     return build_config(cls, {**recipe, **_overrides(args)})
 
 
+def cmd_best_of_n(args) -> int:
+    from alignkit.rollout.best_of_n import BestOfNConfig, run_best_of_n
+
+    run_best_of_n(_config_from_args(BestOfNConfig, args))
+    return 0
+
+
 def cmd_generate_pairs(args) -> int:
     from alignkit.rollout.pairs import GeneratePairsConfig, run_generate_pairs
 
@@ -426,6 +433,16 @@ def build_parser() -> Parser:
     option(p, "--output", "-o", help="write the pairs here (default: OUTPUT_DIR/pairs.jsonl with a run.json)")
     add_arguments(p, GeneratePairsConfig)
     p.set_defaults(func=cmd_generate_pairs)
+
+    from alignkit.rollout.best_of_n import BestOfNConfig
+
+    p = commands.add_parser("best-of-n", aliases=["best_of_n"], help="sample n responses, keep the best by reward",
+                            description="Best-of-n (rejection) sampling: n responses per prompt, scored by reward "
+                            "sources (rm:PATH, rules, a Python function, ...); writes the best as SFT data and "
+                            "best-over-worst preferences.")
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    add_arguments(p, BestOfNConfig)
+    p.set_defaults(func=cmd_best_of_n)
 
     from alignkit.feedback.stage import JudgeConfig
 

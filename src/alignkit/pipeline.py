@@ -40,6 +40,7 @@ METHODS = {
     "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
     "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),
     "win_rate": ("alignkit.feedback.winrate", "WinRateConfig", "run_win_rate", "win_rate.json"),
+    "best_of_n": ("alignkit.rollout.best_of_n", "BestOfNConfig", "run_best_of_n", "best.jsonl"),
     "cai_revise": ("alignkit.feedback.cai", "CAIReviseConfig", "run_cai_revise", "sft.jsonl"),
     "cai_label": ("alignkit.feedback.cai", "CAILabelConfig", "run_cai_label", "preferences.jsonl"),
 }
