@@ -197,3 +197,21 @@ def test_principles_command_lists_the_constitution(capsys):
     assert main(["cai", "principles"]) == 0
     shown = capsys.readouterr().out
     assert "critique -> revision principles" in shown and "harm" in shown and "comparison principles" in shown
+
+
+def test_judge_agreement_with_labelled_preferences(tmp_path, stub, capsys):
+    """Six labelled pairs, as the annotation app exports them; the stub judge prefers responses saying
+    GOOD. Labels: 4 pairs where the human chose the GOOD one (the judge agrees), 2 where the human chose the
+    other (it disagrees): agreement 4/6."""
+    from alignkit.feedback.judge_agreement import judge_agreement
+
+    rows = [{"prompt": f"q{i}", "chosen": f"GOOD {i}" if i < 4 else f"meh {i}",
+             "rejected": f"meh {i}" if i < 4 else f"GOOD {i}"} for i in range(6)]
+    report = judge_agreement(OpenAIJudge(stub(quality=0.9).url), rows)
+    assert report["pairs"] == 6 and report["agreement"] == pytest.approx(4 / 6, abs=1e-4)
+    assert report["cohen_kappa"] is not None and report["cohen_kappa"] < 1
+    data = tmp_path / "human.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["judge-agreement", "--judge", "rules", "--data", str(data)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["judge"] == "rules" and shown["pairs"] == 6

@@ -141,6 +141,17 @@ def _config_from_args(cls, args):
     return build_config(cls, {**recipe, **_overrides(args)})
 
 
+def cmd_judge_agreement(args) -> int:
+    from alignkit.data.io import load_rows
+    from alignkit.feedback.judge_agreement import judge_agreement
+    from alignkit.feedback.judges import make_judge
+
+    rows = load_rows(args.data, "preference")
+    report = judge_agreement(make_judge(args.judge, device=args.device, constitution=args.constitution), rows)
+    print(json.dumps(report))
+    return 0
+
+
 def cmd_best_of_n(args) -> int:
     from alignkit.rollout.best_of_n import BestOfNConfig, run_best_of_n
 
@@ -433,6 +444,17 @@ def build_parser() -> Parser:
     option(p, "--output", "-o", help="write the pairs here (default: OUTPUT_DIR/pairs.jsonl with a run.json)")
     add_arguments(p, GeneratePairsConfig)
     p.set_defaults(func=cmd_generate_pairs)
+
+    p = commands.add_parser("judge-agreement", aliases=["judge_agreement"],
+                            help="how far a judge agrees with labelled preferences (e.g. human labels)",
+                            description="Ask a judge about every labelled pair of a preference file (for example "
+                            "`alignkit annotate export` output) and report its agreement and Cohen's kappa with the "
+                            "labels.")
+    option(p, "--judge", required=True, help="rules, rm:PATH, llm:MODEL, llm-cot:MODEL or openai:URL[#MODEL]")
+    option(p, "--data", "--preferences", required=True, help="preference rows (prompt, chosen, rejected; tie)")
+    option(p, "--constitution", default="default", help="for LLM judges: the comparison principles")
+    option(p, "--device", default="auto", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=cmd_judge_agreement)
 
     from alignkit.rollout.best_of_n import BestOfNConfig
 
