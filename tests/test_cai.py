@@ -215,3 +215,13 @@ def test_judge_agreement_with_labelled_preferences(tmp_path, stub, capsys):
     assert main(["judge-agreement", "--judge", "rules", "--data", str(data)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["judge"] == "rules" and shown["pairs"] == 6
+
+
+def test_unusable_revisions_are_rejected():
+    from alignkit.feedback.cai import usable_revision
+
+    critique = "The reply is rude to the reader and should apologise for the tone it takes here."
+    assert usable_revision("Sorry for my tone. Here is a kinder answer: drink water and rest.", critique)
+    assert not usable_revision("   ", critique)
+    assert not usable_revision(critique + " Also more.", critique)  # the critique parroted back
+    assert not usable_revision("the most accurate claim is " * 8, critique)  # a loop

@@ -5,7 +5,9 @@ principle is drawn, the model is asked to critique its last answer under it and 
 to fix what the critique found. Critique and revision requests come after a few-shot example exchange from
 the constitution (so the critic's and the reviser's turns stay apart), and every round is kept. Outputs:
 
-- rounds.jsonl: per prompt, the first answer and each round's principle, critique and revision;
+- rounds.jsonl: per prompt, the first answer and each round's principle, critique and revision (a
+  revision that is empty, repeats the critique, or loops is rejected: the round keeps the previous answer
+  and records accepted: false);
 - sft.jsonl: prompt → final revision (SFT data); preferences.jsonl: the final revision chosen over the
   first answer (when they differ);
 - audit.jsonl: the exact text of every model call (chat template applied) and what came back.
@@ -113,6 +115,19 @@ def revision_call(prefix, prompt, answer: str, principle, critique: str) -> list
         {"role": "user", "content": _request("Revision", principle.revision + " Write only the new reply.")}]
 
 
+def usable_revision(revision: str, critique: str) -> bool:
+    """Whether a revision can replace the answer: not empty, not the critique parroted back (its first ten
+    words), not stuck in a loop (under half of its word trigrams distinct). Small models often fail these;
+    a failed round keeps the previous answer and is marked accepted: false."""
+    words = revision.split()
+    if not words:
+        return False
+    if critique.split()[:10] == words[:10]:
+        return False
+    trigrams = list(zip(words, words[1:], words[2:]))
+    return len(trigrams) < 12 or len(set(trigrams)) / len(trigrams) >= 0.5
+
+
 def _done_rows(path: Path) -> list[dict]:
     """Rows already written; a line cut off by a kill is dropped (and the file truncated before it)."""
     if not path.exists():
@@ -197,8 +212,10 @@ def run_cai_revise(config: CAIReviseConfig) -> Path:
                                  f"revision {round_no + 1}", indices[0], 2 * round_no + 2, audit, indices)
                 for record, principle, critique, revision, before in zip(records, principles, critiques, revisions,
                                                                          current):
+                    accepted = usable_revision(revision, critique)
                     record["rounds"].append({"principle": principle.name, "critique": critique,
-                                             "revision": revision.strip() or before})
+                                             "revision": revision.strip() if accepted else before,
+                                             "accepted": accepted, **({} if accepted else {"rejected": revision})})
             _append(out / AUDIT_FILE, audit)
             _append(out / ROUNDS_FILE, records)  # last: a prompt counts as done only with its audit written
             done += records
@@ -221,10 +238,13 @@ def run_cai_revise(config: CAIReviseConfig) -> Path:
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "preferences.jsonl", preferences)
     changed = sum(1 for r in done if r["rounds"] and r["rounds"][-1]["revision"].strip() != r["response"].strip())
+    rejected = sum(not rd.get("accepted", True) for r in done for rd in r["rounds"])
     write_status(out, "complete", "cai_revise", prompts=len(done), rounds=config.rounds, revised=changed,
+                 rejected_revisions=rejected,
                  preferences=len(preferences), constitution=constitution.name,
                  seconds=round(time.time() - started, 1))
-    print(f"cai revise: {len(done)} prompts, {config.rounds} round(s), {changed} answers changed by revision; "
+    print(f"cai revise: {len(done)} prompts, {config.rounds} round(s), {changed} answers changed by revision, "
+          f"{rejected} revisions rejected (empty, parroting the critique, or looping); "
           f"wrote {out / 'sft.jsonl'}, {out / 'preferences.jsonl'} and {out / AUDIT_FILE}", flush=True)
     return out
 
