@@ -110,10 +110,12 @@ class LocalLLMJudge(_PrincipledJudge):
 
     def _next_token_logps(self, texts: list[str]) -> list[tuple[float, float]]:
         import torch
+        from tqdm.auto import tqdm
 
         out = []
         device = next(self.model.parameters()).device
-        for start in range(0, len(texts), self.batch_size):
+        for start in tqdm(range(0, len(texts), self.batch_size), desc=f"judging ({self.name})", unit="batch",
+                          leave=False, disable=len(texts) <= self.batch_size or None):
             batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
                                    truncation=True, max_length=self.max_length, add_special_tokens=False)
             with torch.no_grad():
