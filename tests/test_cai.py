@@ -225,3 +225,18 @@ def test_unusable_revisions_are_rejected():
     assert not usable_revision("   ", critique)
     assert not usable_revision(critique + " Also more.", critique)  # the critique parroted back
     assert not usable_revision("the most accurate claim is " * 8, critique)  # a loop
+
+
+def test_pointwise_judge_scores_each_reply_alone(tmp_path):
+    """llm-score: σ(s_first − s_second) with s = log P(Yes) − log P(No); swapping the replies gives 1 − P,
+    and each distinct reply is scored once per question."""
+    from alignkit.feedback.judges import make_judge
+
+    judge = make_judge("llm-score:embedded:tiny", device="cpu")
+    assert not judge.order_sensitive
+    (p, detail), (q, _) = judge.compare(["q", "q"], ["one reply", "two"], ["two", "one reply"], [{}, {}])
+    assert p == pytest.approx(1 / (1 + math.exp(detail["score_second"] - detail["score_first"])), abs=1e-4)
+    # the pairs hold the same two texts, but the question is drawn per pair, so compare within a pair only
+    again = judge.compare(["q"], ["two"], ["one reply"], [{}])[0][0]
+    assert again == pytest.approx(1 - p, abs=1e-6)
+    assert len(judge.audit) == 2 + 2 + 2 and "Answer Yes or No." in judge.audit[0]["text"]

@@ -256,7 +256,8 @@ class CAILabelConfig:
     dataset_name: str = ""
     """Pairs to judge: rows with prompt and responses (alignkit generate-pairs output)."""
     judge: str = "llm:embedded:smollm2-135m-instruct"
-    """llm:MODEL, llm-cot:MODEL (chain of thought, clamped to [0.4, 0.6]) or openai:URL[#MODEL]."""
+    """llm:MODEL (A/B), llm-cot:MODEL (chain of thought, clamped to [0.4, 0.6]), llm-score:MODEL (each reply
+    scored alone by P(Yes) vs P(No)) or openai:URL[#MODEL]."""
     constitution: str = "default"
     """A packaged constitution's name or a YAML file: its comparison principles are the questions."""
     seed: int = 0
@@ -275,9 +276,9 @@ class CAILabelConfig:
     def check(self) -> None:
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the pairs to judge (--pairs FILE)")
-        if not self.judge.startswith(("llm:", "llm-cot:", "openai:")):
-            raise AlignkitError(f"config: judge: an LLM judge (llm:MODEL, llm-cot:MODEL, openai:URL), got "
-                                f"{self.judge!r}")
+        if not self.judge.startswith(("llm:", "llm-cot:", "llm-score:", "openai:")):
+            raise AlignkitError(f"config: judge: an LLM judge (llm:MODEL, llm-cot:MODEL, llm-score:MODEL, "
+                                f"openai:URL), got {self.judge!r}")
 
 
 def run_cai_label(config: CAILabelConfig) -> Path:

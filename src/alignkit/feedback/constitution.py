@@ -1,4 +1,5 @@
-"""Constitutions as data: critique/revision principle pairs, comparison questions and few-shot examples,
+"""Constitutions as data: critique/revision principle pairs, comparison questions, yes/no assessment
+questions (for judges that score one reply at a time) and few-shot examples,
 read from YAML (`feedback/constitutions/*.yaml` ship with alignkit; users pass their own file)."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Constitution:
     critiques: list[Critique]
     comparisons: list[Comparison]
     examples: list[dict] = field(default_factory=list)
+    assessments: list[Comparison] = field(default_factory=list)  # yes/no questions about one reply
 
     def critique(self, name: str) -> Critique:
         return next(c for c in self.critiques if c.name == name)
@@ -57,11 +59,13 @@ def load_constitution(spec: str = "default") -> Constitution:
                                                  for k in ("name", "critique", "revision")):
             raise AlignkitError(f"{where}: critiques[{i}]: needs name, critique and revision texts")
         critiques.append(Critique(item["name"], item["critique"].strip(), item["revision"].strip()))
-    for i, item in enumerate(data.get("comparisons") or []):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
-                                                 for k in ("name", "question")):
-            raise AlignkitError(f"{where}: comparisons[{i}]: needs name and question texts")
-        comparisons.append(Comparison(item["name"], item["question"].strip()))
+    assessments = []
+    for key, target in (("comparisons", comparisons), ("assessments", assessments)):
+        for i, item in enumerate(data.get(key) or []):
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
+                                                     for k in ("name", "question")):
+                raise AlignkitError(f"{where}: {key}[{i}]: needs name and question texts")
+            target.append(Comparison(item["name"], item["question"].strip()))
     if not critiques and not comparisons:
         raise AlignkitError(f"{where}: constitution: no critiques and no comparisons")
     names = {c.name for c in critiques}
@@ -72,4 +76,4 @@ def load_constitution(spec: str = "default") -> Constitution:
             raise AlignkitError(f"{where}: examples[{i}]: needs {', '.join(keys)}")
         if example["principle"] not in names:
             raise AlignkitError(f"{where}: examples[{i}]: principle: {example['principle']!r} is not a critique")
-    return Constitution(str(data.get("name") or path.stem), critiques, comparisons, list(examples))
+    return Constitution(str(data.get("name") or path.stem), critiques, comparisons, list(examples), assessments)

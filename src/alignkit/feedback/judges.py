@@ -164,6 +164,7 @@ class RewardJudge:
 
 JUDGES_HELP = ("rules (the written rubric), rm:PATH (a reward model), rm:PATH,PATH,... (their mean), llm:MODEL "
                "(a local LM's A/B probabilities), llm-cot:MODEL (after its reasoning, clamped to [0.4, 0.6]), "
+               "llm-score:MODEL (each reply scored alone by P(Yes) vs P(No)), "
                "openai:URL[#MODEL] (an OpenAI-compatible completions server)")
 
 
@@ -178,6 +179,10 @@ def make_judge(spec: str, device: str = "auto", constitution: str = "default", s
             from alignkit.feedback.llm_judge import LocalLLMJudge
 
             return LocalLLMJudge(spec[len(prefix):], constitution, seed=seed, cot=cot, device=device)
+    if spec.startswith("llm-score:") and spec[10:]:
+        from alignkit.feedback.llm_judge import LocalScoreJudge
+
+        return LocalScoreJudge(spec[10:], constitution, seed=seed, device=device)
     if spec.startswith("openai:") and spec[7:]:
         from alignkit.feedback.llm_judge import OpenAIJudge
 

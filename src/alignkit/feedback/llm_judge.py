@@ -12,6 +12,8 @@ With `cot`, the judge first writes its reasoning (greedy), then answers; as in B
 answers are overconfident, so the probability is clamped to [0.4, 0.6].
 
 - `LocalLLMJudge`: a transformers model (embedded:NAME, a path, a hub id), batched.
+- `LocalScoreJudge`: the same model scoring each reply alone with a yes/no question (log P(Yes) − log P(No));
+  P(first better) = σ of the difference. No position to be biased towards.
 - `OpenAIJudge`: any OpenAI-compatible /v1/completions endpoint that returns top log-probs (vLLM's or
   llama.cpp's server), over plain HTTP from the standard library.
 """
@@ -88,13 +90,16 @@ class LocalLLMJudge(_PrincipledJudge):
         self.model = load_policy(model, device=device).eval()
         self.batch_size, self.max_length, self.cot_tokens = batch_size, max_length, cot_tokens
         self.option_ids = [self._option_id(letter) for letter in OPTIONS]
+        if self.option_ids[0] == self.option_ids[1]:
+            raise AlignkitError(f"judge: {model}'s tokenizer starts A and B with the same token")
         self.audit: list[dict] = []  # every text the judge was shown, in order
 
-    def _option_id(self, letter: str) -> int:
-        ids = self.tokenizer(letter, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            raise AlignkitError(f"judge: the tokenizer splits {letter!r} into {len(ids)} tokens; cannot read its "
-                                "probability as one next token")
+    def _option_id(self, word: str) -> int:
+        """The token whose probability stands for `word`: the word's only token, or else its first (an
+        approximation for tokenizers that split it)."""
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise AlignkitError(f"judge: the tokenizer gives no token for {word!r}")
         return ids[0]
 
     def render(self, task: str, reasoning: str | None = None) -> str:
@@ -145,6 +150,60 @@ class LocalLLMJudge(_PrincipledJudge):
             if why is not None:
                 detail["reasoning"] = why
             results.append((self.finish(soft_preference(la, lb)), detail))
+        return results
+
+
+def assessment_text(prompt, reply: str, question: str) -> str:
+    """A pointwise judge's task: one reply, one yes/no question."""
+    return (f"Here is a conversation between a person and an AI assistant, and the assistant's reply.\n\n"
+            f"{_text(prompt)}\n\nReply: {reply}\n\n{question} Answer Yes or No.")
+
+
+class LocalScoreJudge(LocalLLMJudge):
+    """A local LM that scores each reply alone: s = log P(Yes) − log P(No) for a yes/no question drawn from
+    the constitution's assessments (the same question for both replies of a pair), and
+    P(first better) = σ(s_first − s_second). Nothing depends on the order the replies come in, so there is
+    no position bias to average away; small models (SmolLM2-135M) give a clearer signal this way than when
+    they choose between (A) and (B) (docs/cai.md)."""
+
+    order_sensitive = False
+
+    def __init__(self, model: str, constitution: Constitution | str = "default", **kwargs):
+        super().__init__(model, constitution, **kwargs)
+        if not self.constitution.assessments:
+            raise AlignkitError(f"constitution {self.constitution.name}: no assessments (yes/no questions) to "
+                                "score replies with")
+        self.name = f"llm-score:{model}"
+        self.option_ids = [self._option_id(word) for word in ("Yes", "No")]
+        if self.option_ids[0] == self.option_ids[1]:
+            raise AlignkitError(f"judge: {model}'s tokenizer starts Yes and No with the same token")
+
+    def question(self, prompt, first: str, second: str):
+        key = json.dumps([_text(prompt), sorted([first, second]), self.seed], ensure_ascii=False)
+        index = int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(self.constitution.assessments)
+        return self.constitution.assessments[index]
+
+    def render_plain(self, task: str) -> str:
+        messages = [{"role": "user", "content": task}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) \
+            if getattr(self.tokenizer, "chat_template", None) else task + "\n"
+
+    def compare(self, prompts, first, second, rows):
+        questions = [self.question(p, a, b) for p, a, b in zip(prompts, first, second)]
+        texts = {}
+        for p, a, b, q in zip(prompts, first, second, questions):
+            for reply in (a, b):
+                texts.setdefault((json.dumps(p, ensure_ascii=False), reply, q.name),
+                                 self.render_plain(assessment_text(p, reply, q.question)))
+        keys = list(texts)
+        self.audit += [{"judge": self.name, "text": texts[k]} for k in keys]
+        scores = {k: la - lb for k, (la, lb) in zip(keys, self._next_token_logps([texts[k] for k in keys]))}
+        results = []
+        for p, a, b, q in zip(prompts, first, second, questions):
+            key = json.dumps(p, ensure_ascii=False)
+            s_a, s_b = scores[(key, a, q.name)], scores[(key, b, q.name)]
+            results.append((soft_preference(s_a, s_b), {"assessment": q.name, "score_first": round(s_a, 4),
+                                                        "score_second": round(s_b, 4)}))
         return results
 
 
