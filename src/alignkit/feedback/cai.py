@@ -307,14 +307,18 @@ def run_cai_label(config: CAILabelConfig) -> Path:
         ours = [_verdict(r) for r in preferences]
         theirs = [_verdict(r) for r in rubric]
         kappa = cohen_kappa(ours, theirs)
+        decided = [(a, b) for a, b in zip(ours, theirs) if b != "tie"]  # LLM judges almost never tie
         summary.update(kappa_with_rules=None if kappa is None else round(kappa, 4),
-                       agreement_with_rules=round(sum(a == b for a, b in zip(ours, theirs)) / max(len(ours), 1), 4))
+                       agreement_with_rules=round(sum(a == b for a, b in zip(ours, theirs)) / max(len(ours), 1), 4),
+                       rules_decided=len(decided),
+                       agreement_where_rules_decide=round(sum(a == b for a, b in decided) / max(len(decided), 1), 4))
     kept = [r for r in preferences if config.keep_ties or not r.get("tie")]
     write_jsonl(out / "preferences.jsonl", kept)
     write_jsonl(out / AUDIT_FILE, getattr(judge, "audit", []))
     write_status(out, "complete", "cai_label", **summary, seconds=round(time.time() - started, 1))
-    agreement = (f"; agreement with the rubric annotator {summary['agreement_with_rules']:.0%}, Cohen's κ "
-                 f"{summary['kappa_with_rules']}" if config.compare_rules else "")
+    agreement = (f"; agreement with the rubric annotator {summary['agreement_with_rules']:.0%} (Cohen's κ "
+                 f"{summary['kappa_with_rules']}), {summary['agreement_where_rules_decide']:.0%} on the "
+                 f"{summary['rules_decided']} pairs the rubric does not tie" if config.compare_rules else "")
     print(f"cai label ({judge.name}): {stats['comparisons']} comparisons, {len(kept)} preferences{agreement}; "
           f"wrote {out / 'preferences.jsonl'}", flush=True)
     return out / "preferences.jsonl"
