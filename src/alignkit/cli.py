@@ -36,6 +36,17 @@ def option(parser, name: str, *aliases: str, **kwargs):
     return parser.add_argument(*names, **kwargs)
 
 
+def config_command(commands, name: str, config_cls, func, help_text: str, description: str, aliases=()):
+    """A command whose options are a config dataclass's fields, plus --config RECIPE.yaml."""
+    from alignkit.config import add_arguments
+
+    p = commands.add_parser(name, aliases=list(aliases), help=help_text, description=description)
+    option(p, "--config", help="YAML recipe of option: value pairs")
+    add_arguments(p, config_cls)
+    p.set_defaults(func=func)
+    return p
+
+
 # ----------------------------------------------------------------------------------------------------
 # data
 
@@ -458,13 +469,10 @@ def build_parser() -> Parser:
 
     from alignkit.rollout.best_of_n import BestOfNConfig
 
-    p = commands.add_parser("best-of-n", aliases=["best_of_n"], help="sample n responses, keep the best by reward",
-                            description="Best-of-n (rejection) sampling: n responses per prompt, scored by reward "
-                            "sources (rm:PATH, rules, a Python function, ...); writes the best as SFT data and "
-                            "best-over-worst preferences.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, BestOfNConfig)
-    p.set_defaults(func=cmd_best_of_n)
+    config_command(commands, "best-of-n", BestOfNConfig, cmd_best_of_n, "sample n responses, keep the best by reward",
+                   "Best-of-n (rejection) sampling: n responses per prompt, scored by reward sources (rm:PATH, "
+                   "rules, a Python function, ...); writes the best as SFT data and best-over-worst preferences.",
+                   aliases=["best_of_n"])
 
     from alignkit.feedback.stage import JudgeConfig
 
@@ -478,12 +486,9 @@ def build_parser() -> Parser:
 
     from alignkit.feedback.winrate import WinRateConfig
 
-    p = commands.add_parser("win-rate", aliases=["win_rate"], help="win rate of one policy's answers against another's",
-                            description="Judge the answers of policy A against policy B's to the same prompts (two "
-                            "`alignkit generate` outputs) and report A's win rate with a 95% interval.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, WinRateConfig)
-    p.set_defaults(func=cmd_win_rate)
+    config_command(commands, "win-rate", WinRateConfig, cmd_win_rate, "win rate of one policy's answers against "
+                   "another's", "Judge the answers of policy A against policy B's to the same prompts (two "
+                   "`alignkit generate` outputs) and report A's win rate with a 95% interval.", aliases=["win_rate"])
 
     p = commands.add_parser("score", help="score prompt/response rows with reward models",
                             description="Score every response in a file (prompt+completion, preference pairs, or "
@@ -528,7 +533,7 @@ def build_parser() -> Parser:
     from alignkit.feedback.cai_cli import add_commands as add_cai_commands
 
     add_annotate_commands(commands, option, Parser)
-    add_cai_commands(commands, option, Parser, add_arguments)
+    add_cai_commands(commands, option, Parser, config_command)
     return parser
 
 

@@ -34,7 +34,7 @@ def cmd_label(args) -> int:
     return 0
 
 
-def add_commands(commands, option, parser_class, add_arguments) -> None:
+def add_commands(commands, option, parser_class, config_command) -> None:
     from alignkit.feedback.cai import CAILabelConfig, CAIReviseConfig
 
     cai = commands.add_parser("cai", help="Constitutional AI: principles, critique and revision, RLAIF labels",
@@ -44,18 +44,12 @@ def add_commands(commands, option, parser_class, add_arguments) -> None:
                        description="Print a constitution's critique/revision pairs and comparison questions.")
     option(p, "--constitution", default="default", help="a packaged name or a YAML file (default: default)")
     p.set_defaults(func=cmd_principles)
-    p = sub.add_parser("revise", help="phase 1: answer, critique and revise under drawn principles",
-                       description="Answer each prompt, then critique and revise the answer under drawn principles; "
-                       "writes SFT data (prompt -> final revision), preferences (revision over original) and an "
-                       "audit of every model call. A killed run resumes where it stopped.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, CAIReviseConfig)
-    p.set_defaults(func=cmd_revise)
-    p = sub.add_parser("label", help="phase 2: an LLM judge labels response pairs with soft preferences",
-                       description="Ask an LLM judge which response is better under drawn comparison principles, "
-                       "reading its A/B probabilities (both orders averaged); writes preference rows with the soft "
-                       "label as p_chosen and margin.")
-    option(p, "--config", help="YAML recipe of option: value pairs")
-    add_arguments(p, CAILabelConfig)
-    p.set_defaults(func=cmd_label)
+    config_command(sub, "revise", CAIReviseConfig, cmd_revise, "phase 1: answer, critique and revise under drawn "
+                   "principles", "Answer each prompt, then critique and revise the answer under drawn principles; "
+                   "writes SFT data (prompt -> final revision), preferences (revision over original) and an audit of "
+                   "every model call. A killed run resumes where it stopped.")
+    config_command(sub, "label", CAILabelConfig, cmd_label, "phase 2: an LLM judge labels response pairs with soft "
+                   "preferences", "Ask an LLM judge which response is better under drawn comparison principles "
+                   "(A/B probabilities, both orders averaged, or each reply scored alone); writes preference rows "
+                   "with the soft label as p_chosen and margin.")
     cai.set_defaults(func=lambda args: cai.print_help() or 2)
