@@ -154,9 +154,12 @@ class LocalLLMJudge(_PrincipledJudge):
 
 
 def assessment_text(prompt, reply: str, question: str) -> str:
-    """A pointwise judge's task: one reply, one yes/no question."""
-    return (f"Here is a conversation between a person and an AI assistant, and the assistant's reply.\n\n"
-            f"{_text(prompt)}\n\nReply: {reply}\n\n{question} Answer Yes or No.")
+    """A pointwise judge's task: one reply, one yes/no question. A one-turn conversation is shown as its
+    question alone (small models judge the plain form better: 62% against 46% agreement with the rubric
+    on SmolLM2, docs/cai.md)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
+        prompt = prompt[0].get("content", "")
+    return f"Here is a question and a reply.\n\nQuestion: {_text(prompt)}\n\nReply: {reply}\n\n{question} Answer Yes or No."
 
 
 class LocalScoreJudge(LocalLLMJudge):
