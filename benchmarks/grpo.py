@@ -58,7 +58,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 
@@ -234,20 +233,7 @@ def run_worker_subprocess(args, side: str, model: str) -> dict:
            "--generations", str(args.generations), "--max-completion-length", str(args.max_completion_length),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--learning-rate", str(args.learning_rate),
            "--threads", str(args.threads), "--seed", str(args.seed)]
-    threads = str(args.threads)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "src"), os.environ.get("PYTHONPATH")])))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        raise SystemExit(f"worker {side}/{model} took longer than --timeout {args.timeout} s") from None
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {side}/{model} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if result["checkpointing"]:
-        raise SystemExit(f"worker {side}/{model}: gradient checkpointing is on; both sides must run with it off")
-    return result
+    return harness.run_worker(cmd, f"{side}/{model}", args.threads, args.timeout, checkpointing=False)
 
 
 def main(argv=None) -> int:

@@ -417,21 +417,26 @@ def run_worker_subprocess(args, script: str, side: str, model: str, shape: str, 
            "--threads", str(args.threads), "--seed", str(args.seed)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
-    threads = str(args.threads)
+    return run_worker(cmd, f"{side}/{model}/{shape}", args.threads, args.timeout, args.gradient_checkpointing)
+
+
+def run_worker(cmd: list[str], label: str, threads: int, timeout: float, checkpointing: bool) -> dict:
+    """Run a worker command offline with the thread count pinned; its last stdout line is its JSON result.
+    A worker whose gradient checkpointing differs from `checkpointing` is refused: a side that silently
+    ignored the setting would compare a different computation."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "src"), os.environ.get("PYTHONPATH")])))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SystemExit(f"worker {side}/{model}/{shape} took longer than --timeout {args.timeout} s") from None
+        raise SystemExit(f"worker {label} took longer than --timeout {timeout} s") from None
     if proc.returncode != 0:
-        raise SystemExit(f"worker {side}/{model}/{shape} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise SystemExit(f"worker {label} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    # a side that silently ignored the setting would compare a different computation
-    if result["checkpointing"] != args.gradient_checkpointing:
-        raise SystemExit(f"worker {side}/{model}/{shape}: gradient checkpointing is "
-                         f"{'on' if result['checkpointing'] else 'off'}, asked for the opposite")
+    if result["checkpointing"] != checkpointing:
+        raise SystemExit(f"worker {label}: gradient checkpointing is {'on' if result['checkpointing'] else 'off'}, "
+                         "asked for the opposite")
     return result
 
 

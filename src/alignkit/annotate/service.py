@@ -305,9 +305,7 @@ def export_rows(session, project: Project, votes: str = "majority", ties: str = 
             chosen, rejected = (item.response_b, item.response_a) if verdict == "b" else (item.response_a,
                                                                                        item.response_b)
             extra = {**item.extra, "votes": total, "agreeing": agreeing, "item_id": item.id}
-            row = preference_row(item.prompt, chosen, rejected, agreeing / total, "human", extra,
-                                 tie=verdict == "tie")
-            row.pop("p_chosen")
+            row = preference_row(item.prompt, chosen, rejected, None, "human", extra, tie=verdict == "tie")
             if strengths and verdict != "tie":
                 row["margin"] = round(sum(strengths) / len(strengths), 4)
             rows.append(row)

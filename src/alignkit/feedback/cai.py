@@ -232,9 +232,7 @@ def run_cai_revise(config: CAIReviseConfig) -> Path:
         completion = [{"role": "assistant", "content": final}] if isinstance(prompt, list) else final
         sft.append({"prompt": prompt, "completion": completion, **extra})
         if final.strip() and record["response"].strip() and final.strip() != record["response"].strip():
-            row = preference_row(prompt, final, record["response"], 1.0, "cai_revision", extra)
-            row.pop("p_chosen")
-            preferences.append(row)
+            preferences.append(preference_row(prompt, final, record["response"], None, "cai_revision", extra))
     write_jsonl(out / "sft.jsonl", sft)
     write_jsonl(out / "preferences.jsonl", preferences)
     changed = sum(1 for r in done if r["rounds"] and r["rounds"][-1]["revision"].strip() != r["response"].strip())
@@ -288,6 +286,7 @@ def run_cai_label(config: CAILabelConfig) -> Path:
     from alignkit.annotate.agreement import cohen_kappa
     from alignkit.data.io import write_jsonl
     from alignkit.engine.outputs import write_status
+    from alignkit.feedback.judge_agreement import pair_label
     from alignkit.feedback.judges import RubricJudge, make_judge, preference_rows
     from alignkit.feedback.stage import read_pairs
 
@@ -304,8 +303,8 @@ def run_cai_label(config: CAILabelConfig) -> Path:
     summary = {**stats, "judge": judge.name, "constitution": config.constitution}
     if config.compare_rules:
         rubric, _ = preference_rows(rows, judge=RubricJudge(), keep_ties=True)
-        ours = [_verdict(r) for r in preferences]
-        theirs = [_verdict(r) for r in rubric]
+        ours = [pair_label(r["chosen"], r["rejected"], bool(r.get("tie"))) for r in preferences]
+        theirs = [pair_label(r["chosen"], r["rejected"], bool(r.get("tie"))) for r in rubric]
         kappa = cohen_kappa(ours, theirs)
         decided = [(a, b) for a, b in zip(ours, theirs) if b != "tie"]  # LLM judges almost never tie
         summary.update(kappa_with_rules=None if kappa is None else round(kappa, 4),
@@ -322,12 +321,3 @@ def run_cai_label(config: CAILabelConfig) -> Path:
     print(f"cai label ({judge.name}): {stats['comparisons']} comparisons, {len(kept)} preferences{agreement}; "
           f"wrote {out / 'preferences.jsonl'}", flush=True)
     return out / "preferences.jsonl"
-
-
-def _verdict(row: dict) -> str:
-    """A preference row as a label two judges of the same pair can share: tie, or which of the pair's two
-    texts won, named by their order as strings (preference_rows keeps pairs in input order for any judge)."""
-    if row.get("tie"):
-        return "tie"
-    chosen, rejected = json.dumps(row["chosen"], ensure_ascii=False), json.dumps(row["rejected"], ensure_ascii=False)
-    return "lower" if chosen < rejected else "higher"

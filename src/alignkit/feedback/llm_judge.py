@@ -159,7 +159,8 @@ def assessment_text(prompt, reply: str, question: str) -> str:
     on SmolLM2, docs/cai.md)."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
         prompt = prompt[0].get("content", "")
-    return f"Here is a question and a reply.\n\nQuestion: {_text(prompt)}\n\nReply: {reply}\n\n{question} Answer Yes or No."
+    return (f"Here is a question and a reply.\n\nQuestion: {_text(prompt)}\n\nReply: {reply}\n\n"
+            f"{question} Answer Yes or No.")
 
 
 class LocalScoreJudge(LocalLLMJudge):

@@ -96,9 +96,8 @@ def run_best_of_n(config: BestOfNConfig) -> Path:
         best_rows.append({"prompt": prompt, "completion": completion, "score": round(best_score, 4),
                           "scores": [round(s, 4) for s, _ in group], **extra})
         if best.strip() and worst.strip() and best != worst and best_score > worst_score:
-            preferences.append(preference_row(prompt, best, worst, 1.0, f"best_of_{n}", {
+            preferences.append(preference_row(prompt, best, worst, None, f"best_of_{n}", {
                 **extra, "score_chosen": round(best_score, 4), "score_rejected": round(worst_score, 4)}))
-            preferences[-1].pop("p_chosen")
     write_jsonl(out / "best.jsonl", best_rows)
     write_jsonl(out / "preferences.jsonl", preferences)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731

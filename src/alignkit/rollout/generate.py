@@ -77,7 +77,7 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
     import torch
     from tqdm.auto import tqdm
 
-    from alignkit.rollout.vllm_engine import TorchSampler
+    from alignkit.rollout.sampler import TorchSampler
 
     sampler = sampler or TorchSampler(model)
     settings = settings or SamplingSettings()

@@ -108,3 +108,16 @@ def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword)
         logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, use_cache=True,
                        **{keyword: cache}).logits[:, -1]
     return tokens.tolist()
+
+
+class TorchSampler:
+    """The default: `rollout.sampler.sample_groups` on the training model itself (nothing to sync)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def sample(self, prompt_ids, group, settings, stop_ids, pad_id) -> list[list[int]]:
+        return sample_groups(self.model, prompt_ids, group, settings, stop_ids, pad_id)
+
+    def sync(self, model) -> None:
+        self.model = model

@@ -1,11 +1,11 @@
 """Rollouts on a colocated vLLM engine (GPU), behind the same interface as the torch sampler.
 
-`VLLMSampler` starts vLLM inside the training process (sharing the GPU with the trainer, with
-`gpu_memory_utilization` capping its share) from the policy's starting checkpoint. Before a rollout that
-follows an optimizer update, `sync` pushes the trainer's current weights into the engine in one batched
-`load_weights` call (with a LoRA adapter: W + ΔW for each adapted weight) and clears vLLM's prefix
-cache, whose entries were computed with the old weights. With sleep mode on, the engine's weights and KV
-cache are released between rollouts and woken for the next one.
+`VLLMSampler` (the counterpart of `rollout.sampler.TorchSampler`) starts vLLM inside the training process
+(sharing the GPU with the trainer, with `gpu_memory_utilization` capping its share) from the policy's
+starting checkpoint. Before a rollout that follows an optimizer update, `sync` pushes the trainer's current
+weights into the engine in one batched `load_weights` call (with a LoRA adapter: W + ΔW for each adapted
+weight) and clears vLLM's prefix cache, whose entries were computed with the old weights. With sleep mode
+on, the engine's weights and KV cache are released between rollouts and woken for the next one.
 
 vLLM is imported only when this sampler is chosen (`--use_vllm true`); nothing else in alignkit needs it.
 Each rollout's sampling seed is drawn from torch's global random state, which checkpoints save, so a
@@ -18,21 +18,6 @@ from __future__ import annotations
 import torch
 
 from alignkit.errors import AlignkitError
-
-
-class TorchSampler:
-    """The default: `rollout.sampler.sample_groups` on the training model itself (nothing to sync)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def sample(self, prompt_ids, group, settings, stop_ids, pad_id) -> list[list[int]]:
-        from alignkit.rollout.sampler import sample_groups
-
-        return sample_groups(self.model, prompt_ids, group, settings, stop_ids, pad_id)
-
-    def sync(self, model) -> None:
-        self.model = model
 
 
 class VLLMSampler:
