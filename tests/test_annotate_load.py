@@ -97,7 +97,9 @@ def test_kill_9_mid_load_loses_no_confirmed_judgment(database):
     stop.set()
     driver.join(timeout=120)
     acknowledged = box["result"].acknowledged
-    assert 150 <= len(acknowledged) < 1000
+    # up to one request per annotator (50) can be committed but not yet answered when the server dies, so
+    # fewer than the 150 stored may have been acknowledged; those extra stored ones are fine
+    assert 100 <= len(acknowledged) < 1000
 
     server = loadtest.start_server(database, port)  # comes back up on the same database
     try:
