@@ -66,7 +66,7 @@ _COMMON = frozenset(
 
 
 def _english_words(text: str) -> int:
-    return sum(word in _COMMON for word in re.findall(r"[a-z]+", text.lower()))
+    return sum(word in _COMMON for word in re.findall(r"[^\W\d_]+", text.lower()))  # runs of letters, any script
 
 
 @dataclass
