@@ -231,7 +231,8 @@ def test_parse_attacks_builds_what_the_spec_names():
 @pytest.mark.parametrize("spec, message", [
     ("base64,nope", "attacks: unknown attack 'nope'; valid: none, base64, rot13"),
     ("many_shot:q=3", "attacks: many_shot: unknown parameter 'q'; valid: k"),
-    ("base64:k=3", "attacks: base64: unknown parameter 'k'; valid: none (it takes no parameters)"),
+    ("base64:k=3", "attacks: base64: unknown parameter 'k'; base64 takes no parameters"),
+    ("many_shot:k=2:k=3", "attacks: many_shot: parameter 'k' is set twice"),
     ("many_shot:k=lots", "attacks: many_shot: k must be an integer, got 'lots'"),
     ("many_shot:k=0", "attacks: many_shot: k must be at least 1, got 0"),
     ("many_shot:k", "attacks: many_shot: parameter 'k' needs a value"),
@@ -330,3 +331,22 @@ def test_run_interactive_uses_the_given_refusal_detector_and_checks_its_inputs()
         run_interactive(Escalation(), [REQUEST, REQUEST], respond, [random.Random(0)])
     with pytest.raises(AlignkitError, match="respond returned 2 replies for 1 conversations"):
         run_interactive(Escalation(), [REQUEST], lambda conversations: ["a", "b"], [random.Random(0)])
+
+
+def test_a_registered_custom_attack_parses_and_composes(monkeypatch):
+    """The docs/safety.md example: a dataclass Attack with one parameter, registered in ATTACKS."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Urgency(Attack):
+        name = "urgency"
+        minutes: int = 5
+
+        def rewrite(self, text, rng):
+            return f"Please hurry, I only have {self.minutes} minutes. {text}"
+
+    monkeypatch.setitem(ATTACKS, "urgency", Urgency)
+    [attack] = parse_attacks("urgency:minutes=2+base64")
+    assert attack.name == "urgency:minutes=2+base64"
+    prompt = attack.transform(REQUEST, random.Random(0))[-1]["content"]
+    assert Base64.encode(f"Please hurry, I only have 2 minutes. {REQUEST}") in prompt

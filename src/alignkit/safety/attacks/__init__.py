@@ -71,8 +71,10 @@ def build_attack(part: str) -> Attack | InteractiveAttack:
     for setting in settings:
         key, eq, value = setting.partition("=")
         if key not in parameters:
-            valid = ", ".join(parameters) or "none (it takes no parameters)"
-            raise AlignkitError(f"attacks: {name}: unknown parameter {key!r}; valid: {valid}")
+            valid = f"valid: {', '.join(parameters)}" if parameters else f"{name} takes no parameters"
+            raise AlignkitError(f"attacks: {name}: unknown parameter {key!r}; {valid}")
+        if key in kwargs:
+            raise AlignkitError(f"attacks: {name}: parameter {key!r} is set twice in {part!r}")
         if not eq:
             raise AlignkitError(f"attacks: {name}: parameter {key!r} needs a value, as in {name}:{key}=VALUE")
         kwargs[key] = _convert(name, key, parameters[key], value)
