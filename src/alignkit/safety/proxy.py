@@ -249,7 +249,9 @@ def create_app(upstream: str, rails: Guardrails, upstream_api_key: str | None = 
         key = client_key(request)
         wait = rails.limit(key)
         if wait:
-            rails.audit([rails.limited(wait)], [key])
+            limited = rails.limited(wait)
+            limited.latency = time.perf_counter() - start
+            rails.audit([limited], [key])
             return _error(429, f"rate limit: {rails.config.rate:g} requests/s, bursts of {rails.config.burst}; "
                           f"retry in {wait:.2f} s", "rate_limit_error",
                           {"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(math.ceil(wait * 1000))})
