@@ -15,13 +15,13 @@ Logins are limited per client address (bursts of 10, then one every 2 s).
 import hashlib
 import hmac
 import json
-import threading
 import time
 from pathlib import Path
 
 from alignkit.annotate import service
 from alignkit.annotate.db import User, open_database
 from alignkit.errors import AlignkitError
+from alignkit.ratelimit import TokenBucket
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "alignkit_session"
@@ -33,27 +33,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-
-
-class TokenBucket:
-    """Per-key token buckets: `rate` tokens a second, holding at most `burst`."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self.state: dict = {}
-        self.lock = threading.Lock()
-
-    def take(self, key) -> float:
-        """0 when a request may go ahead, else the seconds until one may."""
-        with self.lock:
-            stamp = time.monotonic()
-            tokens, last = self.state.get(key, (self.burst, stamp))
-            tokens = min(self.burst, tokens + (stamp - last) * self.rate)
-            if tokens >= 1:
-                self.state[key] = (tokens - 1, stamp)
-                return 0.0
-            self.state[key] = (tokens, stamp)
-            return (1 - tokens) / self.rate
 
 
 def _sign(user: User, payload: str) -> str:

@@ -1,1 +1,1 @@
-"""Safety: red-team attacks on a policy, and (in later issues) the harness, scorers and guardrails around them."""
+"""Safety: attacks, red-teaming, scorers, guard classifier and runtime guardrails."""
