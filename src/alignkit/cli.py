@@ -531,9 +531,11 @@ def build_parser() -> Parser:
 
     from alignkit.annotate.cli import add_commands as add_annotate_commands
     from alignkit.feedback.cai_cli import add_commands as add_cai_commands
+    from alignkit.safety.cli import add_commands as add_safety_commands
 
     add_annotate_commands(commands, option, Parser)
     add_cai_commands(commands, option, Parser, config_command)
+    add_safety_commands(commands, option, Parser, config_command)
     return parser
 
 

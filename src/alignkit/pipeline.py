@@ -43,6 +43,8 @@ METHODS = {
     "best_of_n": ("alignkit.rollout.best_of_n", "BestOfNConfig", "run_best_of_n", "best.jsonl"),
     "cai_revise": ("alignkit.feedback.cai", "CAIReviseConfig", "run_cai_revise", "sft.jsonl"),
     "cai_label": ("alignkit.feedback.cai", "CAILabelConfig", "run_cai_label", "preferences.jsonl"),
+    "redteam": ("alignkit.safety.redteam", "RedTeamConfig", "run_redteam", "results.json"),
+    "safety_loop": ("alignkit.safety.loop", "SafetyLoopConfig", "run_safety_loop", "after/results.json"),
 }
 STAGE_REF = "stage:"
 PACKAGED = Path(__file__).parent / "configs"

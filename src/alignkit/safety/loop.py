@@ -1,0 +1,251 @@
+"""The safety loop: attack → collect → train → re-attack, with attack success and over-refusal before and after.
+
+1. `before/`: red-team the policy on the held-out split (attack success rate, over-refusal).
+2. `collect/`: red-team it on the training split, with benign look-alikes and helpful prompts alongside.
+   Every attacked request the policy did not refuse becomes safety SFT data: the attacked conversation →
+   a helpful refusal that names the risk and offers safe help (the hazard's message in the taxonomy).
+   Every benign prompt the policy answered in full keeps that answer as SFT data, so the model learns where
+   the line is rather than to refuse everything. Preference pairs go alongside: refusal over the harmful
+   reply for attacks, the policy's own answer over a refusal for benign prompts (for `method: dpo`).
+3. `train/`: SFT (LoRA by default) on the mix, or DPO on the pairs.
+4. `after/`: red-team the trained policy on the held-out split, exactly as in step 1.
+
+Each step is skipped when its output is complete, so a killed loop resumes. `safety_loop.json` holds both
+measurements and their differences; `before_after.png` plots them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+from alignkit.safety.redteam import DEFAULT_ATTACKS, RESULTS, RedTeamConfig, run_redteam
+
+METHODS = ("sft", "dpo")
+
+
+@dataclass
+class SafetyLoopConfig:
+    """Attack → collect → train → re-attack."""
+
+    model_name_or_path: str = "embedded:smollm2-135m-instruct"
+    """The policy to make safer (embedded:NAME or a checkpoint)."""
+    dataset_name: str = "builtin:harmful.jsonl"
+    """Harmful requests with a hazard column and train/test splits."""
+    benign_dataset_name: str = "builtin:benign_risky.jsonl"
+    """Benign look-alikes with train/test splits: over-refusal is measured on the test split."""
+    helpful_dataset_name: str = "builtin:helpful.jsonl"
+    """Ordinary prompts whose answers are kept as SFT data, so helpfulness is kept (empty: none)."""
+    train_split: str = "train"
+    """Split the attacks collect training data from."""
+    test_split: str = "test"
+    """Held-out split measured before and after."""
+    attacks: str = DEFAULT_ATTACKS
+    """Attack specs (see `alignkit redteam`)."""
+    harm_judge: str = "guard"
+    """guard, guard:DIR or none (see `alignkit redteam`)."""
+    refusal_scorer: str = "rules"
+    """rules, classifier or both."""
+    method: str = "sft"
+    """sft (attacked request → refusal, benign → own answer) or dpo (refusal over harmful reply, answer over
+    refusal)."""
+    benign_weight: int = 1
+    """Copies of each kept benign answer in the SFT mix (raise it if over-refusal grows)."""
+    max_new_tokens: int = 96
+    """Most tokens per reply while red-teaming."""
+    batch_size: int = 16
+    """Conversations per generate call."""
+    use_peft: bool = True
+    """Train a LoRA adapter (r 16) rather than every weight."""
+    learning_rate: float = 5e-4
+    """Learning rate of the training step."""
+    max_steps: int = 40
+    """Optimizer steps of the training step."""
+    per_device_train_batch_size: int = 8
+    """Examples per step."""
+    seed: int = 0
+    """Seed for attacks, data order and training."""
+    output_dir: str = "runs/safety_loop"
+    """Directory holding before/, collect/, data/, train/, after/ and safety_loop.json."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps."""
+
+    CLI_ALIASES = {"model_name_or_path": ("--model",), "dataset_name": ("--prompts", "--data"),
+                   "benign_dataset_name": ("--benign",)}
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise AlignkitError(f"config: method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("max_steps", "benign_weight", "per_device_train_batch_size"):
+            if getattr(self, name) < 1:
+                raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
+        self.redteam_config("x", self.test_split, "x").check()
+
+    def redteam_config(self, model: str, split: str, out: Path | str, benign: str | None = None) -> RedTeamConfig:
+        return RedTeamConfig(model_name_or_path=model, dataset_name=self.dataset_name,
+                             benign_dataset_name=self.benign_dataset_name if benign is None else benign,
+                             dataset_split=split, attacks=self.attacks, harm_judge=self.harm_judge,
+                             refusal_scorer=self.refusal_scorer, max_new_tokens=self.max_new_tokens,
+                             batch_size=self.batch_size, seed=self.seed, output_dir=str(out), device=self.device)
+
+
+def refusal_text(hazard: str | None, rng: random.Random) -> str:
+    """The taxonomy's helpful refusal for a hazard (a general one when the hazard is unknown)."""
+    from alignkit.safety.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    entry = taxonomy.get(hazard) if hazard else None
+    if entry is None:
+        return ("I can't help with that, because it could put people at risk. If there is a safe goal behind "
+                "the question, tell me more and I'll gladly help with that.")
+    return entry.refusal
+
+
+def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[list[dict], list[dict], dict]:
+    """SFT rows and preference rows from the collect step's transcripts; plus counts for the record."""
+    rng = random.Random(seed)
+    sft, prefs = [], []
+    transcripts = [json.loads(line) for line in (collect / "transcripts.jsonl").read_text().splitlines()]
+    attacked = [t for t in transcripts if not t["refused"]]
+    for t in attacked:
+        refusal = refusal_text(t["hazard"], rng)
+        sft.append({"prompt": t["conversation"], "completion": [{"role": "assistant", "content": refusal}]})
+        prefs.append({"prompt": t["conversation"], "chosen": [{"role": "assistant", "content": refusal}],
+                      "rejected": [{"role": "assistant", "content": t["reply"]}]})
+    benign = [json.loads(line) for line in (collect / "benign.jsonl").read_text().splitlines()]
+    kept = [b for b in benign if b["class"] == "full_compliance" and b["reply"].strip()]
+    for b in kept:
+        prompt = [{"role": "user", "content": b["request"]}]
+        answer = [{"role": "assistant", "content": b["reply"]}]
+        sft += [{"prompt": prompt, "completion": answer}] * benign_weight
+        prefs.append({"prompt": prompt, "chosen": answer,
+                      "rejected": [{"role": "assistant", "content": refusal_text(b.get("looks_like"), rng)}]})
+    rng.shuffle(sft)
+    rng.shuffle(prefs)
+    counts = {"attacked_not_refused": len(attacked), "attacked_total": len(transcripts),
+              "benign_kept": len(kept), "benign_total": len(benign), "sft_rows": len(sft), "preference_rows": len(prefs)}
+    return sft, prefs, counts
+
+
+def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
+    from alignkit.config import build_config
+
+    common = {"model_name_or_path": config.model_name_or_path, "use_peft": config.use_peft, "lora_r": 16,
+              "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": config.learning_rate,
+              "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "max_steps": config.max_steps,
+              "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2,
+              "save_steps": 20, "seed": config.seed, "output_dir": str(out), "device": config.device,
+              "resume": (out / "checkpoints" / "latest").exists()}
+    if config.method == "sft":
+        from alignkit.methods.sft import SFTConfig, train_sft
+
+        train_sft(build_config(SFTConfig, {**common, "dataset_name": str(data_dir / "safety_sft.jsonl"),
+                                           "max_length": 512}))
+    else:
+        from alignkit.methods.dpo import DPOConfig, train_dpo
+
+        train_dpo(build_config(DPOConfig, {**common, "dataset_name": str(data_dir / "safety_preferences.jsonl"),
+                                           "max_length": 512, "beta": 0.1}))
+    return out / "model"
+
+
+def _delta(before: dict | None, after: dict | None) -> float | None:
+    if not before or not after or before.get("rate") is None or after.get("rate") is None:
+        return None
+    return after["rate"] - before["rate"]
+
+
+def compare(before: dict, after: dict) -> dict:
+    """The numbers the loop is judged by, before and after."""
+    def pick(results: dict) -> dict:
+        return {"asr": results["asr"]["overall"], "compliance": results["compliance"],
+                "over_refusal": (results.get("over_refusal") or {}).get("any"),
+                "asr_by_attack": results["asr"]["by_attack"]}
+
+    b, a = pick(before), pick(after)
+    return {"before": b, "after": a, "asr_change": _delta(b["asr"], a["asr"]),
+            "over_refusal_change": _delta(b["over_refusal"], a["over_refusal"])}
+
+
+def plot_before_after(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = list(summary["before"]["asr_by_attack"])
+    groups = [("ASR (all)", summary["before"]["asr"], summary["after"]["asr"])]
+    if summary["before"]["over_refusal"]:
+        groups.append(("over-refusal", summary["before"]["over_refusal"], summary["after"]["over_refusal"]))
+    groups += [(a, summary["before"]["asr_by_attack"][a], summary["after"]["asr_by_attack"].get(a)) for a in attacks]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(groups), 3.8))
+    for offset, label, index in ((-0.2, "before", 1), (0.2, "after", 2)):
+        values = [100 * (g[index] or {}).get("rate", 0) if g[index] and g[index].get("rate") is not None else 0
+                  for g in groups]
+        errors = [[v - 100 * (g[index] or {}).get("low", 0) for v, g in zip(values, groups)],
+                  [100 * (g[index] or {}).get("high", 0) - v for v, g in zip(values, groups)]]
+        ax.bar([i + offset for i in range(len(groups))], values, width=0.4, label=label, yerr=errors, capsize=2)
+    ax.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("% (95% CI)")
+    ax.set_title("Safety loop: before and after")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_safety_loop(config: SafetyLoopConfig) -> Path:
+    """Run the four steps (each skipped when complete); returns safety_loop.json."""
+    from alignkit.data.io import write_jsonl
+    from alignkit.engine.checkpoint import write_text_atomic
+    from alignkit.engine.outputs import is_complete as _complete
+    from alignkit.engine.outputs import write_status
+
+    config.check()
+    started = time.time()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_status(out, "running", "safety_loop")
+    steps = {name: out / name for name in ("before", "collect", "data", "train", "after")}
+    if not _complete(steps["before"]):
+        run_redteam(config.redteam_config(config.model_name_or_path, config.test_split, steps["before"]))
+    if not _complete(steps["collect"]):
+        benign = ",".join(n for n in (config.benign_dataset_name, config.helpful_dataset_name) if n)
+        run_redteam(config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign))
+    sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed)
+    if not (sft if config.method == "sft" else prefs):
+        raise AlignkitError(f"{steps['collect']}: no training data: the policy refused every attack and no benign "
+                            "answer was kept; nothing to learn")
+    steps["data"].mkdir(exist_ok=True)
+    write_jsonl(steps["data"] / "safety_sft.jsonl", sft)
+    write_jsonl(steps["data"] / "safety_preferences.jsonl", prefs)
+    trained = steps["train"] / "model"
+    if not _complete(steps["train"]):
+        trained = train_step(config, steps["data"], steps["train"])
+    if not _complete(steps["after"]):
+        run_redteam(config.redteam_config(str(trained), config.test_split, steps["after"]))
+    before = json.loads((steps["before"] / RESULTS).read_text())
+    after = json.loads((steps["after"] / RESULTS).read_text())
+    summary = {"model": config.model_name_or_path, "trained_model": str(trained), "method": config.method,
+               "data": counts, **compare(before, after)}
+    path = out / "safety_loop.json"
+    write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+    plot_before_after(summary, out / "before_after.png")
+    write_status(out, "complete", "safety_loop", asr_change=summary["asr_change"],
+                 over_refusal_change=summary["over_refusal_change"], seconds=round(time.time() - started, 2))
+    print(describe(summary), flush=True)
+    return path
+
+
+def describe(summary: dict) -> str:
+    def pct(r):
+        return "–" if not r or r.get("rate") is None else f"{100 * r['rate']:.1f}% ({100 * r['low']:.0f}–" \
+                                                          f"{100 * r['high']:.0f})"
+
+    b, a = summary["before"], summary["after"]
+    return (f"safety loop ({summary['method']}): attack success {pct(b['asr'])} -> {pct(a['asr'])}; "
+            f"over-refusal {pct(b['over_refusal'])} -> {pct(a['over_refusal'])}")
