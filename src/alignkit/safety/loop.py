@@ -127,7 +127,8 @@ def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[l
     rng.shuffle(sft)
     rng.shuffle(prefs)
     counts = {"attacked_not_refused": len(attacked), "attacked_total": len(transcripts),
-              "benign_kept": len(kept), "benign_total": len(benign), "sft_rows": len(sft), "preference_rows": len(prefs)}
+              "benign_kept": len(kept), "benign_total": len(benign), "sft_rows": len(sft),
+              "preference_rows": len(prefs)}
     return sft, prefs, counts
 
 

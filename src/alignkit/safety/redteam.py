@@ -154,8 +154,8 @@ def attack_one(attack, rows: list[dict], respond: Respond, seed: int, batch_size
     else:
         conversations = [attack.transform(r["prompt"], rng) for r, rng in zip(rows, rngs)]
         replies = respond(conversations)
-    return [{"index": r["index"], "hazard": r.get("hazard"), "attack": attack.name, "request": request_text(r["prompt"]),
-             "conversation": c, "reply": reply, "decoded": attack.decode(reply)}
+    return [{"index": r["index"], "hazard": r.get("hazard"), "attack": attack.name,
+             "request": request_text(r["prompt"]), "conversation": c, "reply": reply, "decoded": attack.decode(reply)}
             for r, c, reply in zip(rows, conversations, replies)]
 
 
@@ -257,8 +257,8 @@ def report_markdown(results: dict, title: str = "Red-team report") -> str:
     agreement = results.get("agreement") or {}
     if agreement:
         lines += ["", "Scorer agreement (Cohen's κ): " + ", ".join(
-            f"{k.removesuffix('_kappa').replace('_', ' ')} " + (f"{v:.2f}" if v is not None else "undefined (one class)")
-            for k, v in agreement.items())]
+            f"{k.removesuffix('_kappa').replace('_', ' ')} "
+            + (f"{v:.2f}" if v is not None else "undefined (one class)") for k, v in agreement.items())]
     return "\n".join(lines) + "\n"
 
 
