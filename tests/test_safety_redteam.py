@@ -96,6 +96,8 @@ def test_attack_success_follows_the_policy(tmp_path, stub, data):
     assert all(json.dumps(r["conversation"]) in sent for r in rows)
     assert (tmp_path / "rt" / "asr_heatmap.png").stat().st_size > 0
     assert "base64 | 100.0%" in (tmp_path / "rt" / "report.md").read_text()
+    html = (tmp_path / "rt" / "report.html").read_text()
+    assert "data:image/png;base64" in html and "over-refusal" in html
 
 
 def test_escalation_runs_turn_by_turn_against_the_server(tmp_path, stub, data):

@@ -453,6 +453,10 @@ def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[st
     meta = f"<span>{len(stages)} stage(s)</span><span>total time <b>{_duration(total)}</b></span>"
     body = [f"<h1>{_esc(title)}</h1>", f"<div class=meta>{meta}</div>",
             "<table><tr><th>stage</th><th>status</th><th>time</th><th>loss</th></tr>", *rows, "</table>"]
+    from alignkit.safety.report import section
+
+    for stage in stages:  # red-team stages and safety loops show their results here, not behind a link
+        body += section(stage["run_dir"], stage["name"])
     path = pipeline_dir / "index.html"
     _write_atomic(path, _page(title, body))
     return path

@@ -236,6 +236,9 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
     path = out / "safety_loop.json"
     write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
     plot_before_after(summary, out / "before_after.png")
+    from alignkit.safety.report import write_safety_report
+
+    write_safety_report(out, f"safety loop · {config.model_name_or_path}")
     write_status(out, "complete", "safety_loop", asr_change=summary["asr_change"],
                  over_refusal_change=summary["over_refusal_change"], seconds=round(time.time() - started, 2))
     print(describe(summary), flush=True)

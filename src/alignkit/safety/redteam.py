@@ -377,6 +377,9 @@ def run_redteam(config: RedTeamConfig) -> Path:
     write_text_atomic(out / RESULTS, json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "report.md", report_markdown(results))
     plot_heatmap(results, out / "asr_heatmap.png")
+    from alignkit.safety.report import write_safety_report
+
+    write_safety_report(out, f"red team · {config.model_name_or_path}")
     overall = results["asr"]["overall"]
     write_status(out, "complete", "redteam", asr=overall["rate"], n=overall["n"],
                  over_refusal=(results.get("over_refusal") or {}).get("any", {}).get("rate"),

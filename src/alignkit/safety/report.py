@@ -1,0 +1,85 @@
+"""The safety section of reports: a red-team run's heat map and rates, a safety loop's before/after bars.
+
+`section(run_dir)` returns HTML for a run directory holding a red-team `results.json` or a safety loop's
+`safety_loop.json` (an empty list for any other run); the pipeline summary puts it under its stage table, and
+`write_safety_report` makes the stage's own report.html from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+
+def _pct(r: dict | None) -> str:
+    if not r or r.get("rate") is None:
+        return "–"
+    return f"{100 * r['rate']:.1f}% <span class=hint>({100 * r['low']:.0f}–{100 * r['high']:.0f}, n={r['n']})</span>"
+
+
+def _embedded_png(path: Path, alt: str) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{alt}" style="max-width:100%">'
+
+
+def _redteam(run_dir: Path, results: dict, name: str) -> list[str]:
+    over = (results.get("over_refusal") or {})
+    rows = [f"<tr><td>attack success rate</td><td>{_pct(results['asr']['overall'])}</td></tr>",
+            f"<tr><td>replies that did not refuse</td><td>{_pct(results.get('compliance'))}</td></tr>"]
+    if over:
+        rows += [f"<tr><td>over-refusal (benign look-alikes)</td><td>{_pct(over.get('any'))}</td></tr>",
+                 f"<tr><td>&nbsp;&nbsp;full refusal</td><td>{_pct(over.get('full_refusal'))}</td></tr>",
+                 f"<tr><td>&nbsp;&nbsp;partial refusal</td><td>{_pct(over.get('partial_refusal'))}</td></tr>"]
+    by_attack = "".join(f"<tr><td>{a}</td><td>{_pct(r)}</td></tr>" for a, r in results["asr"]["by_attack"].items())
+    return [f"<h2>Safety · {name}</h2>",
+            f"<p class=hint>model {results.get('model', '?')}; harm judge {results.get('harm_judge', '?')}, "
+            f"refusal scorer {results.get('refusal_scorer', '?')}; 95% Wilson intervals</p>",
+            "<table>", *rows, "</table>", _embedded_png(run_dir / "asr_heatmap.png", "ASR by hazard and attack"),
+            "<table><tr><th>attack</th><th>ASR</th></tr>", by_attack, "</table>"]
+
+
+def _loop(run_dir: Path, summary: dict, name: str) -> list[str]:
+    b, a = summary["before"], summary["after"]
+
+    def change(key: str) -> str:
+        value = summary.get(key)
+        return "–" if value is None else f"{100 * value:+.1f} points"
+
+    return [f"<h2>Safety loop · {name}</h2>",
+            f"<p class=hint>{summary.get('method', '?')} on {summary.get('data', {}).get('sft_rows', '?')} SFT rows "
+            f"from attacks on the training split</p>",
+            "<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>",
+            f"<tr><td>attack success rate</td><td>{_pct(b['asr'])}</td><td>{_pct(a['asr'])}</td>"
+            f"<td>{change('asr_change')}</td></tr>",
+            f"<tr><td>over-refusal</td><td>{_pct(b['over_refusal'])}</td><td>{_pct(a['over_refusal'])}</td>"
+            f"<td>{change('over_refusal_change')}</td></tr></table>",
+            _embedded_png(run_dir / "before_after.png", "before and after"),
+            _embedded_png(run_dir / "after" / "asr_heatmap.png", "ASR after the loop")]
+
+
+def section(run_dir: str | Path, name: str | None = None) -> list[str]:
+    """HTML for a red-team or safety-loop run directory ([] for any other run)."""
+    run_dir = Path(run_dir)
+    name = name or run_dir.name
+    try:
+        if (run_dir / "safety_loop.json").exists():
+            return _loop(run_dir, json.loads((run_dir / "safety_loop.json").read_text()), name)
+        results = run_dir / "results.json"
+        if results.exists():
+            data = json.loads(results.read_text())
+            if "asr" in data:
+                return _redteam(run_dir, data, name)
+    except (OSError, ValueError, KeyError):
+        return [f"<p class=hint>{name}: safety results unreadable</p>"]
+    return []
+
+
+def write_safety_report(run_dir: str | Path, title: str) -> Path:
+    from alignkit.engine.report import _page, _write_atomic
+
+    path = Path(run_dir) / "report.html"
+    _write_atomic(path, _page(title, [f"<h1>{title}</h1>", *section(run_dir)]))
+    return path
