@@ -1,0 +1,1 @@
+"""Safety: attacks, red-teaming, scorers, guard classifier and runtime guardrails."""
