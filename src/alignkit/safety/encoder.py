@@ -69,8 +69,8 @@ class SentenceEncoder:
         import torch
 
         keys = [self.key(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
-        todo = {k: t for k, t in zip(keys, texts) if k in missing}
+        todo = {k: t for k, t in zip(keys, texts) if k not in self._cache}
+        missing = sorted(todo, key=lambda k: len(todo[k]))  # similar lengths batch together: less padding
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start:start + self.batch_size]
             for k, vector in zip(batch, self._embed([todo[k] for k in batch])):
