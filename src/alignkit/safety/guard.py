@@ -151,8 +151,7 @@ def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
             problems.append(f"{where}: categories: expected a list of hazard ids ([] for safe)")
         elif any(c not in known for c in cats):
             bad = next(c for c in cats if c not in known)
-            problems.append(f"{where}: categories: unknown hazard {bad!r} (see `alignkit guard train --help`, "
-                            "docs/safety_guard.md)")
+            problems.append(f"{where}: categories: {bad!r} is not a hazard id of the taxonomy (docs/safety_guard.md)")
         else:
             rows.append({"text": text, "role": role, "categories": list(dict.fromkeys(cats))})
     if not rows and not problems:
