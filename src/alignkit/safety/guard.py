@@ -1,0 +1,557 @@
+"""Guard classifier: which hazard categories does a prompt or a response fall into? (docs/safety_guard.md)
+
+A small head on frozen sentence embeddings (safety/encoder.py), one sigmoid per hazard category of the
+taxonomy plus one for "unsafe at all", trained with binary cross-entropy:
+
+- Prompts and responses share one head, with the role as an extra input feature (0 prompt, 1 response) and
+  a hidden layer so the role can interact with the text. Sharing lets the response side, which has only a
+  few examples per category, borrow what the prompt side learned about each topic; the role feature (and
+  the hidden layer) lets the same topic count differently in the two roles, e.g. a reply that *names* a
+  weapon while declining is safe, where a prompt asking for one is not.
+- Calibration. The built-in data has no validation split large enough to spare (one to two positives per
+  category), so the validation scores are out-of-fold: the training rows are cut into k folds, a head is
+  trained on k-1 and scores the k-th. On those scores we fit one temperature T (minimising the binary
+  cross-entropy of sigmoid(logit / T)), then choose each category's threshold to maximise its F1 (or, with
+  `target_precision`, the lowest threshold reaching that precision), and the threshold on the "unsafe"
+  output the same way. The head that ships is then trained on all training rows with the same settings.
+- Verdict: unsafe when p(unsafe) >= its threshold; the categories listed are those whose calibrated
+  probability reaches their own threshold, or the most likely one if none does (an unsafe verdict always
+  names a category, as Llama Guard's does). `format_llama_guard` prints `safe` or `unsafe\\nS1,S9`.
+
+Categories with no positive training row get no output (the saved guard.json lists the ones it has).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from alignkit.errors import AlignkitError, DataError
+
+ROLES = ("prompt", "response")
+UNSAFE = "unsafe"
+WEIGHTS = "guard.safetensors"
+META = "guard.json"
+FORMAT_VERSION = 1
+DEFAULT_GUARD_VERSION = 1  # bump when the default guard's recipe changes, so stale caches are retrained
+
+
+@dataclass
+class GuardConfig:
+    """Settings of `alignkit guard train`."""
+
+    output_dir: str | None = None
+    """where the trained guard (guard.safetensors, guard.json) and eval.json are written"""
+    data: list[str] = field(default_factory=list)
+    """extra training JSONL files of {"text", "role": "prompt"|"response", "categories": [...]} rows"""
+    seed: int = 0
+    """random seed (weight init, fold assignment)"""
+    hidden_size: int = 128
+    """width of the head's hidden layer; 0 for a linear head"""
+    epochs: int = 300
+    """full-batch optimisation steps"""
+    learning_rate: float = 0.01
+    """AdamW learning rate"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    calibration_folds: int = 5
+    """folds whose out-of-fold scores calibrate the temperature and thresholds"""
+    target_precision: float | None = None
+    """if set, each threshold is the lowest reaching this validation precision instead of the F1-best one"""
+    taxonomy: str | None = None
+    """hazard taxonomy YAML (default: the packaged one)"""
+    encoder: str = "minilm"
+    """sentence encoder whose frozen embeddings the head reads"""
+
+    def check(self) -> None:
+        if self.hidden_size < 0:
+            raise AlignkitError("config: hidden_size: must be >= 0")
+        if self.epochs < 1:
+            raise AlignkitError("config: epochs: must be >= 1")
+        if self.calibration_folds < 2:
+            raise AlignkitError("config: calibration_folds: must be >= 2")
+        if self.target_precision is not None and not 0 < self.target_precision <= 1:
+            raise AlignkitError("config: target_precision: must be in (0, 1]")
+
+
+@dataclass
+class Verdict:
+    safe: bool
+    categories: list[str]
+    scores: dict[str, float]
+
+
+def format_llama_guard(verdict: Verdict, taxonomy=None) -> str:
+    """`safe`, or `unsafe` and the comma-separated S-codes of the categories on a second line."""
+    if verdict.safe:
+        return "safe"
+    from alignkit.safety.taxonomy import load_taxonomy
+
+    taxonomy = taxonomy or load_taxonomy()
+    return "unsafe\n" + ",".join(taxonomy.code(c) for c in verdict.categories)
+
+
+# ----------------------------------------------------------------------------------------------------
+# data
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as text: a string as is, a conversation as its user turns joined by newlines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m["content"] for m in prompt if m.get("role") == "user")
+
+
+def builtin_rows(split: str) -> list[dict]:
+    """The built-in guard data of one split as {"text", "role", "categories"} rows.
+
+    Harmful prompts carry their hazard; benign look-alikes and helpful prompts are safe; the response set
+    (guard_responses.jsonl) holds refusals, benign answers and elided placeholder compliance."""
+    from alignkit.data.builtin import builtin_path
+
+    def read(name):
+        with open(builtin_path(name), encoding="utf-8") as f:
+            return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == split]
+
+    rows = [{"text": prompt_text(r["prompt"]), "role": "prompt", "categories": [r["hazard"]]}
+            for r in read("harmful.jsonl")]
+    rows += [{"text": prompt_text(r["prompt"]), "role": "prompt", "categories": []}
+             for name in ("benign_risky.jsonl", "helpful.jsonl") for r in read(name)]
+    rows += [{"text": r["text"], "role": r["role"], "categories": list(r["categories"])}
+             for r in read("guard_responses.jsonl")]
+    return rows
+
+
+def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
+    """Rows of an extra JSONL file, checked; DataError with one `path:line: field: why` per problem."""
+    from alignkit.data.io import Problem, scan
+
+    rows, problems = [], []
+    for line, row in scan(path):
+        if isinstance(row, Problem):
+            problems.append(row.format(str(path)))
+            continue
+        where = f"{path}:{line}"
+        if not isinstance(row, dict):
+            problems.append(f"{where}: row: expected an object with text, role, categories")
+            continue
+        text, role, cats = row.get("text"), row.get("role", "prompt"), row.get("categories")
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{where}: text: expected a non-empty string")
+        elif role not in ROLES:
+            problems.append(f"{where}: role: expected prompt or response, got {role!r}")
+        elif not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+            problems.append(f"{where}: categories: expected a list of hazard ids ([] for safe)")
+        elif any(c not in known for c in cats):
+            bad = next(c for c in cats if c not in known)
+            problems.append(f"{where}: categories: {bad!r} is not a hazard id of the taxonomy (docs/safety_guard.md)")
+        else:
+            rows.append({"text": text, "role": role, "categories": list(dict.fromkeys(cats))})
+    if not rows and not problems:
+        problems.append(f"{path}: file: no rows")
+    if problems:
+        raise DataError(problems)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# the head and its training
+
+
+def _make_head(input_dim: int, hidden_size: int, outputs: int):
+    import torch
+
+    if hidden_size == 0:
+        return torch.nn.Linear(input_dim, outputs)
+    return torch.nn.Sequential(torch.nn.Linear(input_dim, hidden_size), torch.nn.GELU(),
+                               torch.nn.Linear(hidden_size, outputs))
+
+
+def fit_head(features, targets, hidden_size: int, epochs: int, learning_rate: float, weight_decay: float,
+             seed: int):
+    """A head fitted full-batch with AdamW on binary cross-entropy: features [n, d], targets [n, k] in {0, 1}."""
+    import torch
+
+    torch.manual_seed(seed)
+    head = _make_head(features.shape[1], hidden_size, targets.shape[1])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(features), targets)
+        loss.backward()
+        optimizer.step()
+    return head.eval().requires_grad_(False)
+
+
+def fit_temperature(logits, targets) -> float:
+    """The T minimising the mean binary cross-entropy of sigmoid(logits / T) (a log-spaced grid, 0.05..20)."""
+    import torch
+
+    best_t, best_loss = 1.0, math.inf
+    for i in range(401):
+        t = math.exp(math.log(0.05) + i * (math.log(20.0) - math.log(0.05)) / 400)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits / t, targets).item()
+        if loss < best_loss - 1e-12:
+            best_t, best_loss = t, loss
+    return best_t
+
+
+def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def choose_threshold(scores: list[float], labels: list[int], target_precision: float | None = None) -> float:
+    """The threshold (predict positive when score >= it) that maximises F1 on these validation scores.
+
+    Candidates are the distinct scores; ties go to the higher one (fewer false alarms). The threshold returned
+    sits halfway between the chosen score and the next lower one, so it does not rest on a single example.
+    With `target_precision`: the lowest candidate whose precision reaches it (most recall), else the F1 best.
+    With no positive example there is nothing to choose from and the threshold is 0.5."""
+    if not any(labels):
+        return 0.5
+    distinct = sorted(set(scores), reverse=True)
+    results = []  # (score, precision, f1)
+    for s in distinct:
+        tp = sum(1 for x, y in zip(scores, labels) if x >= s and y)
+        fp = sum(1 for x, y in zip(scores, labels) if x >= s and not y)
+        fn = sum(1 for x, y in zip(scores, labels) if x < s and y)
+        precision, _, f1 = _prf(tp, fp, fn)
+        results.append((s, precision, f1))
+    chosen = None
+    if target_precision is not None:
+        reaching = [s for s, precision, _ in results if precision >= target_precision]
+        chosen = min(reaching) if reaching else None
+    if chosen is None:
+        best = max(f1 for _, _, f1 in results)
+        chosen = next(s for s, _, f1 in results if f1 == best)  # distinct is descending: the highest of ties
+    lower = [s for s in distinct if s < chosen]
+    return (chosen + lower[0]) / 2 if lower else chosen
+
+
+def _folds(rows: list[dict], k: int, seed: int) -> list[int]:
+    """A fold per row, stratified by (role, categories) so each fold sees every kind of row it can."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r["role"], tuple(sorted(r["categories"]))), []).append(i)
+    rng = random.Random(seed)
+    fold = [0] * len(rows)
+    offset = 0
+    for key in sorted(groups):
+        members = groups[key]
+        rng.shuffle(members)
+        for j, i in enumerate(members):
+            fold[i] = (offset + j) % k
+        offset += len(members)  # continue the round-robin so small groups do not all land in fold 0
+    return fold
+
+
+# ----------------------------------------------------------------------------------------------------
+# the classifier
+
+
+class GuardClassifier:
+    """A trained guard: head weights, the categories it has outputs for, temperature and thresholds."""
+
+    def __init__(self, head, categories: list[str], temperature: float, thresholds: dict[str, float],
+                 settings: dict, encoder=None, taxonomy=None, info: dict | None = None):
+        self.head, self.categories, self.temperature = head, list(categories), float(temperature)
+        self.thresholds = {k: float(v) for k, v in thresholds.items()}
+        self.settings = dict(settings)
+        self.info = dict(info or {})
+        self._encoder = encoder
+        self._taxonomy = taxonomy
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from alignkit.safety.encoder import get_encoder
+
+            self._encoder = get_encoder(self.settings["encoder"])
+        return self._encoder
+
+    @property
+    def taxonomy(self):
+        if self._taxonomy is None:
+            from alignkit.safety.taxonomy import load_taxonomy
+
+            self._taxonomy = load_taxonomy(self.settings.get("taxonomy"))
+        return self._taxonomy
+
+    # -- training ------------------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, rows: list[dict], config: GuardConfig | None = None, encoder=None, taxonomy=None):
+        """Fit on {"text", "role", "categories"} rows: out-of-fold calibration, then the final head on all rows."""
+        import torch
+
+        config = config or GuardConfig()
+        config.check()
+        if taxonomy is None:
+            from alignkit.safety.taxonomy import load_taxonomy
+
+            taxonomy = load_taxonomy(config.taxonomy)
+        if encoder is None:
+            from alignkit.safety.encoder import get_encoder
+
+            encoder = get_encoder(config.encoder)
+        present = {c for r in rows for c in r["categories"]}
+        unknown = sorted(present - set(taxonomy.ids))
+        if unknown:
+            raise AlignkitError(f"guard: training rows use unknown hazard {unknown[0]!r}")
+        categories = [c for c in taxonomy.ids if c in present]  # taxonomy order, so S-codes sort naturally
+        if not categories or all(r["categories"] for r in rows):
+            raise AlignkitError("guard: training needs both safe rows and rows with a hazard category")
+
+        features = _features(encoder, [r["text"] for r in rows], [r["role"] for r in rows])
+        targets = torch.tensor([[float(c in r["categories"]) for c in categories] + [float(bool(r["categories"]))]
+                                for r in rows])
+        fit = dict(hidden_size=config.hidden_size, epochs=config.epochs, learning_rate=config.learning_rate,
+                   weight_decay=config.weight_decay, seed=config.seed)
+
+        fold = torch.tensor(_folds(rows, config.calibration_folds, config.seed))
+        held_out = torch.zeros_like(targets)
+        for k in range(config.calibration_folds):
+            test = fold == k
+            if test.any():
+                held_out[test] = fit_head(features[~test], targets[~test], **fit)(features[test])
+        temperature = fit_temperature(held_out, targets)
+        probs = torch.sigmoid(held_out / temperature)
+        names = [*categories, UNSAFE]
+        thresholds = {name: choose_threshold(probs[:, j].tolist(), targets[:, j].int().tolist(),
+                                             config.target_precision)
+                      for j, name in enumerate(names)}
+
+        head = fit_head(features, targets, **fit)
+        settings = {"encoder": config.encoder, "taxonomy": config.taxonomy, "hidden_size": config.hidden_size,
+                    "input_dim": int(features.shape[1])}
+        info = {"train_rows": len(rows), "seed": config.seed, "calibration_folds": config.calibration_folds,
+                "target_precision": config.target_precision,
+                "positives": {c: int(targets[:, j].sum()) for j, c in enumerate(names)}}
+        return cls(head, categories, temperature, thresholds, settings, encoder, taxonomy, info)
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def probabilities(self, texts: list[str], role: str = "prompt"):
+        """Calibrated probabilities [n, categories + 1] (the last column is "unsafe")."""
+        import torch
+
+        if role not in ROLES:
+            raise AlignkitError(f"guard: role: expected prompt or response, got {role!r}")
+        if not texts:
+            return torch.zeros(0, len(self.categories) + 1)
+        with torch.no_grad():
+            return torch.sigmoid(self.head(_features(self.encoder, texts, [role] * len(texts))) / self.temperature)
+
+    def classify(self, texts: list[str], role: str = "prompt") -> list[Verdict]:
+        names = [*self.categories, UNSAFE]
+        verdicts = []
+        for row in self.probabilities(texts, role).tolist():
+            scores = dict(zip(names, row))
+            unsafe = scores[UNSAFE] >= self.thresholds[UNSAFE]
+            flagged = [c for c in self.categories if scores[c] >= self.thresholds[c]]
+            if unsafe and not flagged:
+                flagged = [max(self.categories, key=scores.get)]
+            verdicts.append(Verdict(safe=not unsafe, categories=flagged if unsafe else [], scores=scores))
+        return verdicts
+
+    def evaluate(self, rows: list[dict]) -> dict:
+        """Per-category precision/recall/F1, their micro and macro averages, and binary safe/unsafe metrics.
+
+        Macro averages the categories with at least one gold example in `rows`. The binary block treats
+        unsafe as the positive class, overall and per role."""
+        predicted: list[list[str] | None] = [None] * len(rows)
+        for role in ROLES:
+            idx = [i for i, r in enumerate(rows) if r.get("role", "prompt") == role]
+            for i, v in zip(idx, self.classify([rows[i]["text"] for i in idx], role)):
+                predicted[i] = [] if v.safe else v.categories
+        gold = [set(r["categories"]) for r in rows]
+        pred = [set(p) for p in predicted]
+        names = list(dict.fromkeys([*self.categories, *sorted(set().union(*gold) - set(self.categories))]))
+        per_category, totals = {}, [0, 0, 0]
+        for c in names:
+            tp = sum(c in g and c in p for g, p in zip(gold, pred))
+            fp = sum(c not in g and c in p for g, p in zip(gold, pred))
+            fn = sum(c in g and c not in p for g, p in zip(gold, pred))
+            precision, recall, f1 = _prf(tp, fp, fn)
+            per_category[c] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+            totals = [totals[0] + tp, totals[1] + fp, totals[2] + fn]
+        supported = [m for m in per_category.values() if m["support"]]
+        micro = dict(zip(("precision", "recall", "f1"), _prf(*totals)))
+        macro = {k: (sum(m[k] for m in supported) / len(supported) if supported else 0.0)
+                 for k in ("precision", "recall", "f1")}
+
+        def binary(indices):
+            return _binary([bool(gold[i]) for i in indices], [bool(pred[i]) for i in indices])
+
+        report = {"rows": len(rows), "categories": per_category, "micro": micro, "macro": macro,
+                  "binary": binary(range(len(rows)))}
+        report["binary_by_role"] = {role: binary([i for i, r in enumerate(rows) if r.get("role", "prompt") == role])
+                                    for role in ROLES if any(r.get("role", "prompt") == role for r in rows)}
+        return report
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """guard.safetensors (head weights) and guard.json (everything else), each written atomically, json last."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        tmp = out / f".{WEIGHTS}.tmp-{os.getpid()}"
+        try:
+            save_file(tensors, str(tmp))
+            os.replace(tmp, out / WEIGHTS)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "categories": self.categories, "temperature": self.temperature,
+                "thresholds": self.thresholds, "settings": self.settings, "info": self.info,
+                "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()}
+        _write_text_atomic(out / META, json.dumps(meta, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, encoder=None, taxonomy=None) -> "GuardClassifier":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / META).is_file() or not (d / WEIGHTS).is_file():
+            raise AlignkitError(f"{d}: guard: no trained guard here (expected {META} and {WEIGHTS}; "
+                                "train one with `alignkit guard train`)")
+        try:
+            meta = json.loads((d / META).read_text(encoding="utf-8"))
+            categories, settings = list(meta["categories"]), dict(meta["settings"])
+            temperature, thresholds = float(meta["temperature"]), dict(meta["thresholds"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise AlignkitError(f"{d / META}: guard: unreadable ({type(e).__name__}: {e})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise AlignkitError(f"{d / META}: format_version: expected {FORMAT_VERSION}, got "
+                                f"{meta.get('format_version')!r}")
+        if hashlib.sha256((d / WEIGHTS).read_bytes()).hexdigest() != meta.get("weights_sha256"):
+            raise AlignkitError(f"{d / WEIGHTS}: guard: weights do not match {META} (a partial or mixed save?)")
+        head = _make_head(settings["input_dim"], settings["hidden_size"], len(categories) + 1)
+        head.load_state_dict(load_file(str(d / WEIGHTS)))
+        return cls(head.eval().requires_grad_(False), categories, temperature, thresholds, settings,
+                   encoder, taxonomy, meta.get("info"))
+
+
+def _features(encoder, texts: list[str], roles: list[str]):
+    """Sentence embedding with the role appended as one 0/1 feature."""
+    import torch
+
+    embeddings = encoder.encode(texts)
+    role = torch.tensor([[float(r == "response")] for r in roles], dtype=embeddings.dtype)
+    return torch.cat([embeddings, role], dim=1)
+
+
+def _binary(gold: list[bool], flagged: list[bool]) -> dict:
+    tp = sum(g and f for g, f in zip(gold, flagged))
+    fp = sum(f and not g for g, f in zip(gold, flagged))
+    fn = sum(g and not f for g, f in zip(gold, flagged))
+    tn = len(gold) - tp - fp - fn
+    precision, recall, f1 = _prf(tp, fp, fn)
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "accuracy": (tp + tn) / len(gold) if gold else 0.0,
+            "false_positive_rate": fp / (fp + tn) if fp + tn else 0.0,
+            "unsafe": tp + fn, "safe": fp + tn}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the default guard and the command
+
+
+def _builtin_fingerprint() -> str:
+    from alignkit.data.builtin import builtin_path
+    from alignkit.safety.taxonomy import PACKAGED
+
+    digest = hashlib.sha256(f"v{DEFAULT_GUARD_VERSION} {json.dumps(asdict(GuardConfig()))}".encode())
+    for p in (*(builtin_path(n) for n in ("harmful.jsonl", "benign_risky.jsonl", "helpful.jsonl",
+                                          "guard_responses.jsonl")), PACKAGED):
+        digest.update(Path(p).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+_DEFAULT: GuardClassifier | None = None
+
+
+def default_guard() -> GuardClassifier:
+    """The guard trained on the built-in train split with default settings; trained once (seconds) and cached
+    under the alignkit cache directory, keyed by the data, taxonomy and settings it was trained from."""
+    global _DEFAULT
+    if _DEFAULT is not None:
+        return _DEFAULT
+    from alignkit.models.embedded import cache_dir
+
+    target = cache_dir() / "guard" / f"default-{_builtin_fingerprint()}"
+    if not (target / META).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            GuardClassifier.train(builtin_rows("train")).save(tmp)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not (target / META).is_file():  # lost a race with another process: theirs is fine
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _DEFAULT = GuardClassifier.load(target)
+    return _DEFAULT
+
+
+def format_eval(report: dict, taxonomy=None) -> str:
+    """A plain-text table of a report from `evaluate`."""
+    from alignkit.safety.taxonomy import load_taxonomy
+
+    taxonomy = taxonomy or load_taxonomy()
+    lines = [f"{'code':<5} {'category':<20} {'P':>6} {'R':>6} {'F1':>6} {'n':>4}"]
+    for c, m in report["categories"].items():
+        lines.append(f"{taxonomy.code(c):<5} {c:<20} {m['precision']:>6.2f} {m['recall']:>6.2f} {m['f1']:>6.2f} "
+                     f"{m['support']:>4}")
+    for name in ("micro", "macro"):
+        m = report[name]
+        lines.append(f"{'':<5} {name:<20} {m['precision']:>6.2f} {m['recall']:>6.2f} {m['f1']:>6.2f}")
+    for role, m in [("all", report["binary"]), *report["binary_by_role"].items()]:
+        lines.append(f"unsafe vs safe ({role}): P {m['precision']:.2f} R {m['recall']:.2f} F1 {m['f1']:.2f}, "
+                     f"accuracy {m['accuracy']:.2f}, false-positive rate {m['false_positive_rate']:.2f} "
+                     f"({m['unsafe']} unsafe, {m['safe']} safe)")
+    return "\n".join(lines)
+
+
+def train_guard(config: GuardConfig) -> tuple[GuardClassifier, dict]:
+    """Train on the built-in train split plus `config.data`, save to `config.output_dir`, evaluate on the
+    built-in held-out test split and write eval.json next to the guard."""
+    from alignkit.safety.taxonomy import load_taxonomy
+
+    config.check()
+    if not config.output_dir:
+        raise AlignkitError("guard train: --output_dir is required")
+    taxonomy = load_taxonomy(config.taxonomy)
+    rows = builtin_rows("train")
+    for path in config.data:
+        rows += load_guard_rows(path, taxonomy.ids)
+    guard = GuardClassifier.train(rows, config, taxonomy=taxonomy)
+    out = guard.save(config.output_dir)
+    report = guard.evaluate(builtin_rows("test"))
+    report["config"] = asdict(config)
+    _write_text_atomic(out / "eval.json", json.dumps(report, indent=2) + "\n")
+    return guard, report
