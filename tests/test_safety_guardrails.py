@@ -5,15 +5,13 @@ deny-lists, per-user rate limits, the refusal policy, the audit file and the YAM
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import dataclass, field
 
 import pytest
 
 from alignkit.errors import AlignkitError
-from alignkit.safety.guardrails import (GENERIC_REFUSAL, Guardrails, GuardrailsConfig, _taxonomy_refusals,
-                                        luhn_valid, rail_text, redact_pii, refusal_message)
+from alignkit.safety.taxonomy import load_taxonomy
+from alignkit.safety.guardrails import (GENERIC_REFUSAL, Guardrails, GuardrailsConfig, luhn_valid, rail_text, redact_pii, refusal_message)
 
 
 @dataclass
@@ -57,7 +55,7 @@ def test_flagged_input_is_refused_and_never_reaches_the_model():
     [result] = Guardrails(model, guard)([user("how do I build a WEAPON")])
     assert model.batches == []
     assert result.blocked and result.stage == "input" and result.categories == ["weapons"]
-    assert result.text == GENERIC_REFUSAL["input"] and result.scores == {"weapons": 0.97}
+    assert result.text == refusal_message(["weapons"], "input") and result.scores == {"weapons": 0.97}
     assert guard.calls == [("prompt", ["how do I build a WEAPON"])]
 
 
@@ -77,7 +75,7 @@ def test_flagged_output_is_replaced_and_clean_traffic_passes_unchanged():
     flagged, clean = Guardrails(model, guard)([user("tell me the SECRET"), user("what is 2+2?")])
     assert len(model.batches) == 1
     assert flagged.blocked and flagged.stage == "output" and flagged.categories == ["privacy"]
-    assert flagged.text == GENERIC_REFUSAL["output"]
+    assert flagged.text == refusal_message(["privacy"], "output")
     assert not clean.blocked and clean.stage is None and clean.categories == [] and clean.redactions == []
     assert clean.text == "reply to: what is 2+2?"
     # the output rail asked the guard about the responses, as responses
@@ -169,16 +167,13 @@ def test_refusal_policy_is_a_plain_callable_and_the_default_reads_the_taxonomy(m
     assert [r.text for r in results] == ["no (input: weapons)", "no (output: privacy)"]
     assert seen == [(["weapons"], "input"), (["privacy"], "output")]
 
-    fake = types.ModuleType("alignkit.safety.taxonomy")
-    fake.load_taxonomy = lambda: [{"name": "weapons", "refusal": "I won't help with weapons."},
-                                  {"name": "privacy", "refusal": ""}]
-    monkeypatch.setitem(sys.modules, "alignkit.safety.taxonomy", fake)
-    _taxonomy_refusals.cache_clear()
-    try:
-        assert refusal_message(["other", "weapons"], "input") == "I won't help with weapons."
-        assert refusal_message(["privacy"], "output") == GENERIC_REFUSAL["output"]  # empty text: generic
-    finally:
-        _taxonomy_refusals.cache_clear()
+    # the default: the taxonomy's text for the first category it knows (by id or S-code), else generic
+    taxonomy = load_taxonomy()
+    weapons = taxonomy.get("weapons")
+    assert refusal_message(["other", "weapons"], "input") == weapons.refusal
+    assert refusal_message([weapons.code], "output") == weapons.refusal
+    assert refusal_message(["other"], "output") == GENERIC_REFUSAL["output"]
+    assert refusal_message([], "input") == GENERIC_REFUSAL["input"]
 
 
 def test_audit_file_gets_one_flushed_line_per_decision_without_texts_by_default(tmp_path):

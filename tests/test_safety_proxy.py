@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from alignkit.errors import AlignkitError  # noqa: E402
-from alignkit.safety.guardrails import GENERIC_REFUSAL, Guardrails, GuardrailsConfig  # noqa: E402
+from alignkit.safety.guardrails import Guardrails, GuardrailsConfig, refusal_message  # noqa: E402
 from alignkit.safety.proxy import add_serve_command, create_app, load_guard  # noqa: E402
 
 
@@ -159,13 +159,13 @@ def test_flagged_input_is_refused_without_contacting_the_upstream(upstream, prox
     reply = json.loads(data)
     assert status == 200 and upstream.requests == []
     assert reply["object"] == "chat.completion" and reply["model"] == "stub-model"
-    assert [c["message"]["content"] for c in reply["choices"]] == [GENERIC_REFUSAL["input"]] * 2
+    assert [c["message"]["content"] for c in reply["choices"]] == [refusal_message(["weapons"], "input")] * 2
     assert {c["finish_reason"] for c in reply["choices"]} == {"content_filter"}
     assert reply["guardrails"] == {"blocked": True, "stage": "input", "categories": ["weapons"]}
     # completions: one flagged prompt in a list blocks the request, with a refusal per prompt
     status, _, data = call(url + "/v1/completions", {"prompt": ["hello", "a WEAPON"]})
     assert status == 200 and upstream.requests == []
-    assert [c["text"] for c in json.loads(data)["choices"]] == [GENERIC_REFUSAL["input"]] * 2
+    assert [c["text"] for c in json.loads(data)["choices"]] == [refusal_message(["weapons"], "input")] * 2
 
 
 def test_flagged_output_is_replaced(upstream, proxy):
@@ -173,7 +173,7 @@ def test_flagged_output_is_replaced(upstream, proxy):
     upstream.answer = "the SECRET is 42"
     reply = json.loads(call(url + "/v1/chat/completions", chat("tell me"))[2])
     assert len(upstream.requests) == 1
-    assert reply["choices"][0]["message"]["content"] == GENERIC_REFUSAL["output"]
+    assert reply["choices"][0]["message"]["content"] == refusal_message(["privacy"], "output")
     assert reply["choices"][0]["finish_reason"] == "content_filter"
     assert reply["guardrails"]["stage"] == "output" and reply["guardrails"]["categories"] == ["privacy"]
     assert reply["id"] == "x-1" and reply["usage"] == {"total_tokens": 7}  # the rest of the reply is kept

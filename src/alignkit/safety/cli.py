@@ -1,4 +1,4 @@
-"""`alignkit redteam` and `alignkit safety-loop` (docs/safety.md); `alignkit guard` comes from guard_cli."""
+"""`alignkit redteam`, `alignkit safety-loop` and `alignkit guard train | classify | serve` (docs/safety.md)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ def cmd_safety_loop(args) -> int:
 
 
 def add_commands(commands, option, parser_class, config_command) -> None:
+    from alignkit.safety.guard_cli import add_commands as add_guard_commands
     from alignkit.safety.loop import SafetyLoopConfig
+    from alignkit.safety.proxy import add_serve_command
     from alignkit.safety.redteam import RedTeamConfig
 
+    add_serve_command(add_guard_commands(commands, option, parser_class))
     config_command(commands, "redteam", RedTeamConfig, cmd_redteam,
                    "attack a policy with harmful requests x attack techniques; ASR and over-refusal",
                    "Send every harmful request under every attack to the policy (a local model or an "

@@ -10,8 +10,8 @@ returns one `RailResult` per conversation. Each item passes, in order:
 4. the output rails: deny-lists, the guard with role="response", then PII redaction of what is returned.
 
 A blocked item's text is the refusal policy's message: any callable `(categories, stage) -> str`. The default,
-`refusal_message`, uses the taxonomy's per-category refusal when `alignkit.safety.taxonomy` is installed and
-one generic sentence per stage when it is not. Every decision can be appended to a JSONL audit file.
+`refusal_message`, uses the taxonomy's refusal for the first flagged category (safety/hazards.yaml) and one
+generic sentence per stage when no category is named. Every decision can be appended to a JSONL audit file.
 
 The guard is anything with `classify(texts, role) -> list[Verdict]` (see `Guard`), so a stub works in tests
 and `alignkit.safety.guard.GuardClassifier` works in production.
@@ -135,20 +135,10 @@ GENERIC_REFUSAL = {
 
 @functools.lru_cache(maxsize=1)
 def _taxonomy_refusals() -> dict[str, str]:
-    """category -> refusal text from the taxonomy, or {} when the taxonomy module is not installed."""
-    try:
-        from alignkit.safety.taxonomy import load_taxonomy
-    except ImportError:
-        return {}
-    entries = load_taxonomy()
-    items = entries.items() if isinstance(entries, dict) else [(None, e) for e in entries]
-    out = {}
-    for key, entry in items:
-        get = entry.get if isinstance(entry, dict) else functools.partial(getattr, entry)
-        name = key if key is not None else (get("name", None) or get("id", None))
-        if name and get("refusal", None):
-            out[str(name)] = str(get("refusal", None))
-    return out
+    """Hazard id and code (S1…) → the taxonomy's refusal text."""
+    from alignkit.safety.taxonomy import load_taxonomy
+
+    return {key: h.refusal for h in load_taxonomy().hazards for key in (h.id, h.code)}
 
 
 def refusal_message(categories: list[str], stage: str) -> str:

@@ -93,16 +93,15 @@ class SafetyLoopConfig:
                              batch_size=self.batch_size, seed=self.seed, output_dir=str(out), device=self.device)
 
 
-def refusal_text(hazard: str | None, rng: random.Random) -> str:
+def refusal_text(hazard: str | None) -> str:
     """The taxonomy's helpful refusal for a hazard (a general one when the hazard is unknown)."""
     from alignkit.safety.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy()
-    entry = taxonomy.get(hazard) if hazard else None
-    if entry is None:
+    if hazard not in taxonomy.ids:
         return ("I can't help with that, because it could put people at risk. If there is a safe goal behind "
                 "the question, tell me more and I'll gladly help with that.")
-    return entry.refusal
+    return taxonomy.get(hazard).refusal
 
 
 def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[list[dict], list[dict], dict]:
@@ -112,7 +111,7 @@ def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[l
     transcripts = [json.loads(line) for line in (collect / "transcripts.jsonl").read_text().splitlines()]
     attacked = [t for t in transcripts if not t["refused"]]
     for t in attacked:
-        refusal = refusal_text(t["hazard"], rng)
+        refusal = refusal_text(t["hazard"])
         sft.append({"prompt": t["conversation"], "completion": [{"role": "assistant", "content": refusal}]})
         prefs.append({"prompt": t["conversation"], "chosen": [{"role": "assistant", "content": refusal}],
                       "rejected": [{"role": "assistant", "content": t["reply"]}]})
@@ -123,7 +122,7 @@ def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[l
         answer = [{"role": "assistant", "content": b["reply"]}]
         sft += [{"prompt": prompt, "completion": answer}] * benign_weight
         prefs.append({"prompt": prompt, "chosen": answer,
-                      "rejected": [{"role": "assistant", "content": refusal_text(b.get("looks_like"), rng)}]})
+                      "rejected": [{"role": "assistant", "content": refusal_text(b.get("looks_like"))}]})
     rng.shuffle(sft)
     rng.shuffle(prefs)
     counts = {"attacked_not_refused": len(attacked), "attacked_total": len(transcripts),

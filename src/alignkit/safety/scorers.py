@@ -30,19 +30,11 @@ class HarmVerdict:
 
 def refusal_classes(replies: list[str], scorer: str = "rules") -> list[str]:
     """One of REFUSAL_CLASSES per reply."""
-    from alignkit.feedback.refusal import is_refusal
+    from alignkit.safety.refusal_classifier import RefusalScorer
 
     if scorer not in REFUSAL_SCORERS:
         raise AlignkitError(f"refusal_scorer: must be one of {', '.join(REFUSAL_SCORERS)}, got {scorer!r}")
-    rules = ["full_refusal" if is_refusal(r) else "full_compliance" for r in replies]
-    if scorer == "rules":
-        return rules
-    from alignkit.safety.refusal_classifier import default_refusal_classifier
-
-    learned = default_refusal_classifier().classify(replies)
-    if scorer == "classifier":
-        return learned
-    return [c if c != "full_compliance" or r == "full_compliance" else "full_refusal" for c, r in zip(learned, rules)]
+    return RefusalScorer(scorer).classify(replies)
 
 
 def make_harm_judge(spec: str, device: str = "cpu") -> Callable[[list[str]], list[HarmVerdict]]:
