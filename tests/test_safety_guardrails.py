@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from alignkit.errors import AlignkitError
+from alignkit.safety.guardrails import (GENERIC_REFUSAL, Guardrails, GuardrailsConfig, luhn_valid, rail_text,
+                                        redact_pii, refusal_message)
 from alignkit.safety.taxonomy import load_taxonomy
-from alignkit.safety.guardrails import (GENERIC_REFUSAL, Guardrails, GuardrailsConfig, luhn_valid, rail_text, redact_pii, refusal_message)
 
 
 @dataclass
