@@ -130,7 +130,8 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _overrides(args, skip=("func", "command", "config", "method", "title", "cai_command", "annotate_command", "guard_command")) -> dict:
+def _overrides(args, skip=("func", "command", "config", "method", "title", "cai_command", "annotate_command",
+                           "guard_command")) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
