@@ -184,10 +184,10 @@ def plot_before_after(summary: dict, path: Path) -> None:
     groups += [(a, summary["before"]["asr_by_attack"][a], summary["after"]["asr_by_attack"].get(a)) for a in attacks]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(groups), 3.8))
     for offset, label, index in ((-0.2, "before", 1), (0.2, "after", 2)):
-        values = [100 * (g[index] or {}).get("rate", 0) if g[index] and g[index].get("rate") is not None else 0
-                  for g in groups]
-        errors = [[v - 100 * (g[index] or {}).get("low", 0) for v, g in zip(values, groups)],
-                  [100 * (g[index] or {}).get("high", 0) - v for v, g in zip(values, groups)]]
+        rates = [g[index] if g[index] and g[index].get("rate") is not None else None for g in groups]
+        values = [100 * r["rate"] if r else 0.0 for r in rates]
+        errors = [[max(0.0, v - 100 * r["low"]) if r else 0.0 for v, r in zip(values, rates)],
+                  [max(0.0, 100 * r["high"] - v) if r else 0.0 for v, r in zip(values, rates)]]
         ax.bar([i + offset for i in range(len(groups))], values, width=0.4, label=label, yerr=errors, capsize=2)
     ax.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("% (95% CI)")
