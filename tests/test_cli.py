@@ -348,7 +348,8 @@ def test_demo_recipe_plans_its_stages(tmp_path):
     """`alignkit demo` runs the packaged demo recipe (timed in the closing notes, too slow for the suite):
     the real model answers, is fine-tuned with LoRA, and the fine-tuned model answers again; it then samples
     response pairs, the rubric judges them, a reward model and a DPO policy learn the judgments, and the DPO
-    policy's held-out win rate against the SFT policy is judged."""
+    policy's held-out win rate against the SFT policy is judged; PPO follows, and a red team attacks its
+    policy last."""
     from alignkit.config import load_yaml
     from alignkit.pipeline import plan, resolve_recipe
 
@@ -357,8 +358,9 @@ def test_demo_recipe_plans_its_stages(tmp_path):
         ("before", "generate"), ("sft", "sft"), ("after", "generate"), ("pairs", "generate_pairs"),
         ("judge", "judge"), ("reward_model", "reward_model"), ("dpo", "dpo"), ("sft_answers", "generate"),
         ("dpo_answers", "generate"), ("win_rate", "win_rate"), ("ppo", "ppo"), ("ppo_answers", "generate"),
-        ("ppo_win_rate", "win_rate")]
+        ("ppo_win_rate", "win_rate"), ("redteam", "redteam")]
     values = {s["name"]: s["values"] for s in stages}
+    assert values["redteam"]["model_name_or_path"] == str(tmp_path / "ppo" / "model")
     assert values["before"]["model_name_or_path"] == "embedded:smollm2-135m-instruct"
     assert values["sft"]["use_peft"] is True
     assert values["after"]["model_name_or_path"] == str(tmp_path / "sft" / "model")

@@ -122,7 +122,7 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     dpo = read_status(tmp_path / "dpo")
     assert dpo["status"] == "complete" and "eval/rewards/accuracies" in dpo["eval"]
     win = json.loads((tmp_path / "win_rate" / "win_rate.json").read_text())
-    assert win["prompts"] == 62 and win["wins"] + win["losses"] + win["ties"] == 62  # the test-split prompts
+    assert win["prompts"] == 132 and win["wins"] + win["losses"] + win["ties"] == 132  # the test-split prompts
     assert win["a"] == str(tmp_path / "dpo_answers" / "generations.jsonl")
     assert rc == 0 and out.count("complete, skipped") == 12
     ppo = read_status(tmp_path / "ppo")

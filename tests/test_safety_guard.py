@@ -148,7 +148,7 @@ def test_extra_rows_are_checked_with_one_line_per_problem(tmp_path):
     assert e.value.problems == [
         f"{path}:2: text: expected a non-empty string",
         f"{path}:3: role: expected prompt or response, got 'bot'",
-        f"{path}:4: categories: 'nope' is not a hazard id of the taxonomy (docs/safety_guard.md)"]
+        f"{path}:4: categories: 'nope' is not a hazard id of the taxonomy (docs/guard.md)"]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -290,8 +290,25 @@ def cmd_demo(args) -> int:
         print(f"\nQ: {question}\n  before: {_one_line(b['completion'])}\n  after:  {_one_line(a['completion'])}")
     _print_reward_model_result(root)
     _print_win_rate(root)
+    _print_redteam(root)
     print(f"\nreports: {root / 'index.html'}")
     return 0
+
+
+def _print_redteam(root) -> None:
+    """The demo's red-team stage: attack success and over-refusal of the final (PPO) policy."""
+    import json
+
+    path = root / "redteam" / "results.json"
+    if not path.exists():
+        return
+    from alignkit.safety.redteam import _pct
+
+    results = json.loads(path.read_text())
+    worst = max(results["asr"]["by_attack"].items(), key=lambda item: item[1]["rate"] or 0.0)
+    print(f"\nred team (PPO policy, {results['asr']['overall']['n']} attacked held-out requests): attack success "
+          f"{_pct(results['asr']['overall'])}, most effective attack {worst[0]} {_pct(worst[1])}; over-refusal on "
+          f"benign look-alikes {_pct((results.get('over_refusal') or {}).get('any'))}")
 
 
 def _print_reward_model_result(root) -> None:

@@ -1,4 +1,4 @@
-"""Guard classifier: which hazard categories does a prompt or a response fall into? (docs/safety_guard.md)
+"""Guard classifier: which hazard categories does a prompt or a response fall into? (docs/guard.md)
 
 A small head on frozen sentence embeddings (safety/encoder.py), one sigmoid per hazard category of the
 taxonomy plus one for "unsafe at all", trained with binary cross-entropy:
@@ -151,7 +151,7 @@ def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
             problems.append(f"{where}: categories: expected a list of hazard ids ([] for safe)")
         elif any(c not in known for c in cats):
             bad = next(c for c in cats if c not in known)
-            problems.append(f"{where}: categories: {bad!r} is not a hazard id of the taxonomy (docs/safety_guard.md)")
+            problems.append(f"{where}: categories: {bad!r} is not a hazard id of the taxonomy (docs/guard.md)")
         else:
             rows.append({"text": text, "role": role, "categories": list(dict.fromkeys(cats))})
     if not rows and not problems:

@@ -1,4 +1,4 @@
-"""`alignkit guard train | classify`: the hazard guard classifier from the shell (docs/safety_guard.md)."""
+"""`alignkit guard train | classify`: the hazard guard classifier from the shell (docs/guard.md)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def add_commands(commands, option, parser_class):
 
     guard = commands.add_parser("guard", help="hazard guard classifier: train, classify",
                                 description="A multi-label hazard classifier for prompts and responses "
-                                "(docs/safety_guard.md).")
+                                "(docs/guard.md).")
     sub = guard.add_subparsers(title="guard commands", dest="guard_command", metavar="COMMAND",
                                parser_class=parser_class)
     p = sub.add_parser("train", help="train a guard on the built-in data (plus --data files) and evaluate it",
