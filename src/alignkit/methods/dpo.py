@@ -295,7 +295,9 @@ def precompute_reference(examples: list, reference_model, pad_id: int, batch_siz
             for e, values in zip(chunk, sums.tolist()):
                 e.set_reference(values)
             computed.append(sums)
-    if cache_path is not None and computed:
+    from alignkit.engine.distributed import is_main_process
+
+    if cache_path is not None and computed and is_main_process():  # every process computes; one writes
         from alignkit.engine.checkpoint import torch_save_atomic
 
         torch_save_atomic(cache_path, {"key": key, "values": torch.cat(computed)})
