@@ -51,9 +51,18 @@ def make_accelerator(cpu: bool, **kwargs):
 
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch set from the config
     accelerator = Accelerator(cpu=True, **kwargs)
-    state = AcceleratorState()
-    state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
+    _switch(DistributedType.FSDP)
+    AcceleratorState().fsdp_plugin = plugin
     return accelerator
+
+
+def _switch(distributed_type) -> None:
+    """Set the distributed type on both of accelerate's shared states (AcceleratorState re-reads
+    PartialState's each time it is constructed, which prepare does)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    PartialState().distributed_type = distributed_type
+    AcceleratorState().distributed_type = distributed_type
 
 
 def _deepspeed_on_cpu(kwargs):
@@ -71,7 +80,8 @@ def _deepspeed_on_cpu(kwargs):
     state = AcceleratorState()
     plugin.set_mixed_precision(state.mixed_precision)
     plugin.select(_from_accelerator_state=True)
-    state.distributed_type, state.deepspeed_plugins = DistributedType.DEEPSPEED, plugin
+    _switch(DistributedType.DEEPSPEED)
+    state.deepspeed_plugins = plugin
     return accelerator
 
 
