@@ -141,7 +141,8 @@ def _full(value):
 
     if hasattr(value, "full_tensor"):
         value = value.full_tensor()
-    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value  # own storage: FSDP frees its buffers
+    # a copy with its own storage: FSDP frees the buffers it gathered into
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
 
 
 def is_fsdp(model) -> bool:

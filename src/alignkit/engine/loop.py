@@ -272,11 +272,12 @@ def train(
                     sums[k] = sums.get(k, 0.0) + float(v) * weight
             loss = (accelerator.reduce(loss_total, reduction="sum").item() if world > 1 else loss_total.item())
             loss /= max(total, 1.0)
-            if world > 1:  # every process's metric sums, so the logged means cover the whole global batch
+            tokens = int(sum(_tokens_of(b) for b in batches))
+            if world > 1:  # every process's metric sums and tokens: the logged numbers cover the global batch
                 names_m = sorted(sums)  # step_fn returns the same metric names on every process
-                reduced = accelerator.reduce(torch.tensor([sums[k] for k in names_m], dtype=torch.float64,
-                                                          device=accelerator.device), reduction="sum")
-                sums = dict(zip(names_m, reduced.tolist()))
+                reduced = accelerator.reduce(torch.tensor([sums[k] for k in names_m] + [tokens], dtype=torch.float64,
+                                                          device=accelerator.device), reduction="sum").tolist()
+                sums, tokens = dict(zip(names_m, reduced[:-1])), int(reduced[-1])
             params = [p for p in model.parameters() if p.requires_grad]
             if settings.max_grad_norm and settings.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
@@ -296,8 +297,7 @@ def train(
                 bad_streak += 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens = int(sum(_tokens_of(b) for b in batches))
-            tokens_seen += tokens * world
+            tokens_seen += tokens
             step_time = time.perf_counter() - t0
             bar.update(1)
             if not finite and main:
@@ -305,7 +305,7 @@ def train(
                           f"skipped, optimizer untouched ({bad_streak} in a row)")
             if step % settings.logging_steps == 0 or step == steps or not finite:
                 last = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": round(stream.epoch, 4),
-                        "tokens_per_s": tokens * world / step_time, "step_time": step_time,
+                        "tokens_per_s": tokens / step_time, "step_time": step_time,
                         "num_tokens": tokens_seen, "skipped_steps": skipped, "peak_memory_mb": peak_memory_mb(),
                         **{k: v / max(total, 1.0) for k, v in sums.items()}}
                 log.write({"step": step, **last})
