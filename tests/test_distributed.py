@@ -6,9 +6,10 @@ A 2-process run with per_device_train_batch_size 2 sees exactly the global batch
 per_device_train_batch_size 4 (the engine reads one seeded stream and gives each rank its slice), and the
 loss is normalised over the global batch, so both runs follow the same trajectory. They differ only in
 float32 rounding: the gradient is summed in two halves and all-reduced instead of in one pass. Tolerance:
-weights within 1e-4 after 4 AdamW steps at lr 1e-3 (measured differences are ~1e-7 for FSDP vs DDP and below
-1e-5 for 1 vs 2 processes; a wrong split, a per-rank normalisation or a missed reduction changes weights by
-about 1e-3, the size of one step). Metrics within 1e-4 relative for the same reason.
+weights within 2e-4 after 4 AdamW steps at lr 1e-3. Measured: 5.0e-5 (SFT) and 1.8e-5 (DPO) for 1 vs 2
+processes, and FSDP equal to DDP to 1e-7; AdamW divides by the root of the squared-gradient average, which
+magnifies rounding on near-zero gradients, while a wrong split, a per-rank normalisation or a missed reduction
+moves weights by about 1e-3, the size of one step. Losses and metrics within 1e-4 relative (measured 1e-6).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def test_two_processes_give_the_single_process_weights(runs, method, strategy):
     assert moved > 1e-3  # training moved the weights well beyond the tolerance
     for name, value in single.items():
         if name in multi:
-            torch.testing.assert_close(multi[name], value, atol=1e-4, rtol=0)
+            torch.testing.assert_close(multi[name], value, atol=2e-4, rtol=0)
 
 
 def weights_of_start() -> dict[str, torch.Tensor]:
@@ -203,7 +204,7 @@ def test_deepspeed_runs_dpo_on_two_cpu_processes(tmp_path, data, runs, stage):
     ddp = [r for r in read_metrics(runs["dpo", "ddp"] / "metrics.jsonl") if "loss" in r]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ddp], rel=1e-4)
     for name, value in weights(runs["dpo", "ddp"]).items():
-        torch.testing.assert_close(weights(out)[name], value, atol=1e-4, rtol=0)
+        torch.testing.assert_close(weights(out)[name], value, atol=2e-4, rtol=0)
 
 
 def test_rank_gated_writers_write_nothing_on_other_ranks(tmp_path, monkeypatch, tiny_model, tiny_tokenizer):

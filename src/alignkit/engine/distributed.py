@@ -42,6 +42,8 @@ def make_accelerator(cpu: bool, **kwargs):
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if world_size() > 1 and not torch.cuda.is_available():
         cpu = True  # without this accelerate sees no GPU and runs each process alone
+    if world_size() > 1:
+        _close_at_exit()
     if not (cpu and world_size() > 1 and (use_fsdp or use_deepspeed)):
         return Accelerator(cpu=cpu, **kwargs)
     if use_deepspeed:
@@ -63,6 +65,26 @@ def _switch(distributed_type) -> None:
 
     PartialState().distributed_type = distributed_type
     AcceleratorState().distributed_type = distributed_type
+
+
+_closing = []
+
+
+def _close_at_exit() -> None:
+    """Shut the process group down before the interpreter does: a gloo group torn down at interpreter exit
+    can abort the process ("terminate called without an active exception") after a successful run."""
+    if _closing:
+        return
+    import atexit
+
+    import torch.distributed
+
+    def close():
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(close)
+    _closing.append(close)
 
 
 def _deepspeed_on_cpu(kwargs):
