@@ -142,7 +142,10 @@ def cmd_train(args) -> int:
     config_cls, train = method_parts(args.method)
     config = _config_from_args(config_cls, args)
     result = train(config)
-    _print_finished(args.title or config.loss_type, result.output_dir, result)
+    from alignkit.engine.distributed import is_main_process
+
+    if is_main_process():  # under --num_processes every process gets here; one prints
+        _print_finished(args.title or config.loss_type, result.output_dir, result)
     return 0
 
 
@@ -427,6 +430,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_models)
 
     from alignkit.config import add_arguments
+    from alignkit.engine.launch import add_options as add_launch_options
     from alignkit.pipeline import method_parts
 
     training = (  # command, pipeline method, help, description, aliases, defaults
@@ -461,6 +465,7 @@ def build_parser() -> Parser:
                                 "names work.")
         option(p, "--config", help="YAML recipe of option: value pairs")
         add_arguments(p, method_parts(method)[0])
+        add_launch_options(p, option)
         p.set_defaults(func=cmd_train, method=method, **{"title": name, **defaults})
 
     from alignkit.rollout.pairs import GeneratePairsConfig
@@ -573,7 +578,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     _one_line_warnings()
+    # --num_processes / --accelerate_config: the same command again, on N processes (engine/launch.py)
+    launch = {k: vars(args).pop(k) for k in ("num_processes", "accelerate_config") if k in vars(args)}
     try:
+        if launch:
+            from alignkit.engine.launch import relaunch
+
+            return relaunch(sys.argv[1:] if argv is None else argv, launch.get("num_processes"),
+                            launch.get("accelerate_config"))
         return args.func(args)
     except DataError as e:
         for problem in e.problems[:20]:

@@ -40,8 +40,13 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], rank: int = 0) -> None:
+    """Restore the RNG states; `state` may be a list with one entry per rank (multi-process checkpoints).
+    A rank the checkpoint has no entry for (more processes than wrote it) takes rank 0's."""
     import numpy as np
+
+    if isinstance(state, list):
+        state = state[rank] if rank < len(state) else state[0]
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -82,11 +87,14 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any], keep_last: int | None = None) -> Path:
+def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any], keep_last: int | None = None,
+                    model_state: dict | None = None) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, then prune to the newest `keep_last`.
 
     `state` holds everything but the model (optimizer and scheduler state dicts, counters, data position);
-    RNG states are added here.
+    this process's RNG state is added here unless `state` brings its own. `model_state` is the full state
+    dict gathered from sharded processes (FSDP, ZeRO-3); without it the model's own weights are saved.
+    Only one process (rank 0) may call it.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -94,8 +102,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any]
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    unwrap(model).save_pretrained(tmp, safe_serialization=True, max_shard_size="1000GB")
-    torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
+    save_model(model, tmp, model_state)
+    torch.save({"rng": rng_state(), **state, "step": step}, tmp / STATE_FILE)
     write_text_atomic(tmp / MARKER, f"{step}\n")
     _fsync_dir(tmp)
     if final.exists():  # a resumed run saving the same step again
@@ -108,6 +116,24 @@ def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any]
         for old in complete[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_model(model, path: Path, model_state: dict | None = None) -> None:
+    """save_pretrained, or with `model_state` (full weights gathered from shards) the same files written from
+    it: transformers' save_pretrained reads the live, sharded parameters, which only rank 0's copy holds whole."""
+    model = unwrap(model)
+    if model_state is None:
+        model.save_pretrained(path, safe_serialization=True, max_shard_size="1000GB")
+    elif hasattr(model, "merge_and_unload"):  # peft picks the adapter's weights out of the given state
+        model.save_pretrained(path, state_dict=model_state)
+    else:
+        from safetensors.torch import save_file
+
+        model.config.save_pretrained(path)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in model_state.items()}, str(path / "model.safetensors"),
+                  metadata={"format": "pt"})
 
 
 def clean_partial(run_dir: str | Path) -> list[Path]:

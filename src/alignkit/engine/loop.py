@@ -14,7 +14,11 @@ returns the batch's summed loss and its metrics. The loop owns everything else:
 - checkpoints (engine.checkpoint), `metrics.jsonl`, a progress bar, optional trackers, evaluation.
 
 accelerate runs it on one CPU, one GPU, or many processes (DDP/FSDP/DeepSpeed from `accelerate launch`
-configs) without code changes.
+configs) without code changes. With N processes each takes its own slice of every global batch (micro × N
+examples per micro-batch, in the one seeded order), the loss and every step_fn metric are averaged over all
+processes (weighted by `count_fn`, so they equal the single-process numbers for the same global batch), and
+only rank 0 writes files or shows a progress bar. Checkpoints hold full weights and a name-keyed optimizer
+state (engine.distributed), so resume is exact under DDP and FSDP and also works with another process count.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 import torch
 
 from alignkit.engine import checkpoint as ckpt
+from alignkit.engine import distributed as dist
+from alignkit.engine.distributed import is_main_process
 from alignkit.engine.settings import TrainSettings
 from alignkit.errors import AlignkitError
 
@@ -46,6 +52,8 @@ class TrainResult:
     seconds: float
     last_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    full_state_dict: dict | None = field(default=None, repr=False)
+    """With several processes: the final weights gathered onto rank 0 (what model/ is written from)."""
 
 
 StepFn = Callable[[Any, dict], "tuple[torch.Tensor, dict[str, float]]"]
@@ -110,7 +118,8 @@ def check_output_dir(settings: TrainSettings) -> Path | None:
     Methods call it before loading anything, so a mistake costs no time."""
     out = Path(settings.output_dir)
     if settings.resume:
-        ckpt.clean_partial(out)
+        if is_main_process():
+            ckpt.clean_partial(out)
         latest = ckpt.find_latest(out)
         if latest is None:
             raise AlignkitError(f"{out}: --resume: no complete checkpoint to resume from; drop --resume to start")
@@ -123,8 +132,6 @@ def check_output_dir(settings: TrainSettings) -> Path | None:
 def _make_accelerator(settings: TrainSettings, device: str | None):
     import os
 
-    from accelerate import Accelerator
-
     kwargs: dict[str, Any] = {}
     if settings.report_to != "none":
         import importlib.util
@@ -135,7 +142,16 @@ def _make_accelerator(settings: TrainSettings, device: str | None):
         if settings.report_to == "wandb":
             os.environ.setdefault("WANDB_MODE", "offline")
         kwargs.update(log_with=settings.report_to, project_dir=settings.output_dir)
-    return Accelerator(cpu=device == "cpu", **kwargs)
+    accelerator = dist.make_accelerator(cpu=device == "cpu", **kwargs)
+    if dist.uses_deepspeed(accelerator) and settings.gradient_accumulation_steps > 1:
+        raise AlignkitError("gradient_accumulation_steps: under DeepSpeed give 1 and raise num_processes or "
+                            "per_device_train_batch_size (DeepSpeed steps inside backward, so the engine cannot "
+                            "accumulate)")
+    if dist.uses_deepspeed(accelerator):  # DeepSpeed clips inside its step and wants the micro-batch size
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["gradient_clipping"] = settings.max_grad_norm
+        ds_config["train_micro_batch_size_per_gpu"] = settings.per_device_train_batch_size
+    return accelerator
 
 
 def train(
@@ -168,7 +184,11 @@ def train(
     steps = total_steps(settings, len(examples), world)
     torch.manual_seed(settings.seed)
 
+    latest = check_output_dir(settings)
+    if latest is not None:  # into the plain model: FSDP and ZeRO-3 shard it in prepare
+        ckpt.load_model_weights(model, latest)
     optimizer = make_optimizer(model, settings)
+    names = dist.param_names(model, optimizer)
     warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * steps)
     scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                               num_training_steps=steps)
@@ -176,30 +196,39 @@ def train(
 
     stream = DataStream(len(examples), settings.seed)
     step, skipped, bad_streak, tokens_seen, elapsed_before = 0, 0, 0, 0, 0.0
-    latest = check_output_dir(settings)
     if latest is not None:
-        ckpt.load_model_weights(model, latest)
         state = ckpt.load_state(latest)
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is None:
+            raise AlignkitError(f"{latest}: holds no optimizer state (written under DeepSpeed); resume is not "
+                                "supported there yet: start a new run from its weights")
+        dist.load_optimizer(accelerator, model, optimizer, state["optimizer"], names)
         scheduler.load_state_dict(state["scheduler"])
         step, skipped, bad_streak = state["step"], state["skipped_steps"], state["bad_streak"]
         tokens_seen, elapsed_before = state["tokens_seen"], state["elapsed"]
         stream.position = state["data_position"]
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_state(state["rng"], accelerator.process_index)
 
+    main = accelerator.is_main_process
     log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0,
-                     accelerator=accelerator if settings.report_to != "none" else None)
+                     accelerator=accelerator if settings.report_to != "none" else None, main=main)
     if settings.report_to != "none":
         accelerator.init_trackers(method, config={k: v for k, v in (config or {}).items()
                                                   if isinstance(v, (int, float, str, bool))})
 
     def save(at_step: int) -> Path | None:
-        if not accelerator.is_main_process:
-            return None
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "skipped_steps": skipped, "bad_streak": bad_streak, "tokens_seen": tokens_seen,
-                 "elapsed": elapsed_before + time.perf_counter() - started, "data_position": stream.position}
-        return ckpt.save_checkpoint(out, at_step, model, state, keep_last=settings.save_total_limit or None)
+        """Every process gathers its part; rank 0 writes; all wait until the checkpoint is in place."""
+        model_state, optimizer_state, rngs = dist.checkpoint_parts(accelerator, model, optimizer, names)
+        gathered["model"] = model_state
+        path = None
+        if main:
+            state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                     "skipped_steps": skipped, "bad_streak": bad_streak, "tokens_seen": tokens_seen,
+                     "elapsed": elapsed_before + time.perf_counter() - started, "data_position": stream.position,
+                     "rng": rngs if world > 1 else rngs[0], "world_size": world}
+            path = ckpt.save_checkpoint(out, at_step, model, state, keep_last=settings.save_total_limit or None,
+                                        model_state=model_state)
+        accelerator.wait_for_everyone()
+        return path
 
     def evaluate() -> dict[str, float]:
         if eval_fn is None:
@@ -211,10 +240,11 @@ def train(
         log.write({"step": step, **metrics})
         return metrics
 
+    gathered: dict[str, Any] = {}  # the last checkpoint's full weights, for the final model
     micro = settings.per_device_train_batch_size
     rank = accelerator.process_index
-    bar = tqdm(total=steps, initial=step, desc=method, unit="step", disable=not settings.progress or None,
-               dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, desc=method, unit="step",
+               disable=(not settings.progress or not main) or None, dynamic_ncols=True)
     started = time.perf_counter()
     last: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
@@ -242,12 +272,20 @@ def train(
                     sums[k] = sums.get(k, 0.0) + float(v) * weight
             loss = (accelerator.reduce(loss_total, reduction="sum").item() if world > 1 else loss_total.item())
             loss /= max(total, 1.0)
+            tokens = int(sum(_tokens_of(b) for b in batches))
+            if world > 1:  # every process's metric sums and tokens: the logged numbers cover the global batch
+                names_m = sorted(sums)  # step_fn returns the same metric names on every process
+                reduced = accelerator.reduce(torch.tensor([sums[k] for k in names_m] + [tokens], dtype=torch.float64,
+                                                          device=accelerator.device), reduction="sum").tolist()
+                sums, tokens = dict(zip(names_m, reduced[:-1])), int(reduced[-1])
             params = [p for p in model.parameters() if p.requires_grad]
             if settings.max_grad_norm and settings.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+            elif world > 1:  # an infinite threshold clips nothing but gives the norm over every shard
+                grad_norm = accelerator.clip_grad_norm_(params, float("inf"))
             else:
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            grad_norm = float(grad_norm)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             lr = scheduler.get_last_lr()[0]
             if finite:
@@ -259,18 +297,17 @@ def train(
                 bad_streak += 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens = int(sum(_tokens_of(b) for b in batches))
-            tokens_seen += tokens * world
+            tokens_seen += tokens
             step_time = time.perf_counter() - t0
             bar.update(1)
-            if not finite:
+            if not finite and main:
                 bar.write(f"{method}: step {step}: non-finite loss or gradient ({loss}, grad norm {grad_norm}); "
                           f"skipped, optimizer untouched ({bad_streak} in a row)")
             if step % settings.logging_steps == 0 or step == steps or not finite:
                 last = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": round(stream.epoch, 4),
-                        "tokens_per_s": tokens * world / step_time, "step_time": step_time,
+                        "tokens_per_s": tokens / step_time, "step_time": step_time,
                         "num_tokens": tokens_seen, "skipped_steps": skipped, "peak_memory_mb": peak_memory_mb(),
-                        **{k: v / max(total / world, 1.0) for k, v in sums.items()}}
+                        **{k: v / max(total, 1.0) for k, v in sums.items()}}
                 log.write({"step": step, **last})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
                 if on_log:
@@ -293,7 +330,7 @@ def train(
         if settings.report_to != "none":
             accelerator.end_training()
     seconds = elapsed_before + time.perf_counter() - started
-    return TrainResult(out, step, skipped, seconds, last, eval_metrics)
+    return TrainResult(out, step, skipped, seconds, last, eval_metrics, gathered.get("model"))
 
 
 def _tokens_of(batch: dict) -> int:

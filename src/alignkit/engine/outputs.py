@@ -7,13 +7,16 @@ import os
 import shutil
 from pathlib import Path
 
-from alignkit.engine.checkpoint import unwrap, write_text_atomic
+from alignkit.engine.checkpoint import save_model, unwrap, write_text_atomic
+from alignkit.engine.distributed import is_main_process
 
 STATUS_FILE = "run.json"
 
 
 def write_status(out: str | Path, status: str, method: str, **extra) -> None:
-    """run.json: status is running, complete, stopped (non-finite losses) or failed (an error)."""
+    """run.json: status is running, complete, stopped (non-finite losses) or failed (an error). Rank 0 only."""
+    if not is_main_process():
+        return
     record = {"status": status, "method": method, "output_dir": str(out), **extra}
     write_text_atomic(Path(out) / STATUS_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
@@ -30,29 +33,48 @@ def is_complete(out: str | Path) -> bool:
     return read_status(out).get("status") == "complete"
 
 
-def save_final_model(model, tokenizer, path: str | Path) -> Path:
+def save_final_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> Path | None:
     """Write a model that transformers and vLLM load as is. With LoRA the adapter is merged into a copy
-    of the weights, and the adapter alone is kept next to it as adapter/."""
+    of the weights, and the adapter alone is kept next to it as adapter/. `state_dict` is the full state
+    gathered from sharded processes (FSDP, ZeRO-3); only rank 0 writes (others return None)."""
     import copy
 
+    if not is_main_process():
+        return None
     path = Path(path)
     model = unwrap(model)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(path.with_name("adapter"))
-        copy.deepcopy(model).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        save_model(model, path.with_name("adapter"), state_dict)
+        if state_dict is not None:  # the live weights are sharded
+            _merge_from_adapter(model, path.with_name("adapter"), tmp)
+        else:
+            copy.deepcopy(model).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
     else:
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_model(model, tmp, state_dict)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
 
 
+def _merge_from_adapter(model, adapter_dir: Path, out: Path) -> None:
+    """The merged LoRA model when the live weights are sharded: reload the base weights on this process,
+    apply the saved adapter, merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model.peft_config["default"].base_model_name_or_path)
+    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out, safe_serialization=True)
+
+
 def write_report_quietly(out: str | Path) -> Path | None:
-    """Write report.html; a plotting failure must never lose a finished run, so it only warns."""
+    """Write report.html (rank 0); a plotting failure must never lose a finished run, so it only warns."""
     import warnings
+
+    if not is_main_process():
+        return None
 
     from alignkit.engine.report import write_report
 
@@ -71,8 +93,9 @@ def start_run(method: str, config) -> Path:
     config.check()
     check_output_dir(config.train)
     out = Path(config.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(out / "config.yaml", {"method": method, **to_flat_dict(config)})
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(out / "config.yaml", {"method": method, **to_flat_dict(config)})
     write_status(out, "running", method, model=config.model_name_or_path)
     return out
 
@@ -96,7 +119,7 @@ def train_and_save(method: str, config, model, tokenizer, examples, collate, ste
         write_status(out, status, method, model=config.model_name_or_path, error=str(e) or type(e).__name__)
         write_report_quietly(out)
         raise
-    save_final_model(model, tokenizer, out / "model")
+    save_final_model(model, tokenizer, out / "model", state_dict=result.full_state_dict)
     write_status(out, "complete", method, model=config.model_name_or_path, steps=result.steps,
                  seconds=round(result.seconds, 2), skipped_steps=result.skipped_steps,
                  eval=result.eval_metrics, final=result.last_metrics)

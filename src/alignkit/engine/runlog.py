@@ -48,10 +48,15 @@ def read_metrics(path: str | Path) -> list[dict]:
 class MetricsLog:
     """Appends metric rows to a JSONL file (main process only) and forwards them to trackers."""
 
-    def __init__(self, path: str | Path, truncate_after: int = 0, accelerator=None):
+    def __init__(self, path: str | Path, truncate_after: int = 0, accelerator=None, main: bool | None = None):
+        """`main`: whether this process writes (default: the accelerator's main process, else rank 0)."""
+        from alignkit.engine.distributed import is_main_process
+
         self.path = Path(path)
         self.accelerator = accelerator
-        self.main = accelerator is None or accelerator.is_main_process
+        if main is None:
+            main = accelerator.is_main_process if accelerator is not None else is_main_process()
+        self.main = main
         if not self.main:
             self.file = None
             return

@@ -137,6 +137,7 @@ def sequence_sums(model, batch: dict, bucketed: bool = False, mean_logits: bool 
     import torch
 
     from alignkit.data.collate import length_groups
+    from alignkit.engine.distributed import world_size
     from alignkit.ops.logprobs import sequence_logps
 
     def sums_of(logps):
@@ -149,7 +150,9 @@ def sequence_sums(model, batch: dict, bucketed: bool = False, mean_logits: bool 
         per_token = sums_of(sequence_logps(model, batch, mean_logits=mean_logits))
         return tuple(torch.zeros(len(lengths), device=t.device, dtype=t.dtype).index_add(0, segment, t[0])
                      for t in per_token)
-    if not bucketed:
+    # on several processes every rank must run the same number of forward passes (DDP and FSDP communicate
+    # in each), and the number of length groups differs between ranks: one padded pass instead, same numbers
+    if not bucketed or world_size() > 1:
         return tuple(t.sum(-1) for t in sums_of(sequence_logps(model, batch, mean_logits=mean_logits)))
     rows_total = batch["input_ids"].shape[0]
     out = None
@@ -295,7 +298,9 @@ def precompute_reference(examples: list, reference_model, pad_id: int, batch_siz
             for e, values in zip(chunk, sums.tolist()):
                 e.set_reference(values)
             computed.append(sums)
-    if cache_path is not None and computed:
+    from alignkit.engine.distributed import is_main_process
+
+    if cache_path is not None and computed and is_main_process():  # every process computes; one writes
         from alignkit.engine.checkpoint import torch_save_atomic
 
         torch_save_atomic(cache_path, {"key": key, "values": torch.cat(computed)})

@@ -197,7 +197,12 @@ def train_ppo(config: PPOConfig):
     from alignkit.rollout.generate import SamplingSettings
     from alignkit.rollout.rl import sample_rollout
 
+    from alignkit.engine.distributed import world_size
+
     config.check()
+    if world_size() > 1:  # PPO has its own loop (rollout, several epochs of mini-batches), not the engine's
+        raise AlignkitError("ppo: runs in one process for now; drop --num_processes (or use grpo / rloo, "
+                            "which run on N processes)")
     latest = check_output_dir(config.train)
     settings = config.train
     rows = load_prompts(config)

@@ -124,10 +124,12 @@ def collate_rewards(examples: list[RewardExample], pad_id: int, padding_free: bo
 
 def reward_loss(model, batch: dict, center_coef: float = 0.0, bucketed: bool = False):
     """(summed Bradley–Terry loss of the batch's pairs, metrics with TRL's names)."""
+    from alignkit.engine.distributed import world_size
     from alignkit.losses.reward import bradley_terry_loss
     from alignkit.ops.rewards import sequence_rewards
 
-    rewards = sequence_rewards(model, batch, bucketed=bucketed)
+    # several processes must run equally many forward passes; length groups differ between ranks
+    rewards = sequence_rewards(model, batch, bucketed=bucketed and world_size() == 1)
     chosen, rejected = rewards.chunk(2)
     out = bradley_terry_loss(chosen, rejected, batch.get("margin"), center_coef)
     detached = rewards.detach()
