@@ -135,6 +135,33 @@ def run_grpo(model_dir: Path, n_params: int, cfg, work: Path, steps: int, use_vl
     record(f"{name}: peak GPU memory (torch allocator)", torch.cuda.max_memory_allocated() / 2**30, "GiB")
 
 
+def run_launched(model_dir: Path, work: Path, config_name: str, steps: int) -> None:
+    """DPO through `alignkit dpo --num_processes 1 --accelerate_config NAME`: the accelerate-launch path
+    (FSDP2 wraps the model even on one GPU), then --resume of the same run from its step-4 checkpoint."""
+    import subprocess
+
+    data, out = work / "pairs.jsonl", work / f"launch-{config_name}"
+    args = [sys.executable, "-m", "alignkit.cli", "dpo", "--model", str(model_dir), "--data", str(data),
+            "--per_device_train_batch_size", "8", "--max_length", "1024", "--logging_steps", "1",
+            "--save_steps", "4", "--progress", "false", "--output_dir", str(out), "--num_processes", "1",
+            "--accelerate_config", config_name]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    first = subprocess.run([*args, "--max_steps", str(steps)], env=env, capture_output=True, text=True)
+    if first.returncode != 0:
+        record(f"launch {config_name}", f"FAILED: {(first.stderr or first.stdout).strip().splitlines()[-1:]}")
+        return
+    record(f"launch {config_name}: dpo tokens/s", steady(out / "metrics.jsonl", "tokens_per_s", skip=2))
+    # resume: drop the final checkpoint so `latest` is step 4, then continue to the same max_steps
+    import shutil
+
+    for path in sorted((out / "checkpoints").glob("step-*"))[1:]:
+        shutil.rmtree(path)
+    (out / "checkpoints" / "latest").write_text("step-000004")
+    again = subprocess.run([*args, "--max_steps", str(steps), "--resume"], env=env, capture_output=True, text=True)
+    record(f"launch {config_name}: resume", "ok" if again.returncode == 0 else
+           f"FAILED: {(again.stderr or again.stdout).strip().splitlines()[-1:]}")
+
+
 def run_generation(model_dir: Path, n_prompts: int, new_tokens: int) -> None:
     """The same prompts, sampled at temperature 1 with the same token budget, by three engines."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -212,7 +239,9 @@ def main() -> int:
         cfg = AutoConfig.from_pretrained(model_dir)
         record("model parameters", n_params / 1e9, "B")
         steps = 3 if args.tiny else 20
-        run_dpo(model_dir, n_params, cfg, work, steps=steps, batch=2 if args.tiny else 8)
+        run_dpo(model_dir, n_params, cfg, work, steps=steps, batch=2 if args.tiny else 16)
+        for name in ("ddp", "fsdp"):
+            run_launched(model_dir, work, name, steps=6 if args.tiny else 12)
         run_grpo(model_dir, n_params, cfg, work, steps=2 if args.tiny else 6, use_vllm=False)
         run_generation(model_dir, n_prompts=64 if on_gpu else 4, new_tokens=128 if on_gpu else 8)
         if on_gpu:
