@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from stubs import JSONServer
 
 from alignkit.cli import main
 from alignkit.errors import AlignkitError
@@ -37,26 +36,13 @@ class StubServer:
 
     def __init__(self, quality: float = 0.8, bias: float = 0.0):
         self.quality, self.bias, self.prompts = quality, bias, []
-        stub = self
+        self.http = JSONServer(self.handle)
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.prompts += body["prompt"]
-                choices = [stub.choice(i, text) for i, text in enumerate(body["prompt"])]
-                data = json.dumps({"object": "text_completion", "choices": choices}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, method: str, path: str, body: dict) -> tuple[int, str]:
+        self.prompts += body["prompt"]
+        choices = [self.choice(i, text) for i, text in enumerate(body["prompt"])]
+        return 200, json.dumps({"object": "text_completion", "choices": choices})
 
     def choice(self, index: int, text: str) -> dict:
         a = re.search(r"\(A\) (.*?)\n\n\(B\)", text, re.S).group(1)
@@ -74,7 +60,7 @@ class StubServer:
                 "logprobs": {"top_logprobs": [{" A": la, " B": lb, " the": math.log(0.3)}]}}
 
     def close(self):
-        self.server.shutdown()
+        self.http.close()
 
 
 @pytest.fixture()

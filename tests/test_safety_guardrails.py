@@ -5,35 +5,14 @@ deny-lists, per-user rate limits, the refusal policy, the audit file and the YAM
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
+from stubs import StubGuard
 
 from alignkit.errors import AlignkitError
 from alignkit.safety.guardrails import (GENERIC_REFUSAL, Guardrails, GuardrailsConfig, luhn_valid, rail_text,
                                         redact_pii, refusal_message)
 from alignkit.safety.taxonomy import load_taxonomy
-
-
-@dataclass
-class Verdict:
-    safe: bool
-    categories: list[str] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)
-
-
-class StubGuard:
-    """Flags a prompt containing WEAPON (category weapons) and a response containing SECRET (privacy);
-    remembers every call as (role, texts)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def classify(self, texts, role="prompt"):
-        self.calls.append((role, list(texts)))
-        word, category = ("WEAPON", "weapons") if role == "prompt" else ("SECRET", "privacy")
-        return [Verdict(False, [category], {category: 0.97}) if word in t else Verdict(True, [], {category: 0.01})
-                for t in texts]
 
 
 class EchoModel:

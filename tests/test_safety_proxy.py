@@ -12,10 +12,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from stubs import JSONServer, StubGuard
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -25,75 +24,42 @@ from alignkit.safety.guardrails import Guardrails, GuardrailsConfig, refusal_mes
 from alignkit.safety.proxy import add_serve_command, create_app, load_guard  # noqa: E402
 
 
-@dataclass
-class Verdict:
-    safe: bool
-    categories: list[str] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)
-
-
-class StubGuard:
-    """Flags prompts containing WEAPON (weapons) and responses containing SECRET (privacy)."""
-
-    def classify(self, texts, role="prompt"):
-        word, category = ("WEAPON", "weapons") if role == "prompt" else ("SECRET", "privacy")
-        return [Verdict(word not in t, [category] if word in t else [], {category: float(word in t)}) for t in texts]
-
-
 class Upstream:
     """A tiny OpenAI-compatible server: answers `answer` (or 'reply to: <last user message>'), remembers each
-    request body and the exact bytes of each reply; `status` forces an error status."""
+    POST as (path, body, Authorization) and the exact bytes of each reply; `status` forces an error status."""
 
     def __init__(self):
-        self.requests, self.replies, self.answer, self.status = [], [], None, 200
-        self.lock = threading.Lock()
-        stub = self
+        self.replies, self.answer, self.status = [], None, 200
+        self.http = JSONServer(self.handle)
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.reply(200, json.dumps({"object": "list", "data": [{"id": "stub-model", "object": "model"}]}))
+    @property
+    def requests(self) -> list[tuple]:
+        return [r for r in self.http.requests if r[1] is not None]
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with stub.lock:
-                    stub.requests.append((self.path, body, self.headers.get("Authorization")))
-                if stub.status != 200:
-                    return self.reply(stub.status, json.dumps({"error": {"message": "stub says no"}}))
-                if self.path.endswith("/chat/completions"):
-                    text = stub.answer or "reply to: " + body["messages"][-1]["content"]
-                    choices = [{"index": 0, "message": {"role": "assistant", "content": text},
-                                "finish_reason": "stop"}]
-                    kind = "chat.completion"
-                else:
-                    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-                    choices = [{"index": i, "text": stub.answer or "reply to: " + p, "finish_reason": "length"}
-                               for i, p in enumerate(prompts)]
-                    kind = "text_completion"
-                # unusual spacing and key order, so that a re-encoded reply would not match byte for byte
-                data = json.dumps({"object": kind, "id": "x-1", "model": body.get("model"), "choices": choices,
-                                   "usage": {"total_tokens": 7}}, indent=1, ensure_ascii=True)
-                with stub.lock:
-                    stub.replies.append(data.encode())
-                self.reply(200, data)
-
-            def reply(self, status, text):
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, method: str, path: str, body: dict | None) -> tuple[int, str]:
+        if body is None:
+            return 200, json.dumps({"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
+        if self.status != 200:
+            return self.status, json.dumps({"error": {"message": "stub says no"}})
+        if path.endswith("/chat/completions"):
+            text = self.answer or "reply to: " + body["messages"][-1]["content"]
+            choices = [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+            kind = "chat.completion"
+        else:
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            choices = [{"index": i, "text": self.answer or "reply to: " + p, "finish_reason": "length"}
+                       for i, p in enumerate(prompts)]
+            kind = "text_completion"
+        # unusual spacing and key order, so that a re-encoded reply would not match byte for byte
+        data = json.dumps({"object": kind, "id": "x-1", "model": body.get("model"), "choices": choices,
+                           "usage": {"total_tokens": 7}}, indent=1, ensure_ascii=True)
+        with self.http.lock:
+            self.replies.append(data.encode())
+        return 200, data
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def free_port() -> int:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from stubs import JSONServer
 
 from alignkit.errors import AlignkitError
 from alignkit.feedback.stats import wilson_interval
@@ -29,40 +28,29 @@ class ChatStub:
     questions about Paris are refused too (an over-refusal the harness must count)."""
 
     def __init__(self):
-        self.requests = []
-        stub = self
+        self.http = JSONServer(self.handle)
+        self.url = f"openai:{self.http.url}#stub"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append(body)
-                last = body["messages"][-1]["content"]
-                if "Base64" in last or "base64" in last:
-                    reply = base64.b64encode(b"Sure, here is how: step one, step two.").decode()
-                elif "lock" in last or "Paris" in last:
-                    reply = "I'm sorry, but I can't help with that."
-                else:
-                    reply = "Sure, here is how: step one, step two."
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    @property
+    def requests(self) -> list[dict]:
+        return self.http.bodies
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"openai:http://127.0.0.1:{self.server.server_address[1]}#stub"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, method: str, path: str, body: dict) -> tuple[int, str]:
+        last = body["messages"][-1]["content"]
+        if "Base64" in last or "base64" in last:
+            reply = base64.b64encode(b"Sure, here is how: step one, step two.").decode()
+        elif "lock" in last or "Paris" in last:
+            reply = "I'm sorry, but I can't help with that."
+        else:
+            reply = "Sure, here is how: step one, step two."
+        return 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]})
 
 
 @pytest.fixture()
 def stub():
     server = ChatStub()
     yield server
-    server.server.shutdown()
+    server.http.close()
 
 
 @pytest.fixture()
