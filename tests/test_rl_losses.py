@@ -157,3 +157,22 @@ def test_adaptive_kl_controller():
     restored.load_state_dict(controller.state_dict())
     assert restored.value == controller.value
     assert rl.FixedKLController(0.05).update(100.0, 10) == 0.05
+
+
+def test_truncated_importance_weights_by_hand():
+    """Trainer log-probs (−1, −2, −0.5, −3) against the engine's (−1, −2 − ln 2, −0.5 − ln 4, NaN), mask
+    (1, 1, 1, 1) and a padded row: ratios 1, 2, 4 → weights 1, 2, min(4, 3) = 3; the NaN token and the padded
+    token get 1. Over the 3 known tokens: mean |log ratio| = (0 + ln 2 + ln 4) / 3 = ln 2, mean weight
+    (1 + 2 + 3) / 3 = 2, one of three clipped."""
+    from alignkit.losses.rl import truncated_is_weights
+
+    ln2 = math.log(2)
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.0, -1.0, 0.0, 0.0]])
+    engine = torch.tensor([[-1.0, -2.0 - ln2, -0.5 - 2 * ln2, float("nan")], [-1.0, -1.0, -5.0, -5.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])
+    weights, stats = truncated_is_weights(trainer, engine, mask, cap=3.0)
+    assert torch.allclose(weights, torch.tensor([[1.0, 2.0, 3.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert stats["logp_diff_mean"] == pytest.approx(ln2)
+    assert stats["is_weight_mean"] == pytest.approx(2.0)
+    assert stats["is_clipped_ratio"] == pytest.approx(1 / 3)
+    assert not weights.requires_grad

@@ -9,6 +9,7 @@ left out of token_ids.
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 import types
@@ -22,6 +23,7 @@ from alignkit.errors import AlignkitError
 
 class FakeLLM:
     instances: list = []
+    logprob_shift = 0.0  # added to every reported log-prob: a constructed engine/trainer mismatch
 
     def __init__(self, model, **options):
         from alignkit.models.load import load_policy
@@ -59,17 +61,29 @@ class FakeLLM:
                                  params.stop_token_ids, 0)
         stops = set(params.stop_token_ids)
         outputs = []
-        for k in range(len(prompts)):
+        for k, prompt in enumerate(prompts):
             completions = []
             for row in rows[k * params.n:(k + 1) * params.n]:
                 end = next((i for i, t in enumerate(row) if t in stops), None)
-                if end is None:
-                    completions.append(SimpleNamespace(token_ids=row, finish_reason="length", stop_reason=None))
-                else:
-                    completions.append(SimpleNamespace(token_ids=row[:end], finish_reason="stop",
-                                                       stop_reason=row[end]))
+                tokens = row if end is None else row[:end]
+                completion = SimpleNamespace(token_ids=tokens, finish_reason="length" if end is None else "stop",
+                                             stop_reason=None if end is None else row[end])
+                if getattr(params, "logprobs", None) is not None:  # vLLM: one {token: Logprob} per token
+                    values = self.processed_logps(prompt["prompt_token_ids"], tokens, params.temperature)
+                    completion.logprobs = [{t: SimpleNamespace(logprob=v + FakeLLM.logprob_shift)}
+                                           for t, v in zip(tokens, values)]
+                completions.append(completion)
             outputs.append(SimpleNamespace(outputs=completions))
         return outputs
+
+    def processed_logps(self, prompt: list[int], tokens: list[int], temperature: float) -> list[float]:
+        """log-probs of `tokens` after `prompt` at the sampling temperature (vLLM's processed_logprobs)."""
+        if not tokens:
+            return []
+        with torch.no_grad():
+            logits = self.inner(input_ids=torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1]
+        logps = (logits.float() / temperature).log_softmax(-1)
+        return logps.gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
 
 
 @pytest.fixture()
@@ -78,7 +92,7 @@ def fake_vllm(monkeypatch):
     module.LLM = FakeLLM
     module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)
     monkeypatch.setitem(sys.modules, "vllm", module)
-    FakeLLM.instances = []
+    FakeLLM.instances, FakeLLM.logprob_shift = [], 0.0
     return FakeLLM
 
 
@@ -177,3 +191,37 @@ def test_ppo_pushes_weights_before_every_rollout(tmp_path, fake_vllm):
     (engine,) = fake_vllm.instances
     assert len(engine.loads) == len(engine.requests) == 3 and engine.resets == 3
     assert all(params.n == 1 for params in engine.requests)
+
+
+@pytest.mark.filterwarnings("ignore:grpo. for 5 steps")
+@pytest.mark.parametrize("shift, cap", [(0.0, 2.0), (-math.log(2), 1.5), (-math.log(2), 0.0)])
+def test_truncated_importance_sampling_against_the_engines_log_probs(tmp_path, fake_vllm, shift, cap):
+    """The stand-in reports its log-prob of each sampled token (it holds the trainer's weights, so they agree
+    to float rounding) plus `shift`. Shift 0: the mean |difference| is ~0 and every weight ~1. Shift −ln 2:
+    every ratio π_trainer / π_vLLM is 2, so with cap 1.5 every weight is 1.5 and every token is clipped.
+    Cap 0 turns the correction off: no vllm/ metrics."""
+    import json
+
+    from alignkit.config import build_config
+    from alignkit.methods.grpo import GRPOConfig, train_grpo
+
+    fake_vllm.logprob_shift = shift
+    out = tmp_path / "run"
+    config = build_config(GRPOConfig, {
+        "model_name_or_path": "embedded:tiny", "dataset_name": "builtin:prompts.jsonl", "reward_funcs": "max_words:5",
+        "num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 6, "learning_rate": 1e-3,
+        "max_steps": 2, "logging_steps": 1, "output_dir": str(out), "progress": False, "use_vllm": True,
+        "vllm_importance_sampling_cap": cap})
+    train_grpo(config)
+    assert fake_vllm.instances[0].options["logprobs_mode"] == "processed_logprobs"
+    assert fake_vllm.instances[0].requests[0].logprobs == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    if cap == 0:
+        assert not any(k.startswith("vllm/") for row in rows for k in row)
+        return
+    for row in rows:
+        assert row["vllm/logp_diff_mean"] == pytest.approx(abs(shift), abs=1e-4)
+        if shift == 0:
+            assert row["vllm/is_weight_mean"] == pytest.approx(1.0, abs=1e-4) and row["vllm/is_clipped_ratio"] == 0
+        else:
+            assert row["vllm/is_weight_mean"] == pytest.approx(1.5) and row["vllm/is_clipped_ratio"] == 1.0

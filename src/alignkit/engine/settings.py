@@ -116,10 +116,16 @@ class VLLMSettings:
     """The share of GPU memory vLLM may take (weights and KV cache); the trainer uses the rest."""
     vllm_enable_sleep_mode: bool = False
     """Release vLLM's memory between rollouts (more room to train, a little time to wake)."""
+    vllm_importance_sampling_cap: float = 2.0
+    """Weight each token's policy-gradient term by min(π_trainer / π_vLLM, cap), correcting for vLLM's and the
+    trainer's log-probs differing (truncated importance sampling); 0 turns the correction off."""
 
     def check(self) -> None:
         from alignkit.errors import AlignkitError
 
+        if self.vllm_importance_sampling_cap < 0 or 0 < self.vllm_importance_sampling_cap < 1:
+            raise AlignkitError(f"config: vllm_importance_sampling_cap: must be 0 (off) or at least 1, got "
+                                f"{self.vllm_importance_sampling_cap}")
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             raise AlignkitError(f"config: vllm_gpu_memory_utilization: must be in (0, 1), got "
                                 f"{self.vllm_gpu_memory_utilization}")

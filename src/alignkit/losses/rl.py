@@ -154,6 +154,25 @@ def clipped_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, ma
     return PolicyLoss(losses, ratio, was_clipped, 0.5 * log_ratio.square() * mask)
 
 
+def truncated_is_weights(logps: Tensor, sampler_logps: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, dict]:
+    """Per-token weights min(π_trainer / π_sampler, cap), detached: truncated importance sampling for rollouts
+    drawn by another engine (vLLM), whose kernels give slightly different probabilities than the trainer's
+    for the same weights (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training"). Tokens outside `mask`, or whose sampler log-prob is unknown (NaN), get weight 1.
+
+    logps, sampler_logps, mask: (B, T). Returns the weights and the statistics worth logging: the mean
+    absolute log-prob difference, the mean weight and the share of tokens whose ratio exceeded the cap."""
+    known = mask.bool() & torch.isfinite(sampler_logps)
+    log_ratio = torch.where(known, logps.detach() - sampler_logps, torch.zeros_like(logps))
+    ratio = log_ratio.exp()
+    weights = torch.where(known, ratio.clamp(max=cap), torch.ones_like(ratio))
+    count = known.sum().clamp(min=1)
+    stats = {"logp_diff_mean": (log_ratio.abs().sum() / count).item(),
+             "is_weight_mean": (weights[known].sum() / count).item() if known.any() else 1.0,
+             "is_clipped_ratio": ((ratio > cap) & known).sum().item() / count.item()}
+    return weights, stats
+
+
 def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
                        clip: float = 0.2) -> tuple[Tensor, Tensor]:
     """(per-token ½·max((V − R)², (V_clipped − R)²), bool mask of where the clipped branch was larger)."""

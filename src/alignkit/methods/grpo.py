@@ -195,7 +195,7 @@ class GroupPolicyStep:
         import torch
 
         from alignkit.losses import rl
-        from alignkit.rollout.rl import sample_rollout
+        from alignkit.rollout.rl import importance_weights, sample_rollout
 
         config = self.config
         policy = getattr(model, "module", model)
@@ -227,7 +227,9 @@ class GroupPolicyStep:
         else:
             advantages = rl.reinforce_pp_advantages(rewards, kl.detach(), mask, config.beta)
         out = rl.clipped_policy_loss(logps.token_logps, old, advantages, mask, config.epsilon, config.epsilon_high)
-        per_token = out.losses
+        cap = config.vllm.vllm_importance_sampling_cap
+        is_weights, is_stats = importance_weights(self.sampler, rollout, old, mask, cap)
+        per_token = out.losses * is_weights
         if kl is not None and config.beta > 0 and config.advantage != "reinforce_pp":
             per_token = per_token + config.beta * kl * mask
         loss = rl.aggregate(per_token, mask, LOSS_TYPES[config.loss_type], config.max_completion_length)
@@ -245,6 +247,7 @@ class GroupPolicyStep:
             metrics["kl"] = rl.masked_mean(kl.detach(), mask).item()
         for name, values in parts.items():
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
+        metrics.update(is_stats)
         self.watch(metrics)
         return loss * len(rollout), metrics
 

@@ -190,6 +190,7 @@ def train_ppo(config: PPOConfig):
     from alignkit.engine.outputs import save_final_model, start_run, write_report_quietly, write_status
     from alignkit.engine.runlog import MetricsLog, peak_memory_mb
     from alignkit.losses import rl
+    from alignkit.rollout.rl import importance_weights
     from alignkit.methods.grpo import _cut_prompt, load_prompts
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.ops.logprobs import sequence_logps
@@ -292,6 +293,8 @@ def train_ppo(config: PPOConfig):
                 token_rewards = rl.whiten(token_rewards, mask, shift_mean=False)
             advantages, returns = rl.gae(token_rewards, old_values, mask, config.gamma, config.lam)
             advantages = rl.whiten(advantages, mask)
+            cap = config.vllm.vllm_importance_sampling_cap
+            is_weights, is_stats = importance_weights(sampler, rollout, old_logps, mask, cap)
             stats: dict[str, list[float]] = {}
             size = len(rollout) // config.num_mini_batches
             for _ in range(config.num_ppo_epochs):
@@ -305,7 +308,7 @@ def train_ppo(config: PPOConfig):
                                                         sub_mask, config.cliprange)
                     value_losses, value_clipped = rl.clipped_value_loss(values, old_values[rows_mb], returns[rows_mb],
                                                                         sub_mask, config.cliprange_value)
-                    policy_loss = rl.masked_mean(policy_out.losses, sub_mask)
+                    policy_loss = rl.masked_mean(policy_out.losses * is_weights[rows_mb], sub_mask)
                     value_loss = rl.masked_mean(value_losses, sub_mask)
                     loss = policy_loss + config.vf_coef * value_loss
                     if not torch.isfinite(loss):
@@ -342,6 +345,7 @@ def train_ppo(config: PPOConfig):
                 "tokens_per_s": int(tensors["attention_mask"].sum()) * (1 + per_update) / step_time,
                 "peak_memory_mb": peak_memory_mb(),
                 **{f"rewards/{name}/mean": sum(v) / len(v) for name, v in parts.items()},
+                **is_stats,
             }
             bar.update(1)
             if step % settings.logging_steps == 0 or step == updates:

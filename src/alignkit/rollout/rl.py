@@ -66,3 +66,34 @@ def sample_rollout(model, tokenizer, rows: list[dict], settings, group_size: int
         finish_reasons=[g.finish_reason for _, g in samples],
         group_size=group_size,
     )
+
+
+def sampler_logps(sampler, rollout: Rollout, mask):
+    """The sampling engine's log-prob of each completion token, laid out like `mask` (whose 1s mark the
+    completion tokens of each row, in order), NaN where unknown; None when the engine keeps none (the torch
+    sampler: it is the trainer)."""
+    import torch
+
+    if not hasattr(sampler, "completion_logps"):
+        return None
+    values = sampler.completion_logps(rollout.prompt_ids, rollout.completion_ids)
+    out = torch.full(mask.shape, float("nan"), dtype=torch.float32, device=mask.device)
+    for i, row in enumerate(values):
+        positions = mask[i].nonzero()[:, 0][:len(row)]
+        out[i, positions] = torch.tensor(row[:len(positions)], dtype=torch.float32, device=mask.device)
+    return out
+
+
+def importance_weights(sampler, rollout: Rollout, logps, mask, cap: float):
+    """Truncated importance weights (`losses.rl.truncated_is_weights`) of a rollout an external engine
+    sampled, and their statistics under `vllm/` names; ones and no statistics for the torch sampler (which is
+    the trainer) or when cap is 0."""
+    import torch
+
+    from alignkit.losses.rl import truncated_is_weights
+
+    behaviour = sampler_logps(sampler, rollout, mask) if cap > 0 else None
+    if behaviour is None:
+        return torch.ones_like(logps), {}
+    weights, stats = truncated_is_weights(logps, behaviour, mask, cap)
+    return weights, {f"vllm/{k}": v for k, v in stats.items()}

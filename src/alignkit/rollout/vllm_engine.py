@@ -10,7 +10,10 @@ on, the engine's weights and KV cache are released between rollouts and woken fo
 vLLM is imported only when this sampler is chosen (`--use_vllm true`); nothing else in alignkit needs it.
 Each rollout's sampling seed is drawn from torch's global random state, which checkpoints save, so a
 resumed run asks vLLM for the same seeds. vLLM's kernels compute log-probs that differ slightly from the
-trainer's; the trainer recomputes the behaviour log-probs itself, so the first ratio is still exactly 1.
+trainer's; the trainer recomputes the behaviour log-probs itself, so the first ratio is still exactly 1, and
+vLLM's own log-prob of each sampled token (after temperature: `logprobs_mode="processed_logprobs"`, vLLM
+0.10.2 or later) is kept so that trainers can weight each token by min(π_trainer / π_vLLM, cap), truncated
+importance sampling (`losses.rl.truncated_is_weights`; `completion_logps`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class VLLMSampler:
         self.enable_sleep_mode = enable_sleep_mode
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed,
                        max_model_len=max_model_length, enable_sleep_mode=enable_sleep_mode,
-                       enable_prefix_caching=True)
+                       enable_prefix_caching=True, logprobs_mode="processed_logprobs")
+        self.sampled_logps: dict[tuple, list[float]] = {}  # (prompt ids, completion ids) -> vLLM's log-probs
         if enable_sleep_mode:
             self.llm.sleep(level=1)
 
@@ -43,7 +47,8 @@ class VLLMSampler:
         seed = int(torch.randint(0, 2**31 - 1, (1,)))  # from the checkpointed global state: resumable
         params = SamplingParams(n=group, temperature=settings.temperature, top_p=settings.top_p,
                                 top_k=settings.top_k if settings.top_k > 0 else -1,
-                                max_tokens=settings.max_new_tokens, stop_token_ids=list(stop_ids), seed=seed)
+                                max_tokens=settings.max_new_tokens, stop_token_ids=list(stop_ids), seed=seed,
+                                logprobs=0)  # 0: the sampled token's log-prob only
         if self.enable_sleep_mode:
             self.llm.wake_up()
         try:
@@ -53,15 +58,24 @@ class VLLMSampler:
                 self.llm.sleep(level=1)
         stops = set(stop_ids)
         rows = []
-        for output in outputs:
+        self.sampled_logps = {}
+        for prompt, output in zip(prompt_ids, outputs):
             for completion in output.outputs:
                 tokens = list(completion.token_ids)
+                logps = [step[token].logprob for step, token in zip(completion.logprobs or [], tokens)]
                 # a row ended by a stop token must end with it (the trainer scores it, the rules see "stop")
                 if completion.finish_reason == "stop" and (not tokens or tokens[-1] not in stops):
                     reason = completion.stop_reason
                     tokens.append(reason if isinstance(reason, int) else min(stops))
+                logps += [float("nan")] * (len(tokens) - len(logps))  # a token vLLM did not sample: unknown
+                self.sampled_logps[(tuple(prompt), tuple(tokens))] = logps
                 rows.append(tokens)
         return rows
+
+    def completion_logps(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+        """vLLM's log-prob of each token of each completion of the last rollout (NaN where unknown)."""
+        return [self.sampled_logps.get((tuple(p), tuple(c)), [float("nan")] * len(c))
+                for p, c in zip(prompt_ids, completion_ids)]
 
     def sync(self, model) -> None:
         """Load `model`'s current weights into the engine (one batched call) and drop stale prefix caches."""
