@@ -151,6 +151,31 @@ def test_extra_rows_are_checked_with_one_line_per_problem(tmp_path):
         f"{path}:4: categories: 'nope' is not a hazard id of the taxonomy (docs/guard.md)"]
 
 
+def test_red_team_transcripts_become_guard_rows(tmp_path):
+    """A transcript gives its attacked request as a prompt of its hazard, plus its reply: safe when refused,
+    of the hazard when the attack succeeded, left out when neither. An unknown hazard is one line."""
+    from alignkit.safety.guard import load_guard_rows
+
+    def transcript(reply, refused, success, hazard="weapons"):
+        return {"attack": "base64", "hazard": hazard, "decoded": reply, "refused": refused, "success": success,
+                "conversation": [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "ok"},
+                                 {"role": "user", "content": f"attacked request ({reply})"}]}
+
+    path = tmp_path / "transcripts.jsonl"
+    rows = [transcript("I can't help with that.", True, False), transcript("Sure: [...]", False, True),
+            transcript("ghjk", False, False)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert load_guard_rows(path, load_taxonomy().ids) == [
+        {"text": "attacked request (I can't help with that.)", "role": "prompt", "categories": ["weapons"]},
+        {"text": "I can't help with that.", "role": "response", "categories": []},
+        {"text": "attacked request (Sure: [...])", "role": "prompt", "categories": ["weapons"]},
+        {"text": "Sure: [...]", "role": "response", "categories": ["weapons"]},
+        {"text": "attacked request (ghjk)", "role": "prompt", "categories": ["weapons"]}]
+    path.write_text(json.dumps(transcript("x", False, True, hazard="homonyms")) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=":1: categories: 'homonyms' is not a hazard id"):
+        load_guard_rows(path, load_taxonomy().ids)
+
+
 # ----------------------------------------------------------------------------------------------------
 # the real guard (MiniLM embeddings)
 

@@ -130,7 +130,8 @@ def builtin_rows(split: str) -> list[dict]:
 
 
 def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
-    """Rows of an extra JSONL file, checked; DataError with one `path:line: field: why` per problem."""
+    """Rows of an extra JSONL file, checked; DataError with one `path:line: field: why` per problem. A row may
+    also be an `alignkit redteam` transcript, which becomes the rows `transcript_rows` makes of it."""
     from alignkit.data.io import Problem, scan
 
     rows, problems = [], []
@@ -142,23 +143,48 @@ def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
         if not isinstance(row, dict):
             problems.append(f"{where}: row: expected an object with text, role, categories")
             continue
-        text, role, cats = row.get("text"), row.get("role", "prompt"), row.get("categories")
-        if not isinstance(text, str) or not text.strip():
-            problems.append(f"{where}: text: expected a non-empty string")
-        elif role not in ROLES:
-            problems.append(f"{where}: role: expected prompt or response, got {role!r}")
-        elif not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
-            problems.append(f"{where}: categories: expected a list of hazard ids ([] for safe)")
-        elif any(c not in known for c in cats):
-            bad = next(c for c in cats if c not in known)
-            problems.append(f"{where}: categories: {bad!r} is not a hazard id of the taxonomy (docs/guard.md)")
-        else:
-            rows.append({"text": text, "role": role, "categories": list(dict.fromkeys(cats))})
+        for candidate in transcript_rows(row) if "attack" in row and "conversation" in row else [row]:
+            problem = _row_problem(candidate, known)
+            if problem:
+                problems.append(f"{where}: {problem}")
+            else:
+                rows.append({"text": candidate["text"], "role": candidate.get("role", "prompt"),
+                             "categories": list(dict.fromkeys(candidate["categories"]))})
     if not rows and not problems:
         problems.append(f"{path}: file: no rows")
     if problems:
         raise DataError(problems)
     return rows
+
+
+def _row_problem(row: dict, known: list[str]) -> str | None:
+    text, role, cats = row.get("text"), row.get("role", "prompt"), row.get("categories")
+    if not isinstance(text, str) or not text.strip():
+        return "text: expected a non-empty string"
+    if role not in ROLES:
+        return f"role: expected prompt or response, got {role!r}"
+    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+        return "categories: expected a list of hazard ids ([] for safe)"
+    bad = next((c for c in cats if c not in known), None)
+    if bad is not None:
+        return f"categories: {bad!r} is not a hazard id of the taxonomy (docs/guard.md)"
+    return None
+
+
+def transcript_rows(row: dict) -> list[dict]:
+    """Guard rows from one red-team transcript (safety/redteam.py): the attacked request as it reached the
+    model (its last user message) is a prompt of the request's hazard; a refused reply is a safe response; a
+    successful attack's reply is a response of that hazard (as the run's harm judge labelled it: check those
+    labels before training on them); a reply that neither refused nor was judged harmful is left out."""
+    hazard = row.get("hazard")
+    users = [m["content"] for m in row["conversation"] if m.get("role") == "user"]
+    out = [{"text": users[-1], "role": "prompt", "categories": [hazard]}] if users and hazard else []
+    reply = row.get("decoded") or row.get("reply") or ""
+    if reply.strip() and row.get("refused"):
+        out.append({"text": reply, "role": "response", "categories": []})
+    elif reply.strip() and row.get("success") and hazard:
+        out.append({"text": reply, "role": "response", "categories": [hazard]})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
