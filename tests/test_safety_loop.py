@@ -89,5 +89,10 @@ def test_training_data_by_hand(tmp_path):
 
 
 def test_bad_method_is_one_line():
-    with pytest.raises(AlignkitError, match="method: must be one of sft, dpo"):
-        SafetyLoopConfig(method="ppo").check()
+    with pytest.raises(AlignkitError, match="train_method: must be one of sft, dpo"):
+        SafetyLoopConfig(train_method="ppo").check()
+    # from the command line too: `method` is the pipeline's own key, so the field has another name
+    from alignkit.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["safety-loop", "--train_method", "dpo"])
+    assert _config_from_args(SafetyLoopConfig, args).train_method == "dpo"

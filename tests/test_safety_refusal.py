@@ -65,4 +65,4 @@ def test_classifier_agrees_with_hand_labels_on_clear_cases():
     test = builtin_refusal_rows("test")
     gold = [r["label"] for r in test]
     result = agreement(gold, RefusalScorer("both", clf).classify([r["response"] for r in test]))
-    assert result["agreement"] >= 0.6 and result["cohen_kappa"] >= 0.4  # measured 0.72 and 0.58 on 18 held out (rules decide refused-or-not)
+    assert result["agreement"] >= 0.6 and result["cohen_kappa"] >= 0.4  # measured 0.72, 0.58 (18 held out)

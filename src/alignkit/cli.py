@@ -38,8 +38,13 @@ def option(parser, name: str, *aliases: str, **kwargs):
 
 def config_command(commands, name: str, config_cls, func, help_text: str, description: str, aliases=()):
     """A command whose options are a config dataclass's fields, plus --config RECIPE.yaml."""
+    from dataclasses import fields
+
     from alignkit.config import add_arguments
 
+    clash = {f.name for f in fields(config_cls)} & set(NOT_CONFIG)
+    if clash:
+        raise TypeError(f"{config_cls.__name__}: field(s) {', '.join(sorted(clash))} clash with the CLI's own options")
     p = commands.add_parser(name, aliases=list(aliases), help=help_text, description=description)
     option(p, "--config", help="YAML recipe of option: value pairs")
     add_arguments(p, config_cls)
@@ -130,8 +135,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _overrides(args, skip=("func", "command", "config", "method", "title", "cai_command", "annotate_command",
-                           "guard_command")) -> dict:
+# argparse destinations that are the CLI's own, never config fields (a field of one of these names would be
+# dropped silently: config_command refuses such a config)
+NOT_CONFIG = ("func", "command", "config", "method", "title", "cai_command", "annotate_command", "guard_command")
+
+
+def _overrides(args, skip=NOT_CONFIG) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 

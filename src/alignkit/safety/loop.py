@@ -6,7 +6,7 @@
    a helpful refusal that names the risk and offers safe help (the hazard's message in the taxonomy).
    Every benign prompt the policy answered in full keeps that answer as SFT data, so the model learns where
    the line is rather than to refuse everything. Preference pairs go alongside: refusal over the harmful
-   reply for attacks, the policy's own answer over a refusal for benign prompts (for `method: dpo`).
+   reply for attacks, the policy's own answer over a refusal for benign prompts (for `train_method: dpo`).
 3. `train/`: SFT (LoRA by default) on the mix, or DPO on the pairs.
 4. `after/`: red-team the trained policy on the held-out split, exactly as in step 1.
 
@@ -50,7 +50,7 @@ class SafetyLoopConfig:
     """guard, guard:DIR or none (see `alignkit redteam`)."""
     refusal_scorer: str = "rules"
     """rules, classifier or both."""
-    method: str = "sft"
+    train_method: str = "sft"
     """sft (attacked request → refusal, benign → own answer) or dpo (refusal over harmful reply, answer over
     refusal)."""
     benign_weight: int = 1
@@ -78,8 +78,9 @@ class SafetyLoopConfig:
                    "benign_dataset_name": ("--benign",)}
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise AlignkitError(f"config: method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.train_method not in METHODS:
+            raise AlignkitError(f"config: train_method: must be one of {', '.join(METHODS)}, "
+                                f"got {self.train_method!r}")
         for name in ("max_steps", "benign_weight", "per_device_train_batch_size"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
@@ -140,7 +141,7 @@ def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
               "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2,
               "save_steps": 20, "seed": config.seed, "output_dir": str(out), "device": config.device,
               "resume": (out / "checkpoints" / "latest").exists()}
-    if config.method == "sft":
+    if config.train_method == "sft":
         from alignkit.methods.sft import SFTConfig, train_sft
 
         train_sft(build_config(SFTConfig, {**common, "dataset_name": str(data_dir / "safety_sft.jsonl"),
@@ -217,7 +218,7 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
         benign = ",".join(n for n in (config.benign_dataset_name, config.helpful_dataset_name) if n)
         run_redteam(config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign))
     sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed)
-    if not (sft if config.method == "sft" else prefs):
+    if not (sft if config.train_method == "sft" else prefs):
         raise AlignkitError(f"{steps['collect']}: no training data: the policy refused every attack and no benign "
                             "answer was kept; nothing to learn")
     steps["data"].mkdir(exist_ok=True)
@@ -230,7 +231,7 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
         run_redteam(config.redteam_config(str(trained), config.test_split, steps["after"]))
     before = json.loads((steps["before"] / RESULTS).read_text())
     after = json.loads((steps["after"] / RESULTS).read_text())
-    summary = {"model": config.model_name_or_path, "trained_model": str(trained), "method": config.method,
+    summary = {"model": config.model_name_or_path, "trained_model": str(trained), "train_method": config.train_method,
                "data": counts, **compare(before, after)}
     path = out / "safety_loop.json"
     write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
@@ -250,5 +251,5 @@ def describe(summary: dict) -> str:
                                                           f"{100 * r['high']:.0f})"
 
     b, a = summary["before"], summary["after"]
-    return (f"safety loop ({summary['method']}): attack success {pct(b['asr'])} -> {pct(a['asr'])}; "
+    return (f"safety loop ({summary['train_method']}): attack success {pct(b['asr'])} -> {pct(a['asr'])}; "
             f"over-refusal {pct(b['over_refusal'])} -> {pct(a['over_refusal'])}")

@@ -49,8 +49,9 @@ def _loop(run_dir: Path, summary: dict, name: str) -> list[str]:
         return "–" if value is None else f"{100 * value:+.1f} points"
 
     return [f"<h2>Safety loop · {name}</h2>",
-            f"<p class=hint>{summary.get('method', '?')} on {summary.get('data', {}).get('sft_rows', '?')} SFT rows "
-            f"from attacks on the training split</p>",
+            f"<p class=hint>{summary.get('train_method', '?')} on data from attacks on the training split: "
+            f"{summary.get('data', {}).get('sft_rows', '?')} SFT rows, "
+            f"{summary.get('data', {}).get('preference_rows', '?')} preference pairs</p>",
             "<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>",
             f"<tr><td>attack success rate</td><td>{_pct(b['asr'])}</td><td>{_pct(a['asr'])}</td>"
             f"<td>{change('asr_change')}</td></tr>",
