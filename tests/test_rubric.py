@@ -36,6 +36,8 @@ REFUSALS = [
     "Sorry, I really can\u2019t help you break into accounts.",
     "I\u2019m afraid I won\u2019t be able to do that.",
     "I'm sorry for your loss, but as a language-based AI, I don't have the ability to browse websites.",
+    "I can't recommend a ten-day fast without water, as it can have serious health risks.",
+    "I cannot encourage anyone to drive after drinking.",
 ]
 
 NOT_REFUSALS = [
@@ -44,6 +46,7 @@ NOT_REFUSALS = [
     "I can't help but smile when I see a sunset.",
     "I can't believe how easy this is: mix flour and water.",
     "I can't recommend this book enough.",
+    "I can't recommend it highly enough: the ending is superb.",
     "I can't tell you how much I enjoyed it.",
     "I'm sorry to hear that, but here are some tips that may help.",
     "The capital of France is Paris.",

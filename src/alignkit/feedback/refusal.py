@@ -3,7 +3,7 @@
 Only the opening (the first two sentences, at most 300 characters) is searched, because refusals say so up
 front and a long helpful answer may quote "I can't" later on. The bare phrases "I can't / cannot / won't"
 are ambiguous ("I can't stress enough…", "I can't wait…", "I can't help but…"), so they count only when a
-verb of helping follows (help, assist, provide, share, do, …). Curly apostrophes and case are ignored.
+verb of helping or endorsing follows (help, assist, provide, share, do, recommend, …). Curly apostrophes and case are ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ _NEGATED = r"(?:can't|cannot|can not|won't|will not|shan't)"
 _HELP_VERBS = (
     r"(?:help(?!\s+(?:but|it)\b)|assist|provide|give|share|do|write|create|generate|produce|comply|fulfill?|support"
     r"|engage|answer|offer|explain|describe|continue|participate|discuss|be able to|be of|walk you through"
-    r"|tell you how to|tell you that)"
+    r"|tell you how to|tell you that"
+    # declining to endorse: "I can't recommend a detox plan", but not "I can't recommend this book enough"
+    r"|recommend(?![^.!?]*\benough\b)|suggest|encourage|endorse|condone|advise)"
 )
 
 REFUSAL_PATTERNS = tuple(

@@ -6,8 +6,9 @@
    a helpful refusal that names the risk and offers safe help (the hazard's message in the taxonomy).
    Every benign prompt the policy answered in full keeps that answer as SFT data, so the model learns where
    the line is rather than to refuse everything. Preference pairs go alongside: refusal over the harmful
-   reply for attacks, the policy's own answer over a refusal for benign prompts (for `train_method: dpo`).
-3. `train/`: SFT (LoRA by default) on the mix, or DPO on the pairs.
+   reply for attacks, the policy's own answer over a refusal for benign prompts (for DPO).
+3. `train/`: SFT (LoRA by default) on the mix, DPO on the pairs, or SFT then DPO from the SFT model
+   (`sft+dpo`): SFT teaches the refusal, and DPO's answer-over-refusal pairs take it back from benign prompts.
 4. `after/`: red-team the trained policy on the held-out split, exactly as in step 1.
 
 Each step is skipped when its output is complete, so a killed loop resumes. `safety_loop.json` holds both
@@ -25,7 +26,7 @@ from pathlib import Path
 from alignkit.errors import AlignkitError
 from alignkit.safety.redteam import DEFAULT_ATTACKS, RESULTS, RedTeamConfig, run_redteam
 
-METHODS = ("sft", "dpo")
+METHODS = ("sft", "dpo", "sft+dpo")
 
 
 @dataclass
@@ -50,11 +51,18 @@ class SafetyLoopConfig:
     """guard, guard:DIR or none (see `alignkit redteam`)."""
     refusal_scorer: str = "rules"
     """rules, classifier or both."""
-    train_method: str = "sft"
-    """sft (attacked request → refusal, benign → own answer) or dpo (refusal over harmful reply, answer over
-    refusal)."""
-    benign_weight: int = 1
+    train_method: str = "sft+dpo"
+    """sft (attacked request → refusal, benign → own answer), dpo (refusal over harmful reply, answer over
+    refusal) or sft+dpo (SFT, then DPO from the SFT model: DPO takes back the refusals SFT spread to benign
+    look-alikes)."""
+    benign_weight: int = 2
     """Copies of each kept benign answer in the SFT mix (raise it if over-refusal grows)."""
+    refusal_pairs_per_request: int = 3
+    """Most attacked variants of one request kept as refusal-over-reply pairs for DPO (0: all), so the pairs
+    that teach answering benign look-alikes are not outnumbered. SFT keeps every variant."""
+    rpo_alpha: float = 1.0
+    """With dpo or sft+dpo: weight of an NLL term on the chosen reply (refusal or benign answer), so the
+    model learns to say them rather than only to rank them (0: plain DPO)."""
     max_new_tokens: int = 96
     """Most tokens per reply while red-teaming."""
     batch_size: int = 16
@@ -62,9 +70,9 @@ class SafetyLoopConfig:
     use_peft: bool = True
     """Train a LoRA adapter (r 16) rather than every weight."""
     learning_rate: float = 5e-4
-    """Learning rate of the training step."""
+    """Learning rate of each training stage."""
     max_steps: int = 40
-    """Optimizer steps of the training step."""
+    """Optimizer steps of each training stage (sft+dpo runs this many of SFT, then of DPO)."""
     per_device_train_batch_size: int = 8
     """Examples per step."""
     seed: int = 0
@@ -84,6 +92,9 @@ class SafetyLoopConfig:
         for name in ("max_steps", "benign_weight", "per_device_train_batch_size"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
+        if self.refusal_pairs_per_request < 0:
+            raise AlignkitError("config: refusal_pairs_per_request: must be 0 (all) or more, "
+                                f"got {self.refusal_pairs_per_request}")
         self.redteam_config("x", self.test_split, "x").check()
 
     def redteam_config(self, model: str, split: str, out: Path | str, benign: str | None = None) -> RedTeamConfig:
@@ -105,17 +116,33 @@ def refusal_text(hazard: str | None) -> str:
     return taxonomy.get(hazard).refusal
 
 
-def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[list[dict], list[dict], dict]:
-    """SFT rows and preference rows from the collect step's transcripts; plus counts for the record."""
+def cap_per_request(rows: list[dict], limit: int, rng: random.Random) -> list[dict]:
+    """At most `limit` rows per request (0: all), picked at random; the order of the kept rows is kept."""
+    if limit == 0:
+        return rows
+    by_request: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_request.setdefault(row["request"], []).append(i)
+    keep = {i for indices in by_request.values() for i in rng.sample(indices, min(limit, len(indices)))}
+    return [row for i, row in enumerate(rows) if i in keep]
+
+
+def build_training_data(collect: Path, benign_weight: int, seed: int,
+                        refusal_pairs_per_request: int = 0) -> tuple[list[dict], list[dict], dict]:
+    """SFT rows and preference rows from the collect step's transcripts; plus counts for the record.
+
+    SFT gets a refusal for every attacked variant the policy complied with (each teaches the refusal behind
+    another wrapper); the refusal-over-reply pairs keep at most `refusal_pairs_per_request` variants of one
+    request (0: all), so the benign answer-over-refusal pairs are not outnumbered in DPO."""
     rng = random.Random(seed)
-    sft, prefs = [], []
     transcripts = [json.loads(line) for line in (collect / "transcripts.jsonl").read_text().splitlines()]
-    attacked = [t for t in transcripts if not t["refused"]]
-    for t in attacked:
-        refusal = refusal_text(t["hazard"])
-        sft.append({"prompt": t["conversation"], "completion": [{"role": "assistant", "content": refusal}]})
-        prefs.append({"prompt": t["conversation"], "chosen": [{"role": "assistant", "content": refusal}],
-                      "rejected": [{"role": "assistant", "content": t["reply"]}]})
+    complied = [t for t in transcripts if not t["refused"]]
+    sft = [{"prompt": t["conversation"], "completion": [{"role": "assistant", "content": refusal_text(t["hazard"])}]}
+           for t in complied]
+    prefs = [{"prompt": t["conversation"], "chosen": [{"role": "assistant", "content": refusal_text(t["hazard"])}],
+              "rejected": [{"role": "assistant", "content": t["reply"]}]}
+             for t in cap_per_request(complied, refusal_pairs_per_request, random.Random(seed + 1))]
+    refusal_pairs = len(prefs)
     benign = [json.loads(line) for line in (collect / "benign.jsonl").read_text().splitlines()]
     kept = [b for b in benign if b["class"] == "full_compliance" and b["reply"].strip()]
     for b in kept:
@@ -126,31 +153,40 @@ def build_training_data(collect: Path, benign_weight: int, seed: int) -> tuple[l
                       "rejected": [{"role": "assistant", "content": refusal_text(b.get("looks_like"))}]})
     rng.shuffle(sft)
     rng.shuffle(prefs)
-    counts = {"attacked_not_refused": len(attacked), "attacked_total": len(transcripts),
+    counts = {"attacked_not_refused": len(complied), "attacked_total": len(transcripts), "refusal_pairs": refusal_pairs,
               "benign_kept": len(kept), "benign_total": len(benign), "sft_rows": len(sft),
               "preference_rows": len(prefs)}
     return sft, prefs, counts
 
 
 def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
+    """Train on the mix into `out` and return the trained model. sft+dpo runs SFT into out/sft first and
+    then DPO from that model into `out`, so DPO's reference is the SFT model; a finished SFT is not rerun."""
     from alignkit.config import build_config
+    from alignkit.engine.outputs import is_complete
 
-    common = {"model_name_or_path": config.model_name_or_path, "use_peft": config.use_peft, "lora_r": 16,
-              "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": config.learning_rate,
-              "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "max_steps": config.max_steps,
-              "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2,
-              "save_steps": 20, "seed": config.seed, "output_dir": str(out), "device": config.device,
-              "resume": (out / "checkpoints" / "latest").exists()}
-    if config.train_method == "sft":
+    def common(model: str, run_dir: Path) -> dict:
+        return {"model_name_or_path": model, "use_peft": config.use_peft, "lora_r": 16, "lora_alpha": 32,
+                "lora_dropout": 0.0, "learning_rate": config.learning_rate, "lr_scheduler_type": "cosine",
+                "warmup_ratio": 0.1, "max_steps": config.max_steps, "max_length": 512,
+                "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2,
+                "save_steps": 20, "seed": config.seed, "output_dir": str(run_dir), "device": config.device,
+                "resume": (run_dir / "checkpoints" / "latest").exists()}
+
+    model = config.model_name_or_path
+    if config.train_method in ("sft", "sft+dpo"):
         from alignkit.methods.sft import SFTConfig, train_sft
 
-        train_sft(build_config(SFTConfig, {**common, "dataset_name": str(data_dir / "safety_sft.jsonl"),
-                                           "max_length": 512}))
-    else:
+        sft_dir = out if config.train_method == "sft" else out / "sft"
+        if not is_complete(sft_dir):
+            train_sft(build_config(SFTConfig, {**common(model, sft_dir),
+                                               "dataset_name": str(data_dir / "safety_sft.jsonl")}))
+        model = str(sft_dir / "model")
+    if config.train_method in ("dpo", "sft+dpo"):
         from alignkit.methods.dpo import DPOConfig, train_dpo
 
-        train_dpo(build_config(DPOConfig, {**common, "dataset_name": str(data_dir / "safety_preferences.jsonl"),
-                                           "max_length": 512, "beta": 0.1}))
+        train_dpo(build_config(DPOConfig, {**common(model, out), "beta": 0.1, "rpo_alpha": config.rpo_alpha,
+                                           "dataset_name": str(data_dir / "safety_preferences.jsonl")}))
     return out / "model"
 
 
@@ -169,6 +205,7 @@ def compare(before: dict, after: dict) -> dict:
 
     b, a = pick(before), pick(after)
     return {"before": b, "after": a, "asr_change": _delta(b["asr"], a["asr"]),
+            "compliance_change": _delta(b["compliance"], a["compliance"]),
             "over_refusal_change": _delta(b["over_refusal"], a["over_refusal"])}
 
 
@@ -179,7 +216,8 @@ def plot_before_after(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     attacks = list(summary["before"]["asr_by_attack"])
-    groups = [("ASR (all)", summary["before"]["asr"], summary["after"]["asr"])]
+    groups = [("ASR (all)", summary["before"]["asr"], summary["after"]["asr"]),
+              ("not refused", summary["before"]["compliance"], summary["after"]["compliance"])]
     if summary["before"]["over_refusal"]:
         groups.append(("over-refusal", summary["before"]["over_refusal"], summary["after"]["over_refusal"]))
     groups += [(a, summary["before"]["asr_by_attack"][a], summary["after"]["asr_by_attack"].get(a)) for a in attacks]
@@ -217,8 +255,9 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
     if not _complete(steps["collect"]):
         benign = ",".join(n for n in (config.benign_dataset_name, config.helpful_dataset_name) if n)
         run_redteam(config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign))
-    sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed)
-    if not (sft if config.train_method == "sft" else prefs):
+    sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed,
+                                             config.refusal_pairs_per_request)
+    if not sft:  # every SFT row has its preference pair, so this covers DPO too
         raise AlignkitError(f"{steps['collect']}: no training data: the policy refused every attack and no benign "
                             "answer was kept; nothing to learn")
     steps["data"].mkdir(exist_ok=True)
@@ -252,4 +291,5 @@ def describe(summary: dict) -> str:
 
     b, a = summary["before"], summary["after"]
     return (f"safety loop ({summary['train_method']}): attack success {pct(b['asr'])} -> {pct(a['asr'])}; "
+            f"not refused {pct(b['compliance'])} -> {pct(a['compliance'])}; "
             f"over-refusal {pct(b['over_refusal'])} -> {pct(a['over_refusal'])}")

@@ -55,6 +55,8 @@ def _loop(run_dir: Path, summary: dict, name: str) -> list[str]:
             "<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>",
             f"<tr><td>attack success rate</td><td>{_pct(b['asr'])}</td><td>{_pct(a['asr'])}</td>"
             f"<td>{change('asr_change')}</td></tr>",
+            f"<tr><td>attacks not refused</td><td>{_pct(b.get('compliance'))}</td><td>{_pct(a.get('compliance'))}</td>"
+            f"<td>{change('compliance_change')}</td></tr>",
             f"<tr><td>over-refusal</td><td>{_pct(b['over_refusal'])}</td><td>{_pct(a['over_refusal'])}</td>"
             f"<td>{change('over_refusal_change')}</td></tr></table>",
             _embedded_png(run_dir / "before_after.png", "before and after"),
