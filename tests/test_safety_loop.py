@@ -29,7 +29,8 @@ def _rows(tmp_path):
 def _config(tmp_path, **kw):
     harmful, benign = _rows(tmp_path)
     values = dict(model_name_or_path="embedded:tiny", dataset_name=harmful, benign_dataset_name=benign,
-                  helpful_dataset_name="", train_method="sft", attacks="none,rot13", harm_judge="none", max_new_tokens=48,
+                  helpful_dataset_name="", train_method="sft",
+                  attacks="none,rot13", harm_judge="none", max_new_tokens=48,
                   batch_size=16, use_peft=False, learning_rate=1e-2, max_steps=40, per_device_train_batch_size=8,
                   output_dir=str(tmp_path / "loop"), device="cpu")
     return SafetyLoopConfig(**{**values, **kw})
@@ -41,7 +42,7 @@ def test_the_loop_lowers_attack_success_and_resumes(tmp_path, monkeypatch):
     model opens with that refusal on the held-out requests and attack success falls.
     The benign answers it keeps are its own (random) text, so the tiny model also learns to refuse some
     benign prompts: over-refusal is reported, not bounded, here (docs/safety.md has SmolLM2's numbers)."""
-    summary = json.loads(run_safety_loop(_config(tmp_path)).read_text())
+    summary = json.loads(run_safety_loop(_config(tmp_path, safety_rm=True)).read_text())
     assert summary["before"]["asr"]["rate"] == 1.0
     assert summary["after"]["asr"]["rate"] <= 0.5, summary["after"]["asr"]
     assert summary["asr_change"] <= -0.5
@@ -52,7 +53,15 @@ def test_the_loop_lowers_attack_success_and_resumes(tmp_path, monkeypatch):
     refusal = load_taxonomy().get("nonviolent_crimes").refusal
     assert sum(r["completion"][0]["content"] == refusal for r in sft) == 16
     out = tmp_path / "loop"
-    assert (out / "before_after.png").stat().st_size > 0 and "Safety loop" in (out / "report.html").read_text()
+    # the safety RM, trained on refusal-over-reply pairs, prefers the refusals the trained model now gives
+    rm = summary["safety_rm"]["attacked"]
+    assert rm["after_preferred"]["n"] == 8 and rm["after_preferred"]["rate"] >= 0.75, rm
+    assert rm["mean_after"] > rm["mean_before"]
+    pairs = [json.loads(line) for line in (out / "data" / "safety_preferences.jsonl").read_text().splitlines()]
+    assert all(p.get("hazard") or p.get("looks_like") for p in pairs)  # all safety-relevant: --prompt_subset safety
+    report = (out / "report.html").read_text()
+    assert (out / "before_after.png").stat().st_size > 0 and "Safety loop" in report
+    assert "prefers the after reply" in report and "attacks not refused" in report
 
     # a rerun finds every step complete: nothing is generated or trained again
     def fail(*args, **kwargs):
@@ -60,7 +69,9 @@ def test_the_loop_lowers_attack_success_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "run_redteam", fail)
     monkeypatch.setattr(loop, "train_step", fail)
-    assert json.loads(run_safety_loop(_config(tmp_path)).read_text())["asr_change"] == summary["asr_change"]
+    monkeypatch.setattr(loop, "train_safety_rm", fail)
+    again = json.loads(run_safety_loop(_config(tmp_path, safety_rm=True)).read_text())
+    assert again["asr_change"] == summary["asr_change"] and again["safety_rm"] == summary["safety_rm"]
 
 
 def test_sft_then_dpo_starts_dpo_from_the_sft_model_and_keeps_a_finished_sft(tmp_path, monkeypatch):

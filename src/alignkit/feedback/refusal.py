@@ -3,7 +3,8 @@
 Only the opening (the first two sentences, at most 300 characters) is searched, because refusals say so up
 front and a long helpful answer may quote "I can't" later on. The bare phrases "I can't / cannot / won't"
 are ambiguous ("I can't stress enough…", "I can't wait…", "I can't help but…"), so they count only when a
-verb of helping or endorsing follows (help, assist, provide, share, do, recommend, …). Curly apostrophes and case are ignored.
+verb of helping or endorsing follows (help, assist, provide, share, do, recommend, …). Curly apostrophes
+and case are ignored.
 """
 
 from __future__ import annotations

@@ -63,6 +63,9 @@ class SafetyLoopConfig:
     rpo_alpha: float = 1.0
     """With dpo or sft+dpo: weight of an NLL term on the chosen reply (refusal or benign answer), so the
     model learns to say them rather than only to rank them (0: plain DPO)."""
+    safety_rm: bool = False
+    """Also train a safety reward model on the safety-relevant pairs (safety_rm/) and score the held-out
+    replies before and after with it: how often it prefers the trained policy's reply."""
     max_new_tokens: int = 96
     """Most tokens per reply while red-teaming."""
     batch_size: int = 16
@@ -140,7 +143,7 @@ def build_training_data(collect: Path, benign_weight: int, seed: int,
     sft = [{"prompt": t["conversation"], "completion": [{"role": "assistant", "content": refusal_text(t["hazard"])}]}
            for t in complied]
     prefs = [{"prompt": t["conversation"], "chosen": [{"role": "assistant", "content": refusal_text(t["hazard"])}],
-              "rejected": [{"role": "assistant", "content": t["reply"]}]}
+              "rejected": [{"role": "assistant", "content": t["reply"]}], "hazard": t["hazard"]}
              for t in cap_per_request(complied, refusal_pairs_per_request, random.Random(seed + 1))]
     refusal_pairs = len(prefs)
     benign = [json.loads(line) for line in (collect / "benign.jsonl").read_text().splitlines()]
@@ -149,8 +152,9 @@ def build_training_data(collect: Path, benign_weight: int, seed: int,
         prompt = [{"role": "user", "content": b["request"]}]
         answer = [{"role": "assistant", "content": b["reply"]}]
         sft += [{"prompt": prompt, "completion": answer}] * benign_weight
-        prefs.append({"prompt": prompt, "chosen": answer,
-                      "rejected": [{"role": "assistant", "content": refusal_text(b.get("looks_like"))}]})
+        pair = {"prompt": prompt, "chosen": answer,
+                "rejected": [{"role": "assistant", "content": refusal_text(b.get("looks_like"))}]}
+        prefs.append({**pair, "looks_like": b["looks_like"]} if b.get("looks_like") else pair)
     rng.shuffle(sft)
     rng.shuffle(prefs)
     counts = {"attacked_not_refused": len(complied), "attacked_total": len(transcripts), "refusal_pairs": refusal_pairs,
@@ -188,6 +192,50 @@ def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
         train_dpo(build_config(DPOConfig, {**common(model, out), "beta": 0.1, "rpo_alpha": config.rpo_alpha,
                                            "dataset_name": str(data_dir / "safety_preferences.jsonl")}))
     return out / "model"
+
+
+def train_safety_rm(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
+    """A Bradley–Terry safety RM on the loop's safety-relevant pairs (refusal over harmful reply, answer over
+    refusal for look-alikes), from the policy's own weights; returns the model directory."""
+    from alignkit.config import build_config
+    from alignkit.methods.reward_model import RewardConfig, train_reward_model
+
+    train_reward_model(build_config(RewardConfig, {
+        "model_name_or_path": config.model_name_or_path, "dataset_name": str(data_dir / "safety_preferences.jsonl"),
+        "prompt_subset": "safety", "max_length": 512, "use_peft": config.use_peft, "lora_r": 16, "lora_alpha": 32,
+        "learning_rate": config.learning_rate, "max_steps": config.max_steps, "warmup_ratio": 0.1,
+        "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2, "save_steps": 20,
+        "seed": config.seed, "output_dir": str(out), "device": config.device,
+        "resume": (out / "checkpoints" / "latest").exists()}))
+    return out / "model"
+
+
+def rm_verdict(rm_dir: Path, before: Path, after: Path, device: str = "auto") -> dict:
+    """Score each held-out reply before and after with the safety RM: mean scores, and how often the RM
+    prefers the after reply to the before reply for the same attacked request (or benign look-alike)."""
+    from alignkit.rewards.model import RewardModel
+    from alignkit.safety.redteam import rate
+
+    rm = RewardModel(str(rm_dir), device=device, max_length=512)
+
+    def scored(run: Path, name: str, key) -> dict:
+        rows = [json.loads(line) for line in (run / name).read_text().splitlines()]
+        prompts = [r["conversation"] if "conversation" in r else [{"role": "user", "content": r["request"]}]
+                   for r in rows]
+        scores = rm(prompts, [[{"role": "assistant", "content": r["reply"]}] for r in rows])
+        return {key(r): s for r, s in zip(rows, scores)}
+
+    verdict = {}
+    for name, label, key in (("transcripts.jsonl", "attacked", lambda r: (r["index"], r["attack"])),
+                             ("benign.jsonl", "benign", lambda r: r["request"])):
+        b, a = scored(before, name, key), scored(after, name, key)
+        common = [k for k in b if k in a]
+        if not common:
+            continue
+        verdict[label] = {"mean_before": sum(b[k] for k in common) / len(common),
+                          "mean_after": sum(a[k] for k in common) / len(common),
+                          "after_preferred": rate(sum(a[k] > b[k] for k in common), len(common))}
+    return verdict
 
 
 def _delta(before: dict | None, after: dict | None) -> float | None:
@@ -272,6 +320,11 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
     after = json.loads((steps["after"] / RESULTS).read_text())
     summary = {"model": config.model_name_or_path, "trained_model": str(trained), "train_method": config.train_method,
                "data": counts, **compare(before, after)}
+    if config.safety_rm:
+        rm_dir = out / "safety_rm"
+        if not _complete(rm_dir):
+            train_safety_rm(config, steps["data"], rm_dir)
+        summary["safety_rm"] = rm_verdict(rm_dir / "model", steps["before"], steps["after"], config.device)
     path = out / "safety_loop.json"
     write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
     plot_before_after(summary, out / "before_after.png")
@@ -290,6 +343,9 @@ def describe(summary: dict) -> str:
                                                           f"{100 * r['high']:.0f})"
 
     b, a = summary["before"], summary["after"]
+    rm = (summary.get("safety_rm") or {}).get("attacked")
+    verdict = f"; the safety RM prefers the trained policy's reply to {pct(rm['after_preferred'])} of attacks" \
+        if rm else ""
     return (f"safety loop ({summary['train_method']}): attack success {pct(b['asr'])} -> {pct(a['asr'])}; "
             f"not refused {pct(b['compliance'])} -> {pct(a['compliance'])}; "
-            f"over-refusal {pct(b['over_refusal'])} -> {pct(a['over_refusal'])}")
+            f"over-refusal {pct(b['over_refusal'])} -> {pct(a['over_refusal'])}{verdict}")

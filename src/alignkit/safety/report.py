@@ -41,6 +41,16 @@ def _redteam(run_dir: Path, results: dict, name: str) -> list[str]:
             "<table><tr><th>attack</th><th>ASR</th></tr>", by_attack, "</table>"]
 
 
+def _rm_rows(verdict: dict) -> list[str]:
+    if not verdict:
+        return []
+    rows = "".join(f"<tr><td>{label}</td><td>{v['mean_before']:+.3f}</td><td>{v['mean_after']:+.3f}</td>"
+                   f"<td>{_pct(v['after_preferred'])}</td></tr>" for label, v in verdict.items())
+    return ["<p class=hint>the loop's safety RM on the held-out replies</p>",
+            "<table><tr><th></th><th>mean score before</th><th>mean score after</th>"
+            "<th>prefers the after reply</th></tr>", rows, "</table>"]
+
+
 def _loop(run_dir: Path, summary: dict, name: str) -> list[str]:
     b, a = summary["before"], summary["after"]
 
@@ -59,6 +69,7 @@ def _loop(run_dir: Path, summary: dict, name: str) -> list[str]:
             f"<td>{change('compliance_change')}</td></tr>",
             f"<tr><td>over-refusal</td><td>{_pct(b['over_refusal'])}</td><td>{_pct(a['over_refusal'])}</td>"
             f"<td>{change('over_refusal_change')}</td></tr></table>",
+            *_rm_rows(summary.get("safety_rm") or {}),
             _embedded_png(run_dir / "before_after.png", "before and after"),
             _embedded_png(run_dir / "after" / "asr_heatmap.png", "ASR after the loop")]
 
