@@ -70,6 +70,7 @@ def test_the_loop_lowers_attack_success_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "run_redteam", fail)
     monkeypatch.setattr(loop, "train_step", fail)
     monkeypatch.setattr(loop, "train_safety_rm", fail)
+    monkeypatch.setattr(loop, "rm_verdict", fail)
     again = json.loads(run_safety_loop(_config(tmp_path, safety_rm=True)).read_text())
     assert again["asr_change"] == summary["asr_change"] and again["safety_rm"] == summary["safety_rm"]
 

@@ -324,7 +324,11 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
         rm_dir = out / "safety_rm"
         if not _complete(rm_dir):
             train_safety_rm(config, steps["data"], rm_dir)
-        summary["safety_rm"] = rm_verdict(rm_dir / "model", steps["before"], steps["after"], config.device)
+        verdict = rm_dir / "verdict.json"  # kept, so a rerun of a finished loop scores nothing again
+        if not verdict.exists():
+            scores = rm_verdict(rm_dir / "model", steps["before"], steps["after"], config.device)
+            write_text_atomic(verdict, json.dumps(scores, indent=2) + "\n")
+        summary["safety_rm"] = json.loads(verdict.read_text())
     path = out / "safety_loop.json"
     write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
     plot_before_after(summary, out / "before_after.png")
