@@ -163,6 +163,15 @@ def build_training_data(collect: Path, benign_weight: int, seed: int,
     return sft, prefs, counts
 
 
+def stage_values(config: SafetyLoopConfig, model: str, run_dir: Path) -> dict:
+    """The settings every training stage of the loop shares (resuming a stage cut off before)."""
+    return {"model_name_or_path": model, "use_peft": config.use_peft, "lora_r": 16, "lora_alpha": 32,
+            "learning_rate": config.learning_rate, "warmup_ratio": 0.1, "max_steps": config.max_steps,
+            "max_length": 512, "per_device_train_batch_size": config.per_device_train_batch_size,
+            "logging_steps": 2, "save_steps": 20, "seed": config.seed, "output_dir": str(run_dir),
+            "device": config.device, "resume": (run_dir / "checkpoints" / "latest").exists()}
+
+
 def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
     """Train on the mix into `out` and return the trained model. sft+dpo runs SFT into out/sft first and
     then DPO from that model into `out`, so DPO's reference is the SFT model; a finished SFT is not rerun."""
@@ -170,12 +179,7 @@ def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
     from alignkit.engine.outputs import is_complete
 
     def common(model: str, run_dir: Path) -> dict:
-        return {"model_name_or_path": model, "use_peft": config.use_peft, "lora_r": 16, "lora_alpha": 32,
-                "lora_dropout": 0.0, "learning_rate": config.learning_rate, "lr_scheduler_type": "cosine",
-                "warmup_ratio": 0.1, "max_steps": config.max_steps, "max_length": 512,
-                "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2,
-                "save_steps": 20, "seed": config.seed, "output_dir": str(run_dir), "device": config.device,
-                "resume": (run_dir / "checkpoints" / "latest").exists()}
+        return {**stage_values(config, model, run_dir), "lora_dropout": 0.0, "lr_scheduler_type": "cosine"}
 
     model = config.model_name_or_path
     if config.train_method in ("sft", "sft+dpo"):
@@ -201,12 +205,8 @@ def train_safety_rm(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path
     from alignkit.methods.reward_model import RewardConfig, train_reward_model
 
     train_reward_model(build_config(RewardConfig, {
-        "model_name_or_path": config.model_name_or_path, "dataset_name": str(data_dir / "safety_preferences.jsonl"),
-        "prompt_subset": "safety", "max_length": 512, "use_peft": config.use_peft, "lora_r": 16, "lora_alpha": 32,
-        "learning_rate": config.learning_rate, "max_steps": config.max_steps, "warmup_ratio": 0.1,
-        "per_device_train_batch_size": config.per_device_train_batch_size, "logging_steps": 2, "save_steps": 20,
-        "seed": config.seed, "output_dir": str(out), "device": config.device,
-        "resume": (out / "checkpoints" / "latest").exists()}))
+        **stage_values(config, config.model_name_or_path, out), "prompt_subset": "safety",
+        "dataset_name": str(data_dir / "safety_preferences.jsonl")}))
     return out / "model"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from alignkit.errors import AlignkitError
@@ -87,7 +88,7 @@ class Composed(Attack):
         return response
 
 
-class InteractiveAttack:
+class InteractiveAttack(ABC):
     """An attack that needs the model's replies: it opens a conversation and writes each next user turn.
 
     `follow_up` gets the original request, the transcript so far (ending with the model's last reply), that
@@ -97,12 +98,14 @@ class InteractiveAttack:
 
     name: ClassVar[str] = "interactive"
 
+    @abstractmethod
     def opening(self, messages: str | Messages, rng: random.Random) -> Messages:
-        raise NotImplementedError
+        """The conversation's first user turn(s)."""
 
+    @abstractmethod
     def follow_up(self, request_messages: Messages, history: Messages, last_reply: str, turn: int,
                   rng: random.Random, refused: bool) -> str | None:
-        raise NotImplementedError
+        """The next user message, or None to stop."""
 
     def decode(self, response: str) -> str:
         return response
