@@ -203,8 +203,8 @@ def test_default_guard_flags_harmful_and_passes_benign_on_the_held_out_split(gua
     assert list(Path(guard_cache, "guard").glob("default-*/guard.json"))  # trained once, cached
     report = guard.evaluate(builtin_rows("test"))
     prompts, responses = report["binary_by_role"]["prompt"], report["binary_by_role"]["response"]
-    # measured with the default seed 0: prompts recall 0.93 (14/15), false-positive rate 0.11; responses 0.73
-    # and 0.15; micro F1 0.71. Seeds 0-4 ranged over recall 0.67-0.93 / 0.45-0.73 and micro F1 0.52-0.71, so the
+    # measured with the default seed 0: prompts recall 0.85 (33/39), false-positive rate 0.12; responses 0.73
+    # and 0.15; micro F1 0.65. Seeds 0-2 ranged over recall 0.64-0.85 / 0.45-0.73 and micro F1 0.52-0.65, so the
     # floors sit below the worst seed.
     assert prompts["recall"] >= 0.6 and prompts["false_positive_rate"] <= 0.25
     assert responses["recall"] >= 0.4 and responses["false_positive_rate"] <= 0.35

@@ -29,7 +29,7 @@ def _rows(tmp_path):
 def _config(tmp_path, **kw):
     harmful, benign = _rows(tmp_path)
     values = dict(model_name_or_path="embedded:tiny", dataset_name=harmful, benign_dataset_name=benign,
-                  helpful_dataset_name="", train_method="sft",
+                  helpful_dataset_name="", train_benign_dataset_name="", train_method="sft",
                   attacks="none,rot13", harm_judge="none", max_new_tokens=48,
                   batch_size=16, use_peft=False, learning_rate=1e-2, max_steps=40, per_device_train_batch_size=8,
                   output_dir=str(tmp_path / "loop"), device="cpu")
@@ -158,3 +158,42 @@ def test_bad_method_is_one_line():
 
     args = build_parser().parse_args(["safety-loop", "--train_method", "dpo"])
     assert _config_from_args(SafetyLoopConfig, args).train_method == "dpo"
+
+
+def test_the_builtin_look_alikes_are_well_formed_and_the_held_out_split_stays_unseen():
+    """Every look-alike names a hazard of the taxonomy and one of the eight kinds; the extra training file has
+    train rows only and shares no prompt with the held-out split, which the loop collects from by default."""
+    from alignkit.data.builtin import builtin_path
+    from alignkit.safety.taxonomy import load_taxonomy
+
+    kinds = {"homonym", "figurative", "safe_target", "safe_context", "definition", "history", "safety_info",
+             "public_figure_privacy"}
+    ids = set(load_taxonomy().ids)
+
+    def read(name):
+        return [json.loads(line) for line in builtin_path(name).read_text(encoding="utf-8").splitlines()]
+
+    base, extra = read("benign_risky.jsonl"), read("benign_risky_train.jsonl")
+    for row in base + extra:
+        assert row["looks_like"] in ids and row["kind"] in kinds and len(row["prompt"]) == 1, row
+    assert {r["split"] for r in extra} == {"train"} and len(extra) == 156
+    assert sum(r["split"] == "test" for r in base) == 60
+    text = {r["prompt"][0]["content"].lower() for r in base if r["split"] == "test"}
+    assert not text & {r["prompt"][0]["content"].lower() for r in extra + base if r["split"] == "train"}
+    per_kind = {k: sum(r["kind"] == k for r in extra) for k in kinds}
+    assert min(per_kind.values()) >= 15, per_kind
+
+
+def test_collect_answers_the_extra_look_alikes_and_the_held_out_red_team_does_not(tmp_path, monkeypatch):
+    seen = []
+
+    def record(config):
+        seen.append((config.dataset_split, config.benign_dataset_name))
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # stop before training: only the red-team inputs matter here
+
+    monkeypatch.setattr(loop, "run_redteam", record)
+    with pytest.raises(KeyboardInterrupt):
+        run_safety_loop(SafetyLoopConfig(output_dir=str(tmp_path / "loop")))
+    assert seen == [("test", "builtin:benign_risky.jsonl"),
+                    ("train", "builtin:benign_risky.jsonl,builtin:benign_risky_train.jsonl,builtin:helpful.jsonl")]

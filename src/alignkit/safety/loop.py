@@ -39,6 +39,9 @@ class SafetyLoopConfig:
     """Harmful requests with a hazard column and train/test splits."""
     benign_dataset_name: str = "builtin:benign_risky.jsonl"
     """Benign look-alikes with train/test splits: over-refusal is measured on the test split."""
+    train_benign_dataset_name: str = "builtin:benign_risky_train.jsonl"
+    """More benign look-alikes answered while collecting (train split only), so training sees each kind of
+    look-alike (homonyms, figures of speech, games, ...) many times rather than a few (empty: none)."""
     helpful_dataset_name: str = "builtin:helpful.jsonl"
     """Ordinary prompts whose answers are kept as SFT data, so helpfulness is kept (empty: none)."""
     train_split: str = "train"
@@ -301,7 +304,8 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
     if not _complete(steps["before"]):
         run_redteam(config.redteam_config(config.model_name_or_path, config.test_split, steps["before"]))
     if not _complete(steps["collect"]):
-        benign = ",".join(n for n in (config.benign_dataset_name, config.helpful_dataset_name) if n)
+        benign = ",".join(n for n in (config.benign_dataset_name, config.train_benign_dataset_name,
+                                      config.helpful_dataset_name) if n)
         run_redteam(config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign))
     sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed,
                                              config.refusal_pairs_per_request)
