@@ -128,3 +128,8 @@ def test_likelihood_watch_warns_once():
         for step in range(6):
             watch({"logps/chosen": -10.0 - step, "rewards/margins": 0.1 * step})
     assert watch.warned
+    # with an NLL term already on, the advice is to raise it rather than to turn it on
+    watch = LikelihoodWatch(window=2, drop=1.0, rpo_alpha=1.0)
+    with pytest.warns(UserWarning, match=r"a larger rpo_alpha \(now 1\)"):
+        for step in range(6):
+            watch({"logps/chosen": -10.0 - step, "rewards/margins": 0.1 * step})

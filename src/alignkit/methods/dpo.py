@@ -238,8 +238,9 @@ class LikelihoodWatch:
     """Warns once when the chosen responses' log-probs fall while the margin grows: DPO is then pushing
     both responses down (the rejected faster), the failure users most often ask about."""
 
-    def __init__(self, window: int = 10, drop: float = 1.0):
+    def __init__(self, window: int = 10, drop: float = 1.0, rpo_alpha: float = 0.0):
         self.window, self.drop, self.seen, self.warned = window, drop, [], False
+        self.rpo_alpha = rpo_alpha
 
     def __call__(self, metrics: dict) -> None:
         self.seen.append((metrics["logps/chosen"], metrics["rewards/margins"]))
@@ -251,9 +252,11 @@ class LikelihoodWatch:
         grew = mean([m for _, m in last]) - mean([m for _, m in first])
         if fell > self.drop and grew > 0:
             self.warned = True
+            nll = (f"a larger rpo_alpha (now {self.rpo_alpha:g})" if self.rpo_alpha > 0
+                   else "rpo_alpha > 0 (an NLL term on chosen)")
             warnings.warn(f"dpo: the chosen responses' log-probs fell by {fell:.2f} nats while the reward margin "
                           f"grew by {grew:.2f}: both responses are being pushed down. Consider a lower learning "
-                          "rate, a larger beta, or rpo_alpha > 0 (an NLL term on chosen)", stacklevel=2)
+                          f"rate, a larger beta, or {nll}", stacklevel=2)
 
 
 def evaluate_pairs(loss_fn, model, examples: list[DPOExample], pad_id: int, batch_size: int) -> dict:
@@ -372,7 +375,7 @@ def train_dpo(config: DPOConfig):
                         lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
     padding_free = config.batch_layout == "padding_free"
     bucketed = config.batch_layout == "bucketed"
-    watch = LikelihoodWatch()
+    watch = LikelihoodWatch(rpo_alpha=config.rpo_alpha)
 
     def collate(items):
         return collate_dpo(items, pad_id, padding_free)
