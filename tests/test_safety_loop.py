@@ -85,10 +85,13 @@ def test_sft_then_dpo_starts_dpo_from_the_sft_model_and_keeps_a_finished_sft(tmp
     (data / "safety_sft.jsonl").write_text(json.dumps({"prompt": prompt, "completion": refusal}) + "\n")
     (data / "safety_preferences.jsonl").write_text(json.dumps(
         {"prompt": prompt, "chosen": refusal, "rejected": [{"role": "assistant", "content": "Sure: first..."}]}) + "\n")
-    config = _config(tmp_path, train_method="sft+dpo", max_steps=2, per_device_train_batch_size=1, rpo_alpha=1.0)
+    config = _config(tmp_path, train_method="sft+dpo", max_steps=2, per_device_train_batch_size=1, rpo_alpha=1.0,
+                     gradient_checkpointing=True)
     out = tmp_path / "train"
     assert loop.train_step(config, data, out) == out / "model"
     assert (out / "sft" / "model" / "config.json").exists() and (out / "model" / "config.json").exists()
+    for stage in (out / "sft", out):  # the memory setting reaches both stages
+        assert "gradient_checkpointing: true" in (stage / "config.yaml").read_text()
     dpo = json.loads((out / "run.json").read_text())
     assert dpo["method"] == "dpo" and dpo["model"] == str(out / "sft" / "model")
     assert "nll_loss" in (out / "metrics.jsonl").read_text()  # rpo_alpha reached DPO

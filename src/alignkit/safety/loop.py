@@ -81,6 +81,9 @@ class SafetyLoopConfig:
     """Optimizer steps of each training stage (sft+dpo runs this many of SFT, then of DPO)."""
     per_device_train_batch_size: int = 8
     """Examples per step."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of every training stage: about 3× less memory for 30–50%
+    more time per step (SmolLM2 on CPU, the loop's pairs: RM 10.1 → 3.1 GB, DPO 9.5 → 3.2 GB)."""
     seed: int = 0
     """Seed for attacks, data order and training."""
     output_dir: str = "runs/safety_loop"
@@ -171,6 +174,7 @@ def stage_values(config: SafetyLoopConfig, model: str, run_dir: Path) -> dict:
     return {"model_name_or_path": model, "use_peft": config.use_peft, "lora_r": 16, "lora_alpha": 32,
             "learning_rate": config.learning_rate, "warmup_ratio": 0.1, "max_steps": config.max_steps,
             "max_length": 512, "per_device_train_batch_size": config.per_device_train_batch_size,
+            "gradient_checkpointing": config.gradient_checkpointing,
             "logging_steps": 2, "save_steps": 20, "seed": config.seed, "output_dir": str(run_dir),
             "device": config.device, "resume": (run_dir / "checkpoints" / "latest").exists()}
 
