@@ -190,13 +190,16 @@ def test_the_builtin_look_alikes_are_well_formed_and_the_held_out_split_stays_un
 def test_collect_answers_the_extra_look_alikes_and_the_held_out_red_team_does_not(tmp_path, monkeypatch):
     seen = []
 
+    class Stop(Exception):
+        pass
+
     def record(config):
         seen.append((config.dataset_split, config.benign_dataset_name))
         if len(seen) == 2:
-            raise KeyboardInterrupt  # stop before training: only the red-team inputs matter here
+            raise Stop  # stop before training: only the red-team inputs matter here
 
     monkeypatch.setattr(loop, "run_redteam", record)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stop):
         run_safety_loop(SafetyLoopConfig(output_dir=str(tmp_path / "loop")))
     assert seen == [("test", "builtin:benign_risky.jsonl"),
                     ("train", "builtin:benign_risky.jsonl,builtin:benign_risky_train.jsonl,builtin:helpful.jsonl")]
