@@ -31,10 +31,10 @@ from typing import Callable, Protocol
 
 from alignkit.errors import AlignkitError
 from alignkit.ratelimit import TokenBucket
+from alignkit.safety.filters import PII_KINDS, luhn_valid, redact_pii  # noqa: F401 (re-exported)
 
 STAGES = ("input", "output")
 SCOPES = ("last_user", "conversation")
-PII_KINDS = ("email", "phone", "credit_card")
 
 
 class Verdict(Protocol):
@@ -148,56 +148,6 @@ def refusal_message(categories: list[str], stage: str) -> str:
         if category in texts:
             return texts[category]
     return GENERIC_REFUSAL[stage]
-
-
-# ----------------------------------------------------------------------------------------------------
-# content filters
-
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# 13-19 digits, optionally grouped by single spaces or dashes; only Luhn-valid ones are redacted
-CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-# an optional +country code, an optional area code, then NNN(N)-NNNN; never part of a longer digit run
-# (so a Luhn-invalid card number is not half-redacted as a phone number)
-PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])?"
-                   r"\d{3,4}[ .-]\d{4}(?![ .-]?\d)")
-
-
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum: doubling every second digit from the right, the digit sum is a multiple of 10."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def redact_pii(text: str, kinds=PII_KINDS) -> tuple[str, list[str]]:
-    """`text` with PII replaced by [EMAIL], [PHONE], [CREDIT_CARD]; and the kind of each replacement."""
-    found: list[str] = []
-
-    def card(match: re.Match) -> str:
-        digits = re.sub(r"\D", "", match.group())
-        if not luhn_valid(digits):
-            return match.group()
-        found.append("credit_card")
-        return "[CREDIT_CARD]"
-
-    def plain(kind: str):
-        def replace(_match: re.Match) -> str:
-            found.append(kind)
-            return f"[{kind.upper()}]"
-        return replace
-
-    # cards first: a card number's groups must not be taken for a phone number
-    if "credit_card" in kinds:
-        text = CARD.sub(card, text)
-    if "email" in kinds:
-        text = EMAIL.sub(plain("email"), text)
-    if "phone" in kinds:
-        text = PHONE.sub(plain("phone"), text)
-    return text, found
 
 
 # ----------------------------------------------------------------------------------------------------
