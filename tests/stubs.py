@@ -12,8 +12,8 @@ from alignkit.safety.guard import Verdict
 
 class JSONServer:
     """A loopback HTTP server in a thread. `handle(method, path, body)` returns (status, text) for each request
-    (body is the parsed JSON of a POST, None for a GET); every request is kept in `requests` as
-    (path, body, Authorization header)."""
+    (body is the parsed JSON of a POST, None for a GET), or (status, text, headers) to send extra headers (a
+    redirect's Location); every request is kept in `requests` as (path, body, Authorization header)."""
 
     def __init__(self, handle: Callable[[str, str, dict | None], tuple[int, str]]):
         self.requests: list[tuple[str, dict | None, str | None]] = []
@@ -30,9 +30,11 @@ class JSONServer:
             def answer(self, body):
                 with server.lock:
                     server.requests.append((self.path, body, self.headers.get("Authorization")))
-                status, text = handle(self.command, self.path, body)
+                status, text, *extra = handle(self.command, self.path, body)
                 data = text.encode()
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -18,6 +18,7 @@ from alignkit.annotate.server import create_app  # noqa: E402
 from alignkit.cli import main  # noqa: E402
 
 INJECTION = "Robert'); DROP TABLE judgments;-- \" OR 1=1 --"
+LOCAL = "http://127.0.0.1"  # the app answers only to trusted Host names, loopback by default
 ODD = "Zero\u200bwidth, RTL \u202eabc, emoji 👩‍🔬, combining e\u0301, NUL-free \U0001F600, 中文, \\n literal"
 
 
@@ -38,7 +39,7 @@ def app_env(tmp_path):
         _, admin_token = service.create_user(session, "boss", "admin", password="boss-pass")
         _, ann_token = service.create_user(session, "ann", "annotator", password="ann-pass")
         _, other_token = service.create_user(session, "other", "annotator")
-    client = TestClient(create_app(db, rate=1000, burst=1000))
+    client = TestClient(create_app(db, rate=1000, burst=1000), base_url=LOCAL)
     return {"db": db, "client": client, "admin": {"Authorization": f"Bearer {admin_token}"},
             "ann": {"Authorization": f"Bearer {ann_token}"}, "other": {"Authorization": f"Bearer {other_token}"},
             "Session": Session}
@@ -85,9 +86,13 @@ def test_queue_sides_undo_and_majority_export(app_env, tmp_path):
     lefts = {nxt["left"].endswith("one") for nxt, _ in judged}
     assert lefts == {True, False}, "sides must be randomised per assignment"
 
-    # undo the last one: it comes back first, and can be judged differently
+    # undo the last one (by its id): it comes back first, and can be judged differently
     last = judged[-1][0]
-    assert client.post("/api/projects/p1/undo", headers=env["ann"]).json()["assignment_id"] == last["assignment_id"]
+    last_id = client.get("/api/projects/p1/next", headers=env["ann"]).json()["last_judgment_id"]
+    undone = client.post("/api/projects/p1/undo", json={"judgment_id": last_id}, headers=env["ann"])
+    assert undone.json()["assignment_id"] == last["assignment_id"]
+    # a retried undo deletes nothing more
+    assert client.post("/api/projects/p1/undo", json={"judgment_id": last_id}, headers=env["ann"]).status_code == 404
     again = client.get("/api/projects/p1/next", headers=env["ann"]).json()
     assert again["assignment_id"] == last["assignment_id"] and (again["judged"], again["remaining"]) == (39, 1)
     client.post(f"/api/assignments/{again['assignment_id']}/judgment", json={"choice": "skip"}, headers=env["ann"])
@@ -196,7 +201,7 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path):
     _, Session = open_database(db)
     with Session() as session:
         _, token = service.create_user(session, "fast", "annotator")
-    client = TestClient(create_app(db, rate=1, burst=3))
+    client = TestClient(create_app(db, rate=1, burst=3), base_url=LOCAL)
     codes = [client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code for _ in range(5)]
     assert codes[:3] == [200, 200, 200] and codes[3] == 429
     limited = client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
@@ -243,5 +248,5 @@ def test_migrations_bring_a_new_database_to_head_and_rerun_as_a_no_op(tmp_path):
     assert {"users", "projects", "items", "assignments", "judgments", "alembic_version"} <= tables
     engine, _ = open_database(str(tmp_path / "m.db"))
     with engine.connect() as connection:
-        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0002"
         assert connection.execute(text("pragma journal_mode")).scalar() == "wal"

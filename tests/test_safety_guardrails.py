@@ -180,7 +180,7 @@ def test_config_from_yaml_and_bad_values_are_one_line(tmp_path):
     assert (config.deny_keywords, config.rate, config.burst, config.redact_pii_inputs) == (["bomb"], 2.0, 5, True)
     for text, message in [("deny_patterns: ['(']\n", "deny_patterns: '\\(' is not a regular expression"),
                           ("input_scope: everything\n", "input_scope: must be one of"),
-                          ("pii_kinds: [ssn]\n", "pii_kinds: 'ssn'"),
+                          ("pii_kinds: [passport]\n", "pii_kinds: 'passport'"),
                           ("burst: 0\n", "burst: must be at least 1"),
                           ("rates: 3\n", "did you mean rate")]:
         bad = tmp_path / "bad.yaml"

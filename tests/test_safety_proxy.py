@@ -21,7 +21,9 @@ pytest.importorskip("uvicorn")
 
 from alignkit.errors import AlignkitError  # noqa: E402
 from alignkit.safety.guardrails import Guardrails, GuardrailsConfig, refusal_message  # noqa: E402
-from alignkit.safety.proxy import add_serve_command, create_app, load_guard  # noqa: E402
+from alignkit.safety.client_keys import key_hash  # noqa: E402
+from alignkit.safety.proxy import create_app  # noqa: E402
+from alignkit.safety.proxy_cli import add_serve_command, load_guard  # noqa: E402
 
 
 class Upstream:
@@ -82,11 +84,11 @@ def proxy():
 
     servers = []
 
-    def make(upstream_url, guard=StubGuard(), **config):
+    def make(upstream_url, guard=StubGuard(), client_keys=None, **config):
         rails = Guardrails(None, guard, GuardrailsConfig(**config))
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(upstream_url, rails, timeout=5), host="127.0.0.1",
-                                               port=port, log_level="warning"))
+        app = create_app(upstream_url, rails, timeout=5, client_keys=client_keys)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -199,7 +201,9 @@ def test_bad_requests_are_400_and_never_forwarded(upstream, proxy):
 
 def test_rate_limit_per_bearer_token_with_retry_after(upstream, proxy, tmp_path):
     audit = tmp_path / "audit.jsonl"
-    url = proxy(upstream.url, rate=0.001, burst=2, audit_file=str(audit))
+    # the rate limit is keyed on the authenticated client key (never on an unauthenticated bearer string)
+    keys = {key_hash("alice-secret"): "alice", key_hash("bob"): "bob"}
+    url = proxy(upstream.url, client_keys=keys, rate=0.001, burst=2, audit_file=str(audit))
     statuses = [call(url + "/v1/chat/completions", chat("hi"), token="alice-secret")[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
     status, headers, data = call(url + "/v1/chat/completions", chat("hi"), token="alice-secret")
@@ -255,7 +259,8 @@ def test_serve_command_reads_yaml_and_options(tmp_path, monkeypatch):
                               "--config", str(rails), "--port", "9002"])
     assert args.func(args) == 0
     assert (started["host"], started["port"]) == ("127.0.0.1", 9002)  # the command line wins over the YAML
-    reply = TestClient(started["app"]).post("/v1/chat/completions", json=chat("a forbidden word")).json()
+    client = TestClient(started["app"], base_url="http://127.0.0.1:9002")  # a trusted Host
+    reply = client.post("/v1/chat/completions", json=chat("a forbidden word")).json()
     assert reply["guardrails"]["categories"] == ["denylist"]
     with pytest.raises(AlignkitError, match="config: upstream: give the model server's URL"):
         args = parser.parse_args(["serve", "--guard", "none"])

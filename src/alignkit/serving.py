@@ -3,7 +3,7 @@
 `limit_requests(app, reply, ...)` wraps an ASGI app so that, before any route runs:
 - a body over `max_body_bytes` is refused with 413: by its Content-Length before a byte is read, and while
   reading when the client sends more than it announced or streams it chunked;
-- a body that claims to be JSON is scanned for nesting deeper than `max_json_depth` (400), so no handler
+- a body that claims to be JSON (or names no type) is scanned for nesting deeper than `max_json_depth` (400), so no handler
   ever recurses into an attacker's 100,000 brackets;
 - a request whose Host is not one of `trusted_hosts` gets 400 (DNS rebinding against a loopback server).
 
@@ -81,8 +81,10 @@ def limit_requests(app, reply: Callable[[int, str], object], max_body_bytes: int
         if trusted_hosts is not None and not host_allowed(headers.get("host", ""), trusted_hosts):
             return await reply(400, "Host header not allowed (start the server with --trusted_hosts NAME)")(
                 scope, receive, send)
-        length = headers.get("content-length", "")
-        if length and (not length.isdigit() or int(length) > max_body_bytes):
+        length = headers.get("content-length", "").strip()
+        if length and not length.isdigit():
+            return await reply(400, "Content-Length is not a number")(scope, receive, send)
+        if length and int(length) > max_body_bytes:
             return await reply(413, f"request body over {max_body_bytes} bytes")(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
@@ -96,7 +98,9 @@ def limit_requests(app, reply: Callable[[int, str], object], max_body_bytes: int
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if body and "json" in headers.get("content-type", "") and json_depth(body) > max_json_depth:
+        kind = headers.get("content-type", "").lower()
+        # FastAPI parses a body without a Content-Type as JSON too
+        if body and ("json" in kind or not kind) and json_depth(body) > max_json_depth:
             return await reply(400, f"JSON nests deeper than {max_json_depth} levels")(scope, receive, send)
         sent = False
 

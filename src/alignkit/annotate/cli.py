@@ -1,41 +1,125 @@
 """`alignkit annotate ...`: the app's server and its admin tasks from the shell (they work on the database
-directly, so no server needs to be running)."""
+directly, so no server needs to be running).
+
+The database is `--db`, else the environment variable ALIGNKIT_DB_URL (which keeps a PostgreSQL password
+out of `ps`), else annotations.db. A database URL is printed with its password masked. Passwords are read
+from stdin, never from the command line.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from alignkit.errors import DataError
+from alignkit.errors import AlignkitError, DataError
 
 DEFAULT_DB = "annotations.db"
+DB_ENV = "ALIGNKIT_DB_URL"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def database(args) -> str:
+    """--db over ALIGNKIT_DB_URL over the default file."""
+    return args.db or os.environ.get(DB_ENV) or DEFAULT_DB
 
 
 def _session(args):
     from alignkit.annotate.db import open_database
 
-    _, Session = open_database(args.db)
+    _, Session = open_database(database(args))
     return Session()
 
 
-def cmd_serve(args) -> int:
-    from alignkit.annotate.db import open_database
-    from alignkit.annotate.server import serve
+def _read_password() -> str:
+    """The first line of stdin (a password on the command line would show in `ps` and shell history)."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise AlignkitError("password: give it on the first line of stdin, e.g. alignkit annotate set-password "
+                            "--name NAME < file")
+    return password
 
-    open_database(args.db)  # migrate (and fail on a bad URL) before announcing anything
-    print(f"alignkit annotate: serving {args.db} on http://{args.host}:{args.port}/ (admin: /admin); Ctrl-C stops",
-          file=sys.stderr)
-    serve(args.db, args.host, args.port, args.rate, args.burst)
+
+def _check_serve_options(args) -> None:
+    if args.rate < 0 or args.burst < 1:
+        raise AlignkitError(f"--rate must be 0 (no limit) or more and --burst at least 1; "
+                            f"got {args.rate}, {args.burst}")
+    if args.max_body_bytes < 1 or args.max_import_bytes < 1:
+        raise AlignkitError("--max_body_bytes and --max_import_bytes: must be at least 1")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise AlignkitError("--ssl_certfile and --ssl_keyfile: give both (TLS) or neither")
+    for path in filter(None, (args.ssl_certfile, args.ssl_keyfile)):
+        if not os.path.isfile(path):
+            raise AlignkitError(f"{path}: no such file")
+
+
+def cmd_serve(args) -> int:
+    from alignkit.annotate.db import open_database, shown_url
+    from alignkit.annotate.server import serve
+    from alignkit.annotate.sessions import server_secret
+
+    _check_serve_options(args)
+    db = database(args)
+    secret = server_secret(db)
+    open_database(db)  # migrate (and fail on a bad URL) before announcing anything
+    hosts = [h.strip() for h in args.trusted_hosts.split(",") if h.strip()] if args.trusted_hosts else None
+    tls = bool(args.ssl_certfile)
+    if args.host not in LOOPBACK and not tls:
+        print(f"alignkit annotate: warning: listening on {args.host} without TLS: passwords, tokens and cookies "
+              "cross the network in clear; give --ssl_certfile/--ssl_keyfile or serve behind a TLS proxy",
+              file=sys.stderr)
+    scheme = "https" if tls else "http"
+    print(f"alignkit annotate: serving {shown_url(db)} on {scheme}://{args.host}:{args.port}/ (admin: /admin); "
+          "Ctrl-C stops", file=sys.stderr)
+    serve(db, args.host, args.port, args.rate, args.burst, args.max_body_bytes, args.max_import_bytes, hosts,
+          args.ssl_certfile, args.ssl_keyfile, secret)
     return 0
 
 
 def cmd_add_user(args) -> int:
-    from alignkit.annotate.service import create_user
+    from alignkit.annotate.accounts import create_user
 
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    password = _read_password() if args.password_stdin else None
     with _session(args) as session:
         user, token = create_user(session, args.name, args.role, password)
     print(f"{user.role} {user.name}: token {token}  (shown once; log in with it or send Authorization: Bearer)")
+    return 0
+
+
+def cmd_set_password(args) -> int:
+    from alignkit.annotate.accounts import set_password
+
+    password = _read_password()
+    with _session(args) as session:
+        set_password(session, args.name, password)
+    print(f"{args.name}: password set; their sessions have ended", file=sys.stderr)
+    return 0
+
+
+def cmd_rotate_token(args) -> int:
+    from alignkit.annotate.accounts import rotate_token
+
+    with _session(args) as session:
+        token = rotate_token(session, args.name)
+    print(f"{args.name}: new token {token}  (shown once; the old token and their sessions no longer work)")
+    return 0
+
+
+def cmd_disable_user(args) -> int:
+    from alignkit.annotate.accounts import set_disabled
+
+    with _session(args) as session:
+        set_disabled(session, args.name, True)
+    print(f"{args.name}: disabled (every token, session and login refused)", file=sys.stderr)
+    return 0
+
+
+def cmd_enable_user(args) -> int:
+    from alignkit.annotate.accounts import set_disabled
+
+    with _session(args) as session:
+        set_disabled(session, args.name, False)
+    print(f"{args.name}: enabled", file=sys.stderr)
     return 0
 
 
@@ -52,7 +136,8 @@ def cmd_create_project(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from alignkit.annotate.service import check_import_row, import_items, project_by_name
+    from alignkit.annotate.imports import check_import_row
+    from alignkit.annotate.service import import_items, project_by_name
     from alignkit.data.formats import Problem
     from alignkit.data.io import scan
 
@@ -108,21 +193,40 @@ def add_commands(commands, option, parser_class) -> None:
 
     def command(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        option(p, "--db", default=DEFAULT_DB,
-               help=f"SQLite file or database URL, e.g. postgresql://user@host/db (default: {DEFAULT_DB})")
+        option(p, "--db", default=None,
+               help=f"SQLite file or database URL, e.g. postgresql://user@host/db (default: ${DB_ENV}, "
+                    f"else {DEFAULT_DB})")
         p.set_defaults(func=func)
         return p
 
     p = command("serve", cmd_serve, "run the web app (annotator page at /, admin dashboard at /admin)")
     option(p, "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     option(p, "--port", type=int, default=8000, help="port (default: 8000)")
-    option(p, "--rate", type=float, default=20.0, help="requests per second per user (default: 20)")
+    option(p, "--rate", type=float, default=20.0, help="requests per second per user; 0: no limit (default: 20)")
     option(p, "--burst", type=int, default=40, help="requests a user may burst above the rate (default: 40)")
+    option(p, "--max_body_bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
+    option(p, "--max_import_bytes", type=int, default=16 << 20,
+           help="largest items import, for admins only (default: 16 MiB; `annotate import` has no limit)")
+    option(p, "--trusted_hosts", default=None,
+           help="comma-separated Host names the server answers to (default: the loopback names when "
+                "listening on loopback, else the listening address); * trusts any")
+    option(p, "--ssl_certfile", default=None, help="TLS certificate (PEM), passed to uvicorn")
+    option(p, "--ssl_keyfile", default=None, help="TLS private key (PEM), passed to uvicorn")
 
     p = command("add-user", cmd_add_user, "create a user and print their access token")
     option(p, "--name", required=True, help="user name (unique)")
     option(p, "--role", choices=("annotator", "admin"), default="annotator", help="default: annotator")
     option(p, "--password_stdin", action="store_true", help="also set a password, read from the first line of stdin")
+
+    p = command("set-password", cmd_set_password,
+                "set a user's password, read from the first line of stdin; ends their sessions")
+    option(p, "--name", required=True, help="user name")
+    p = command("rotate-token", cmd_rotate_token, "give a user a new access token (printed once); ends their sessions")
+    option(p, "--name", required=True, help="user name")
+    p = command("disable-user", cmd_disable_user, "refuse a user's token, sessions and logins from now on")
+    option(p, "--name", required=True, help="user name")
+    p = command("enable-user", cmd_enable_user, "let a disabled user in again")
+    option(p, "--name", required=True, help="user name")
 
     p = command("create-project", cmd_create_project, "create a project")
     option(p, "--name", required=True, help="project name (unique)")

@@ -3,7 +3,9 @@
 SQLite (a file, the default) runs in WAL mode with a busy timeout, so readers never block the one writer
 and concurrent writers wait instead of failing; PostgreSQL is used by URL (postgresql+psycopg://...).
 `open_database` brings the schema to the newest migration before anything else touches it, so a
-project's database survives upgrades of alignkit.
+project's database survives upgrades of alignkit. A SQLite file holds password hashes and everyone's
+judgments, so it is created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the main
+file's mode), and an older, looser file and its -wal/-shm are tightened to 0600 when opened.
 
 Items are pairwise: a prompt and two responses (an imported row with k responses becomes its k(k-1)/2
 pairs). An assignment gives one item to one annotator, with the sides randomised for that annotator; a
@@ -12,15 +14,19 @@ judgment answers one assignment (unique), which is what makes a retried submissi
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event)
+                        event, make_url)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 ROLES = ("admin", "annotator")
 CHOICES = ("a", "b", "tie", "both_bad", "skip")  # a / b: the item's response_a / response_b won
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: a larger one in a request is refused, not looked up
+PRIVATE = 0o600
 
 
 def now() -> datetime:
@@ -38,6 +44,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(20))
     password_hash: Mapped[str | None] = mapped_column(String(300), nullable=True)
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    session_version: Mapped[int] = mapped_column(Integer, default=0)  # signed into cookies; bumped to end them
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -98,10 +106,61 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def text_problem(field: str, value, max_chars: int | None = None) -> str | None:
+    """Why `value` cannot be stored as text (None when it can): PostgreSQL refuses NUL characters and every
+    database refuses lone surrogates (which JSON's \\udXXX escapes can produce)."""
+    if not isinstance(value, str):
+        return f"{field}: expected a string, got {type(value).__name__}"
+    if max_chars is not None and len(value) > max_chars:
+        return f"{field}: longer than {max_chars} characters"
+    if "\x00" in value:
+        return f"{field}: contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{field}: not valid Unicode (a lone surrogate)"
+    return None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    url = make_url(normalise_url(url))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def shown_url(url: str) -> str:
+    """`url` fit to print: a password in it is masked."""
+    if "://" not in url:
+        return url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_private(path: Path) -> None:
+    """Create `path` mode 0600 if it is missing, and tighten it to 0600 if it is looser."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
+    except FileExistsError:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(PRIVATE)
+
+
+def _private_sqlite_files(database: Path, create: bool) -> None:
+    if create:
+        make_private(database)
+    for companion in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if companion.exists():
+            make_private(companion)
+
+
 def open_database(url: str, migrate: bool = True):
     """(engine, sessionmaker) for `url`, the schema upgraded to the newest migration first."""
     url = normalise_url(url)
     sqlite = url.startswith("sqlite")
+    database = sqlite_file(url)
+    if database is not None:
+        _private_sqlite_files(database, create=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if sqlite else {},
                            pool_pre_ping=not sqlite)
     if sqlite:
@@ -115,6 +174,8 @@ def open_database(url: str, migrate: bool = True):
             cursor.close()
     if migrate:
         upgrade(engine)
+    if database is not None:  # the -wal and -shm exist now: check that they came out private too
+        _private_sqlite_files(database, create=False)
     return engine, sessionmaker(engine, expire_on_commit=False)
 
 

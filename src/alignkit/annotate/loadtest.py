@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -104,7 +105,9 @@ def start_server(db: str, port: int) -> subprocess.Popen:
 
     command = [sys.executable, "-m", "alignkit.cli", "annotate", "serve", "--db", db, "--port", str(port),
                "--rate", "1000", "--burst", "1000"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    env = dict(os.environ)
+    env.setdefault("ALIGNKIT_SESSION_SECRET", secrets.token_hex(32))  # PostgreSQL needs one; tokens don't use it
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
         if process.poll() is not None:

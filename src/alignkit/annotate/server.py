@@ -1,31 +1,39 @@
 """The annotation app's HTTP side: FastAPI routes over `annotate.service`, plus the two static pages.
 
 Authentication: `Authorization: Bearer TOKEN` (scripts, the load test), or a session cookie from
-POST /api/login (the pages). The cookie is HttpOnly and SameSite=Strict and carries the user id, an
-expiry and an HMAC keyed by the user's token hash, so it survives server restarts and dies when the token
-is rotated. Requests that change something with cookie credentials must also send X-CSRF-Token (given by
-GET /api/me to same-origin scripts only). Admin routes answer 401 without credentials and 403 to
-annotators. Every response carries a Content-Security-Policy that allows no inline script, and the pages
-put model text into the DOM with textContent only: a response containing markup is shown, never run.
-Each user has a token bucket (default 20 requests/s, bursts of 40); beyond it, 429 with Retry-After.
-Logins are limited per client address (bursts of 10, then one every 2 s).
+POST /api/login (the pages). The cookie is HttpOnly and SameSite=Strict and carries the user id, the user's
+session version and an expiry, signed with the server secret (annotate.sessions), which is never in the
+database: reading the database is not enough to mint a session. Logout, a new password, a new token and
+disabling the user bump the session version, so every earlier cookie gets 401; a disabled user gets 401 on
+every route, by cookie or token. Requests that change something with cookie credentials must also send
+X-CSRF-Token (an HMAC of the cookie, given by POST /api/login and GET /api/me to same-origin scripts only).
+Admin routes answer 401 without credentials and 403 to annotators.
+
+Before any route runs, `alignkit.serving.limit_requests` refuses bodies over the cap (413, by
+Content-Length before reading), JSON nested too deep (400) and a Host that is not trusted (400). The items
+import may take a larger body, but only from a request whose credentials name an admin. Every refusal is
+a 4xx with {"detail": one line}. Every response carries a Content-Security-Policy that allows no inline
+script, and the pages put model text into the DOM with textContent only. Each user has a token bucket
+(default 20 requests/s, bursts of 40; rate 0 turns it off); beyond it, 429 with Retry-After. Logins and
+password changes are limited per client address (bursts of 10, then one every 2 s).
 """
 
-
-import hashlib
-import hmac
 import json
-import time
+import re
 from pathlib import Path
 
-from alignkit.annotate import service
-from alignkit.annotate.db import User, open_database
+from alignkit.annotate import accounts, service
+from alignkit.annotate.db import MAX_ID, Item, Project, User, open_database, text_problem
+from alignkit.annotate.imports import check_import_row
+from alignkit.annotate.sessions import Signer, server_secret
 from alignkit.errors import AlignkitError
 from alignkit.ratelimit import TokenBucket
+from alignkit.serving import MAX_BODY_BYTES, MAX_JSON_DEPTH, default_trusted_hosts, limit_requests, parse_json
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "alignkit_session"
-SESSION_SECONDS = 7 * 24 * 3600
+MAX_IMPORT_BYTES = 16 << 20  # a web import of up to ~10k pairs; bigger files go through `annotate import`
+IMPORT_PATH = re.compile(r"/api/admin/projects/[^/]+/items")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
@@ -33,64 +41,171 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+REFUSED_BY_CLASS = {accounts.NotFound: 404, accounts.Refused: 403, accounts.Conflict: 409, accounts.Invalid: 422}
 
 
-def _sign(user: User, payload: str) -> str:
-    return hmac.new(user.token_hash.encode(), payload.encode(), hashlib.sha256).hexdigest()
+def one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def session_cookie(user: User) -> str:
-    payload = f"{user.id}.{int(time.time()) + SESSION_SECONDS}"
-    return f"{payload}.{_sign(user, payload)}"
+def refusal(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"detail": one_line(message)}, status, headers=SECURITY_HEADERS)
 
 
-def csrf_token(user: User, cookie: str) -> str:
-    return _sign(user, "csrf:" + cookie)
+def authenticate(session, signer: Signer, authorization: str, cookie: str | None) -> tuple[User | None, bool]:
+    """(user, by_cookie): the enabled user named by a Bearer token, else by a signed cookie whose session
+    version is still the user's; (None, False) when neither holds."""
+    if authorization.lower().startswith("bearer "):
+        return accounts.user_by_token(session, authorization[7:].strip()), False
+    read = signer.read(cookie) if cookie else None
+    if read is None:
+        return None, False
+    user = session.get(User, read[0])
+    if user is None or user.disabled or user.session_version != read[1]:
+        return None, False
+    return user, True
 
 
-def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
-    from fastapi import Depends, FastAPI, HTTPException, Request, Response
-    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-    from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, Field
+def create_app(db_url: str, rate: float = 20.0, burst: int = 40, max_body_bytes: int = MAX_BODY_BYTES,
+               max_import_bytes: int = MAX_IMPORT_BYTES, trusted_hosts: list[str] | None = None,
+               secret: bytes | None = None):
+    """The app as an ASGI callable. `trusted_hosts` defaults to the loopback names (["*"] trusts any Host);
+    `secret` to `sessions.server_secret(db_url)`; `rate` 0 turns the per-user limit off."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import Request
 
     _, Session = open_database(db_url)
-    limiter = TokenBucket(rate, burst)
-    login_limiter = TokenBucket(rate=0.5, burst=10)  # per client address
+    signer = Signer(secret or server_secret(db_url))
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.middleware("http")
-    async def headers(request: Request, call_next):
+    async def headers(request, call_next):
         response = await call_next(request)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
         return response
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_refusal(_request, error):
+        response = refusal(error.status_code, error.detail)
+        response.headers.update(error.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, error):
+        first = error.errors()[0]
+        if first.get("type") == "json_invalid":
+            return refusal(422, "body: not valid JSON")
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+        return refusal(422, f"{where}: {first.get('msg', 'invalid')}")
+
     @app.exception_handler(AlignkitError)
-    async def refuse(_request, error: AlignkitError):
-        return JSONResponse({"detail": str(error)}, status_code=400)
+    async def refuse(_request, error):
+        status = next((code for cls, code in REFUSED_BY_CLASS.items() if isinstance(error, cls)), 400)
+        return refusal(status, str(error))
+
+    add_routes(app, Session, signer, TokenBucket(rate, burst) if rate > 0 else None)
+
+    hosts = list(trusted_hosts) if trusted_hosts is not None else default_trusted_hosts("127.0.0.1")
+    general = limit_requests(app, refusal, max_body_bytes, MAX_JSON_DEPTH, hosts)
+    imports = limit_requests(app, refusal, max(max_import_bytes, max_body_bytes), MAX_JSON_DEPTH, hosts)
+
+    def is_admin(request) -> bool:
+        with Session() as session:
+            user, _ = authenticate(session, signer, request.headers.get("authorization", ""),
+                                   request.cookies.get(COOKIE))
+            return user is not None and user.role == "admin"
+
+    async def annotate_app(scope, receive, send):
+        # the larger import cap is only for admins: anyone else's body is cut at the general cap unread
+        if scope["type"] == "http" and IMPORT_PATH.fullmatch(scope.get("path", "")) \
+                and await run_in_threadpool(is_admin, Request(scope)):
+            return await imports(scope, receive, send)
+        return await general(scope, receive, send)
+
+    annotate_app.state, annotate_app.routes, annotate_app.signer = app.state, app.routes, signer
+    return annotate_app
+
+
+def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> None:
+    from typing import Annotated
+
+    from fastapi import Body, Depends, HTTPException, Request, Response
+    from fastapi import Path as PathParam
+    from fastapi.responses import FileResponse, PlainTextResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import AfterValidator, BaseModel, Field
+    from sqlalchemy import select
+
+    login_limiter = TokenBucket(rate=0.5, burst=10)  # per client address: password guessing gets slow
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def storable(value: str) -> str:
+        why = text_problem("text", value)
+        if why:
+            raise ValueError(why.removeprefix("text: "))
+        return value
+
+    Text = Annotated[str, AfterValidator(storable)]
+    Name = Annotated[str, PathParam(max_length=200)]
+    Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+    class Login(BaseModel):
+        name: Text | None = Field(default=None, max_length=200)
+        password: Text | None = Field(default=None, max_length=accounts.MAX_PASSWORD)
+        token: Text | None = Field(default=None, max_length=accounts.MAX_TOKEN)
+
+    class Answer(BaseModel):
+        choice: str = Field(max_length=20)
+        strength: int | None = Field(default=None, ge=1, le=3)
+        reason: Text = Field(default="", max_length=service.MAX_REASON)
+        time_spent_ms: int | None = Field(default=None, ge=0, le=service.MAX_TIME_SPENT_MS)
+
+    class Undo(BaseModel):
+        judgment_id: int = Field(ge=1, le=MAX_ID)
+
+    class NewUser(BaseModel):
+        name: Text = Field(min_length=1, max_length=200)
+        role: str = Field(default="annotator", max_length=20)
+        password: Text | None = Field(default=None, max_length=accounts.MAX_PASSWORD)
+
+    class NewPassword(BaseModel):
+        password: Text = Field(max_length=accounts.MAX_PASSWORD)
+
+    class OwnPassword(BaseModel):
+        old_password: Text = Field(max_length=accounts.MAX_PASSWORD)
+        new_password: Text = Field(max_length=accounts.MAX_PASSWORD)
+
+    class NewProject(BaseModel):
+        name: Text = Field(min_length=1, max_length=200)
+        guidelines: Text = Field(default="", max_length=100_000)
+        annotators_per_item: int = Field(default=1, ge=1, le=service.MAX_ANNOTATORS_PER_ITEM)
 
     def db():
         with Session() as session:
             yield session
 
+    def slow_down(bucket: TokenBucket | None, key, what: str) -> None:
+        wait = bucket.take(key) if bucket is not None else 0
+        if wait:
+            raise HTTPException(429, f"too many {what}; wait", headers={"Retry-After": f"{wait:.2f}"})
+
     def current_user(request: Request, session=Depends(db)) -> User:
-        user, by_cookie = None, False
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            user = service.user_by_token(session, header[7:].strip())
-        elif COOKIE in request.cookies:
-            user, by_cookie = user_from_cookie(session, request.cookies[COOKIE]), True
+        cookie = request.cookies.get(COOKIE)
+        user, by_cookie = authenticate(session, signer, request.headers.get("authorization", ""), cookie)
         if user is None:
             raise HTTPException(401, "log in first (POST /api/login) or send Authorization: Bearer TOKEN")
-        if by_cookie and request.method not in ("GET", "HEAD", "OPTIONS"):
-            sent = request.headers.get("x-csrf-token", "")
-            if not hmac.compare_digest(sent, csrf_token(user, request.cookies[COOKIE])):
-                raise HTTPException(403, "missing or wrong X-CSRF-Token")
-        wait = limiter.take(user.id)
-        if wait:
-            raise HTTPException(429, "too many requests; slow down", headers={"Retry-After": f"{wait:.2f}"})
+        if by_cookie and request.method not in ("GET", "HEAD", "OPTIONS") \
+                and not signer.csrf_matches(cookie, request.headers.get("x-csrf-token", "")):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token")
+        request.state.cookie = cookie if by_cookie else None
+        slow_down(limiter, user.id, "requests")
         return user
 
     def admin(user: User = Depends(current_user)) -> User:
@@ -98,42 +213,14 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
             raise HTTPException(403, "admins only")
         return user
 
-    def user_from_cookie(session, cookie: str) -> User | None:
-        try:
-            user_id, expires, signature = cookie.split(".")
-            user = session.get(User, int(user_id))
-        except (ValueError, TypeError):
-            return None
-        if user is None or int(expires) < time.time():
-            return None
-        return user if hmac.compare_digest(signature, _sign(user, f"{user_id}.{expires}")) else None
+    def client_address(request: Request) -> str:
+        return request.client.host if request.client else "?"
 
-    def project_or_404(session, name: str):
-        try:
-            return service.project_by_name(session, name)
-        except AlignkitError as error:
-            raise HTTPException(404, str(error)) from None
-
-    class Login(BaseModel):
-        name: str | None = None
-        password: str | None = None
-        token: str | None = None
-
-    class Answer(BaseModel):
-        choice: str
-        strength: int | None = None
-        reason: str = Field(default="", max_length=5000)
-        time_spent_ms: int | None = Field(default=None, ge=0)
-
-    class NewUser(BaseModel):
-        name: str = Field(min_length=1, max_length=200)
-        role: str = "annotator"
-        password: str | None = None
-
-    class NewProject(BaseModel):
-        name: str = Field(min_length=1, max_length=200)
-        guidelines: str = ""
-        annotators_per_item: int = Field(default=1, ge=1)
+    def start_session(response: Response, request: Request, user: User) -> dict:
+        cookie = signer.cookie(user)
+        response.set_cookie(COOKIE, cookie, max_age=signer.seconds, httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+        return {"name": user.name, "role": user.role, "csrf": signer.csrf(cookie)}
 
     @app.get("/", include_in_schema=False)
     def annotator_page():
@@ -145,77 +232,91 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
 
     @app.post("/api/login")
     def login(body: Login, request: Request, response: Response, session=Depends(db)):
-        wait = login_limiter.take(request.client.host if request.client else "?")
-        if wait:  # password guessing gets slow
-            raise HTTPException(429, "too many login attempts; wait", headers={"Retry-After": f"{wait:.2f}"})
+        slow_down(login_limiter, client_address(request), "login attempts")
         user = None
         if body.token:
-            user = service.user_by_token(session, body.token)
+            user = accounts.user_by_token(session, body.token)
         elif body.name and body.password:
-            user = service.user_by_password(session, body.name, body.password)
+            user = accounts.user_by_password(session, body.name, body.password)
         if user is None:
             raise HTTPException(401, "wrong name, password or token")
-        cookie = session_cookie(user)
-        response.set_cookie(COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https")
-        return {"name": user.name, "role": user.role, "csrf": csrf_token(user, cookie)}
+        return start_session(response, request, user)
 
     @app.post("/api/logout")
-    def logout(response: Response, _user: User = Depends(current_user)):
+    def logout(response: Response, session=Depends(db), user: User = Depends(current_user)):
+        accounts.log_out(session, user)  # ends this user's sessions in every browser
         response.delete_cookie(COOKIE, path="/")
         return {"ok": True}
 
     @app.get("/api/me")
     def me(request: Request, user: User = Depends(current_user)):
-        cookie = request.cookies.get(COOKIE)
-        return {"name": user.name, "role": user.role, "csrf": csrf_token(user, cookie) if cookie else None}
+        cookie = request.state.cookie
+        return {"name": user.name, "role": user.role, "csrf": signer.csrf(cookie) if cookie else None}
+
+    @app.post("/api/me/password")
+    def own_password(body: OwnPassword, request: Request, response: Response, session=Depends(db),
+                     user: User = Depends(current_user)):
+        slow_down(login_limiter, client_address(request), "password attempts")
+        user = accounts.change_own_password(session, user, body.old_password, body.new_password)
+        fresh = start_session(response, request, user) if request.state.cookie else {}
+        return {"ok": True, **fresh}
 
     @app.get("/api/projects")
     def projects(session=Depends(db), _user: User = Depends(current_user)):
-        from sqlalchemy import select
-
-        from alignkit.annotate.db import Project
-
         return [{"name": p.name, "guidelines": p.guidelines}
                 for p in session.scalars(select(Project).order_by(Project.id))]
 
     @app.get("/api/projects/{name}/next")
-    def next_item(name: str, session=Depends(db), user: User = Depends(current_user)):
-        project = project_or_404(session, name)
+    def next_item(name: Name, session=Depends(db), user: User = Depends(current_user)):
+        project = service.project_by_name(session, name)
         assignment = service.next_assignment(session, user, project)
         position = service.queue_position(session, user, project)
         if assignment is None:
             return {"finished": True, "guidelines": project.guidelines, "project": project.name, **position}
-        from alignkit.annotate.db import Item
-
         item = session.get(Item, assignment.item_id)
         return {"finished": False, **service.shown_item(assignment, item, project, position)}
 
     @app.post("/api/assignments/{assignment_id}/judgment")
-    def judge(assignment_id: int, body: Answer, session=Depends(db), user: User = Depends(current_user)):
-        try:
-            judgment, created = service.submit_judgment(session, user, assignment_id, body.choice, body.strength,
-                                                        body.reason, body.time_spent_ms)
-        except LookupError as error:
-            raise HTTPException(404, str(error)) from None
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from None
+    def judge(assignment_id: Id, body: Answer, session=Depends(db), user: User = Depends(current_user)):
+        judgment, created = service.submit_judgment(session, user, assignment_id, body.choice, body.strength,
+                                                    body.reason, body.time_spent_ms)
         return {"judgment_id": judgment.id, "created": created}
 
     @app.post("/api/projects/{name}/undo")
-    def undo(name: str, session=Depends(db), user: User = Depends(current_user)):
-        return {"assignment_id": service.undo_last(session, user, project_or_404(session, name))}
+    def undo(name: Name, body: Annotated[Undo, Body()], session=Depends(db), user: User = Depends(current_user)):
+        project = service.project_by_name(session, name)
+        assignment_id = service.undo_judgment(session, user, project, body.judgment_id)
+        return {"judgment_id": body.judgment_id, "assignment_id": assignment_id}
 
     @app.get("/api/admin/users")
     def users(session=Depends(db), _admin: User = Depends(admin)):
-        from sqlalchemy import select
-
-        return [{"name": u.name, "role": u.role} for u in session.scalars(select(User).order_by(User.id))]
+        return [{"name": u.name, "role": u.role, "disabled": u.disabled}
+                for u in session.scalars(select(User).order_by(User.id))]
 
     @app.post("/api/admin/users")
     def add_user(body: NewUser, session=Depends(db), _admin: User = Depends(admin)):
-        user, token = service.create_user(session, body.name, body.role, body.password)
+        user, token = accounts.create_user(session, body.name, body.role, body.password)
         return {"name": user.name, "role": user.role, "token": token}
+
+    @app.post("/api/admin/users/{name}/password")
+    def user_password(name: Name, body: NewPassword, session=Depends(db), _admin: User = Depends(admin)):
+        accounts.set_password(session, name, body.password)
+        return {"name": name, "sessions_ended": True}
+
+    @app.post("/api/admin/users/{name}/rotate-token")
+    def user_token(name: Name, session=Depends(db), _admin: User = Depends(admin)):
+        return {"name": name, "token": accounts.rotate_token(session, name), "sessions_ended": True}
+
+    @app.post("/api/admin/users/{name}/disable")
+    def disable(name: Name, session=Depends(db), me: User = Depends(admin)):
+        if name == me.name:  # an admin locking themself out by a slip; the CLI can still do it
+            raise HTTPException(409, "you cannot disable yourself; another admin or `alignkit annotate "
+                                     "disable-user` can")
+        return {"name": name, "disabled": accounts.set_disabled(session, name, True).disabled}
+
+    @app.post("/api/admin/users/{name}/enable")
+    def enable(name: Name, session=Depends(db), _admin: User = Depends(admin)):
+        return {"name": name, "disabled": accounts.set_disabled(session, name, False).disabled}
 
     @app.post("/api/admin/projects")
     def add_project(body: NewProject, session=Depends(db), _admin: User = Depends(admin)):
@@ -223,49 +324,60 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40):
         return {"name": project.name, "annotators_per_item": project.annotators_per_item}
 
     @app.post("/api/admin/projects/{name}/items")
-    async def add_items(name: str, request: Request, session=Depends(db), _admin: User = Depends(admin)):
-        project = project_or_404(session, name)
-        text = (await request.body()).decode("utf-8", errors="replace")
-        rows, problems = [], []
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as error:
-                problems.append(f"line {line}: row: not JSON ({error.msg})")
-                continue
-            why = service.check_import_row(row)
-            if why:
-                problems.append(f"line {line}: {why}")
-            else:
-                rows.append(row)
+    async def add_items(name: Name, request: Request, session=Depends(db), _admin: User = Depends(admin)):
+        project = service.project_by_name(session, name)
+        rows, problems = parse_rows(await request.body())
         if problems:
-            raise HTTPException(422, problems)
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise HTTPException(422, "; ".join(problems[:5]) + more)
         return {"items": service.import_items(session, project, rows)}
 
     @app.get("/api/admin/projects/{name}/progress")
-    def project_progress(name: str, session=Depends(db), _admin: User = Depends(admin)):
-        return service.progress(session, project_or_404(session, name))
+    def project_progress(name: Name, session=Depends(db), _admin: User = Depends(admin)):
+        return service.progress(session, service.project_by_name(session, name))
 
     @app.get("/api/admin/projects/{name}/agreement")
-    def agreement(name: str, session=Depends(db), _admin: User = Depends(admin)):
+    def agreement(name: Name, session=Depends(db), _admin: User = Depends(admin)):
         from alignkit.annotate.agreement import agreement_report
 
-        return agreement_report(service.votes_by_item(session, project_or_404(session, name)))
+        return agreement_report(service.votes_by_item(session, service.project_by_name(session, name)))
 
     @app.get("/api/admin/projects/{name}/export")
-    def export(name: str, votes: str = "majority", ties: str = "drop", session=Depends(db),
+    def export(name: Name, votes: str = "majority", ties: str = "drop", session=Depends(db),
                _admin: User = Depends(admin)):
-        rows, _ = service.export_rows(session, project_or_404(session, name), votes, ties)
+        rows, _ = service.export_rows(session, service.project_by_name(session, name), votes, ties)
         return PlainTextResponse("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                  media_type="application/x-ndjson")
 
     app.state.admin_routes = [r.path for r in app.routes if getattr(r, "path", "").startswith("/api/admin/")]
-    return app
 
 
-def serve(db_url: str, host: str = "127.0.0.1", port: int = 8000, rate: float = 20.0, burst: int = 40) -> None:
+def parse_rows(raw: bytes) -> tuple[list[dict], list[str]]:
+    """The JSONL rows of an import body, and one `line N: field: why` per bad line."""
+    rows, problems = [], []
+    for line, text in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = parse_json(text.encode(), MAX_JSON_DEPTH)
+        except ValueError as error:
+            problems.append(f"line {line}: row: {error}")
+            continue
+        why = check_import_row(row)
+        if why:
+            problems.append(f"line {line}: {why}")
+        else:
+            rows.append(row)
+    return rows, problems
+
+
+def serve(db_url: str, host: str = "127.0.0.1", port: int = 8000, rate: float = 20.0, burst: int = 40,
+          max_body_bytes: int = MAX_BODY_BYTES, max_import_bytes: int = MAX_IMPORT_BYTES,
+          trusted_hosts: list[str] | None = None, ssl_certfile: str | None = None,
+          ssl_keyfile: str | None = None, secret: bytes | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(db_url, rate, burst), host=host, port=port, log_level="warning")
+    app = create_app(db_url, rate, burst, max_body_bytes, max_import_bytes,
+                     trusted_hosts if trusted_hosts is not None else default_trusted_hosts(host), secret)
+    uvicorn.run(app, host=host, port=port, log_level="warning", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                server_header=False)

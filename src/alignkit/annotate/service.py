@@ -1,79 +1,42 @@
 """What the annotation app does, as plain functions on a SQLAlchemy session (the HTTP API and the CLI both
-call these): users and credentials, projects, import, the annotator's queue, judgments and undo,
-progress, export to preference data.
+call these): projects, import, the annotator's queue, judgments and undo, progress, export to preference
+data. Users and credentials are in accounts.py (re-exported here), the import format in imports.py.
+
+The one count that must never be wrong is an item's `taken`: the assignments handed out on it, less the
+skipped ones. It only rises by a conditional UPDATE (taken < annotators_per_item), which is what keeps
+`taken <= annotators_per_item` true however many annotators ask, skip and undo at once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import itertools
 import random
-import secrets
 from collections import Counter
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from alignkit.annotate.db import CHOICES, ROLES, Assignment, Item, Judgment, Project, User
+from alignkit.annotate.accounts import (Conflict, Invalid, NotFound, Refused, create_user, user_by_name,  # noqa: F401
+                                        user_by_password, user_by_token)
+from alignkit.annotate.db import CHOICES, Assignment, Item, Judgment, Project, User, text_problem
+from alignkit.annotate.imports import pair_items
 from alignkit.errors import AlignkitError
 
 SHOWN = {"left": 0, "right": 1}  # what the annotator clicks, before the side swap is undone
-
-
-# -- credentials -------------------------------------------------------------------------------------------
-
-
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """scrypt (n=2^14, r=8, p=1), stored as scrypt$salt$hash in hex."""
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
-    _, salt, digest = stored.split("$")
-    return hmac.compare_digest(hash_password(password, bytes.fromhex(salt)), stored)
-
-
-def token_hash(token: str) -> str:
-    """Tokens are random 32-byte secrets, so one sha256 suffices (no salt or stretching needed)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_user(session, name: str, role: str = "annotator", password: str | None = None) -> tuple[User, str]:
-    """A new user and their access token (shown once; only its hash is stored)."""
-    if role not in ROLES:
-        raise AlignkitError(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
-    if not name.strip():
-        raise AlignkitError("name: empty")
-    if session.scalar(select(User).where(User.name == name)) is not None:
-        raise AlignkitError(f"name: a user called {name!r} exists already")
-    token = secrets.token_urlsafe(32)
-    user = User(name=name, role=role, token_hash=token_hash(token),
-                password_hash=hash_password(password) if password else None)
-    session.add(user)
-    session.commit()
-    return user, token
-
-
-def user_by_token(session, token: str) -> User | None:
-    return session.scalar(select(User).where(User.token_hash == token_hash(token))) if token else None
-
-
-def user_by_password(session, name: str, password: str) -> User | None:
-    user = session.scalar(select(User).where(User.name == name))
-    return user if user is not None and check_password(password, user.password_hash) else None
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000  # a day; more is a broken clock, not a judgment
+MAX_ANNOTATORS_PER_ITEM = 1000
+MAX_REASON = 5000
 
 
 # -- projects and items ------------------------------------------------------------------------------------
 
 
 def create_project(session, name: str, guidelines: str = "", annotators_per_item: int = 1) -> Project:
-    if annotators_per_item < 1:
-        raise AlignkitError(f"annotators_per_item: must be at least 1, got {annotators_per_item}")
+    if not 1 <= annotators_per_item <= MAX_ANNOTATORS_PER_ITEM:
+        raise AlignkitError(f"annotators_per_item: must be 1 to {MAX_ANNOTATORS_PER_ITEM}, got {annotators_per_item}")
+    why = (text_problem("name", name, 200) or ("name: empty" if not name.strip() else None)
+           or text_problem("guidelines", guidelines))
+    if why:
+        raise AlignkitError(why)
     if session.scalar(select(Project).where(Project.name == name)) is not None:
         raise AlignkitError(f"project: {name!r} exists already")
     project = Project(name=name, guidelines=guidelines, annotators_per_item=annotators_per_item)
@@ -83,44 +46,10 @@ def create_project(session, name: str, guidelines: str = "", annotators_per_item
 
 
 def project_by_name(session, name: str) -> Project:
-    project = session.scalar(select(Project).where(Project.name == name))
+    project = session.scalar(select(Project).where(Project.name == name)) if len(name) <= 200 else None
     if project is None:
-        raise AlignkitError(f"project: no project called {name!r}")
+        raise NotFound(f"project: no project called {name!r}")
     return project
-
-
-def pair_items(row: dict) -> list[dict]:
-    """The pairwise items of one imported row: {"prompt", "responses": [...], optional "models"} (what
-    `alignkit generate-pairs` writes), or {"prompt", "chosen", "rejected"} (preference data to re-judge)."""
-    if "responses" in row:
-        responses = row["responses"]
-        models = row.get("models") or [row.get("model")] * len(responses)
-    else:
-        responses, models = [row["chosen"], row["rejected"]], [None, None]
-    texts = [r if isinstance(r, str) else r[-1]["content"] for r in responses]
-    extra = {k: v for k, v in row.items() if k not in ("prompt", "responses", "models", "model", "chosen", "rejected",
-                                                        "finish_reasons")}
-    return [{"prompt": row["prompt"], "response_a": texts[i], "response_b": texts[j], "model_a": models[i],
-             "model_b": models[j], "extra": extra}
-            for i, j in itertools.combinations(range(len(texts)), 2) if texts[i] != texts[j]]
-
-
-def check_import_row(row) -> str | None:
-    """Why an imported row cannot become items (None when it can)."""
-    if not isinstance(row, dict):
-        return "row: must be a JSON object"
-    if "prompt" not in row:
-        return "prompt: missing"
-    if "responses" in row:
-        responses = row["responses"]
-        if not isinstance(responses, list) or len(responses) < 2:
-            return "responses: expected a list of at least 2 responses"
-        if not all(isinstance(r, str) for r in responses):
-            return "responses: expected strings"
-        return None
-    if not ("chosen" in row and "rejected" in row):
-        return "responses: missing (or chosen and rejected)"
-    return None
 
 
 def import_items(session, project: Project, rows: list[dict]) -> int:
@@ -179,6 +108,7 @@ def next_assignment(session, user: User, project: Project, rng: random.Random | 
 
 
 def queue_position(session, user: User, project: Project) -> dict:
+    """How far the user is, and the id of their latest judgment here (what the page's undo names)."""
     done = session.scalar(select(func.count(Judgment.id)).where(Judgment.user_id == user.id,
                                                                Judgment.project_id == project.id))
     open_items = session.scalar(select(func.count(Item.id)).where(
@@ -187,27 +117,58 @@ def queue_position(session, user: User, project: Project) -> dict:
     pending = session.scalar(select(func.count(Assignment.id)).where(
         Assignment.user_id == user.id, Assignment.project_id == project.id,
         ~Assignment.id.in_(select(Judgment.assignment_id))))
-    return {"judged": done, "remaining": open_items + pending}
+    last = session.scalar(select(func.max(Judgment.id)).where(Judgment.user_id == user.id,
+                                                             Judgment.project_id == project.id))
+    return {"judged": done, "remaining": open_items + pending, "last_judgment_id": last}
+
+
+def stored_choice(choice: str, swapped: bool) -> str:
+    """A choice in screen terms (left, right, tie, both_bad, skip) in the item's terms (a, b, ...)."""
+    if choice in SHOWN:
+        return "ab"[SHOWN[choice] ^ int(swapped)]
+    if choice in CHOICES and choice not in ("a", "b"):
+        return choice
+    raise Invalid(f"choice: must be one of left, right, tie, both_bad, skip; got {choice!r}")
+
+
+def screen_choice(stored: str, swapped: bool) -> str:
+    return next((shown for shown in SHOWN if stored_choice(shown, swapped) == stored), stored)
+
+
+def _check_answer(strength, reason, time_spent_ms) -> None:
+    if strength is not None and strength not in (1, 2, 3):
+        raise Invalid(f"strength: must be 1, 2 or 3; got {strength!r}")
+    if time_spent_ms is not None and not 0 <= time_spent_ms <= MAX_TIME_SPENT_MS:
+        raise Invalid(f"time_spent_ms: must be 0 to {MAX_TIME_SPENT_MS} (a day)")
+    why = text_problem("reason", reason or "", MAX_REASON)
+    if why:
+        raise Invalid(why)
+
+
+def _repeat(existing: Judgment, assignment: Assignment, stored: str, strength: int | None) -> Judgment:
+    """A second submission for an answered assignment: the same verdict is a harmless retry; another one
+    is refused, so the page never says "Saved" while the first answer stays."""
+    if (existing.choice, existing.strength) != (stored, strength):
+        raise Conflict(f"assignment {assignment.id}: already answered "
+                       f"{screen_choice(existing.choice, assignment.swapped)} (judgment {existing.id}); "
+                       "undo it first to answer differently")
+    return existing
 
 
 def submit_judgment(session, user: User, assignment_id: int, choice: str, strength: int | None = None,
                     reason: str = "", time_spent_ms: int | None = None) -> tuple[Judgment, bool]:
     """Record the user's answer to their assignment; `choice` in screen terms (left, right, tie, both_bad,
-    skip). Returns (judgment, created): a repeated submission returns the stored one, created False."""
+    skip). Returns (judgment, created): repeating the same verdict returns the stored one, created False;
+    another verdict raises Conflict. The reason and time of a repeat are not compared (a retry re-measures
+    the time)."""
     assignment = session.get(Assignment, assignment_id)
     if assignment is None or assignment.user_id != user.id:
-        raise LookupError(f"assignment {assignment_id}: not yours or does not exist")
-    if choice in SHOWN:
-        stored = "ab"[SHOWN[choice] ^ int(assignment.swapped)]
-    elif choice in CHOICES and choice not in ("a", "b"):
-        stored = choice
-    else:
-        raise ValueError(f"choice: must be one of left, right, tie, both_bad, skip; got {choice!r}")
-    if strength is not None and strength not in (1, 2, 3):
-        raise ValueError(f"strength: must be 1, 2 or 3; got {strength!r}")
+        raise NotFound(f"assignment {assignment_id}: not yours or does not exist")
+    stored = stored_choice(choice, assignment.swapped)
+    _check_answer(strength, reason, time_spent_ms)
     existing = session.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id))
     if existing is not None:
-        return existing, False
+        return _repeat(existing, assignment, stored, strength), False
     judgment = Judgment(assignment_id=assignment_id, item_id=assignment.item_id, user_id=user.id,
                         project_id=assignment.project_id, choice=stored, strength=strength, reason=reason or "",
                         time_spent_ms=time_spent_ms)
@@ -216,24 +177,39 @@ def submit_judgment(session, user: User, assignment_id: int, choice: str, streng
         session.execute(update(Item).where(Item.id == assignment.item_id).values(taken=Item.taken - 1))
     try:
         session.commit()
-    except IntegrityError:  # the same submission raced itself
+    except IntegrityError:  # the same submission raced itself; the rollback also undid the slot given back
         session.rollback()
-        return session.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id)), False
+        existing = session.scalar(select(Judgment).where(Judgment.assignment_id == assignment_id))
+        return _repeat(existing, assignment, stored, strength), False
     return judgment, True
 
 
-def undo_last(session, user: User, project: Project) -> int | None:
-    """Delete the user's latest judgment in the project (its assignment comes back first in the queue);
-    returns that assignment's id, or None when there is nothing to undo."""
-    judgment = session.scalar(select(Judgment).where(Judgment.user_id == user.id, Judgment.project_id == project.id)
-                              .order_by(Judgment.id.desc()).limit(1))
-    if judgment is None:
-        return None
-    if judgment.choice == "skip":  # the skip gave the slot back; take it again
-        session.execute(update(Item).where(Item.id == judgment.item_id).values(taken=Item.taken + 1))
-    session.delete(judgment)
+def undo_judgment(session, user: User, project: Project, judgment_id: int) -> int:
+    """Delete the user's judgment `judgment_id` in `project`; returns its assignment id (that comparison
+    comes back first in their queue).
+
+    Naming the judgment makes undo idempotent: a retried undo finds it gone (NotFound) and deletes nothing
+    else. Undoing a skip re-takes the slot the skip gave back, by the same conditional UPDATE that hands
+    out items; when another annotator has taken that slot meanwhile, nothing changes (Conflict) and the
+    skip stays, so an item never has more annotators than it asks for.
+    """
+    gone = NotFound(f"judgment {judgment_id}: not yours in project {project.name!r}, or already undone")
+    judgment = session.get(Judgment, judgment_id)
+    if judgment is None or judgment.user_id != user.id or judgment.project_id != project.id:
+        raise gone
+    assignment_id, item_id, was_skip = judgment.assignment_id, judgment.item_id, judgment.choice == "skip"
+    # deleting first means of two undos at once only one goes on (the other's DELETE finds no row)
+    if not session.execute(delete(Judgment).where(Judgment.id == judgment_id)).rowcount:
+        session.rollback()
+        raise gone
+    if was_skip and not session.execute(update(Item).where(Item.id == item_id,
+                                                           Item.taken < project.annotators_per_item)
+                                        .values(taken=Item.taken + 1)).rowcount:
+        session.rollback()
+        raise Conflict(f"judgment {judgment_id}: the item you skipped has been given to another annotator "
+                       "since; the skip stays")
     session.commit()
-    return judgment.assignment_id
+    return assignment_id
 
 
 # -- progress and export -----------------------------------------------------------------------------------

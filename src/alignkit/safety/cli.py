@@ -22,7 +22,7 @@ def cmd_safety_loop(args) -> int:
 def add_commands(commands, option, parser_class, config_command) -> None:
     from alignkit.safety.guard_cli import add_commands as add_guard_commands
     from alignkit.safety.loop import SafetyLoopConfig
-    from alignkit.safety.proxy import add_serve_command
+    from alignkit.safety.proxy_cli import add_serve_command
     from alignkit.safety.redteam import RedTeamConfig
 
     add_serve_command(add_guard_commands(commands, option, parser_class))

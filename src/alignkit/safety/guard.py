@@ -14,6 +14,11 @@ taxonomy plus one for "unsafe at all", trained with binary cross-entropy:
   cross-entropy of sigmoid(logit / T)), then choose each category's threshold to maximise its F1 (or, with
   `target_precision`, the lowest threshold reaching that precision), and the threshold on the "unsafe"
   output the same way. The head that ships is then trained on all training rows with the same settings.
+- Long texts: the encoder reads 256 tokens, so a harmless preamble could hide a harmful tail. `probabilities`
+  and `classify` therefore read a text in overlapping windows of 256 tokens, 192 apart (safety/encoder.py,
+  `encode_windows`), and a text's probabilities are those of its most unsafe window: the window with the
+  highest p(unsafe), whose category scores come with it. A text of up to 254 tokens is one window, scored
+  exactly as before. Training reads each row's first window (`encode`); the rows are short.
 - Verdict: unsafe when p(unsafe) >= its threshold; the categories listed are those whose calibrated
   probability reaches their own threshold, or the most likely one if none does (an unsafe verdict always
   names a category, as Llama Guard's does). `format_llama_guard` prints `safe` or `unsafe\\nS1,S9`.
@@ -368,15 +373,19 @@ class GuardClassifier:
     # -- inference -----------------------------------------------------------------------------------
 
     def probabilities(self, texts: list[str], role: str = "prompt"):
-        """Calibrated probabilities [n, categories + 1] (the last column is "unsafe")."""
+        """Calibrated probabilities [n, categories + 1] (the last column is "unsafe"): for each text, those of
+        its most unsafe window (module docstring)."""
         import torch
 
         if role not in ROLES:
             raise AlignkitError(f"guard: role: expected prompt or response, got {role!r}")
         if not texts:
             return torch.zeros(0, len(self.categories) + 1)
+        embeddings, counts = _window_embeddings(self.encoder, texts)
+        role_column = torch.full((len(embeddings), 1), float(role == "response"), dtype=embeddings.dtype)
         with torch.no_grad():
-            return torch.sigmoid(self.head(_features(self.encoder, texts, [role] * len(texts))) / self.temperature)
+            windows = torch.sigmoid(self.head(torch.cat([embeddings, role_column], dim=1)) / self.temperature)
+        return torch.stack([rows[rows[:, -1].argmax()] for rows in windows.split(counts)])
 
     def classify(self, texts: list[str], role: str = "prompt") -> list[Verdict]:
         names = [*self.categories, UNSAFE]
@@ -478,6 +487,14 @@ def _features(encoder, texts: list[str], roles: list[str]):
     embeddings = encoder.encode(texts)
     role = torch.tensor([[float(r == "response")] for r in roles], dtype=embeddings.dtype)
     return torch.cat([embeddings, role], dim=1)
+
+
+def _window_embeddings(encoder, texts: list[str]):
+    """(embeddings of every window of every text, windows per text). An encoder without `encode_windows`
+    (a stand-in in tests) reads each text whole, as one window."""
+    if hasattr(encoder, "encode_windows"):
+        return encoder.encode_windows(texts)
+    return encoder.encode(texts), [1] * len(texts)
 
 
 def _binary(gold: list[bool], flagged: list[bool]) -> dict:

@@ -1,6 +1,8 @@
 // The annotator's page: one comparison at a time, keyboard first.
 "use strict";
-const state = { project: null, current: null, shownAt: 0, strength: null, busy: false };
+// lastJudgment: the id of the user's latest judgment, from the server; undo names it, so a retried undo
+// can never take back an earlier judgment too
+const state = { project: null, current: null, lastJudgment: null, shownAt: 0, strength: null, busy: false };
 const $ = (id) => document.getElementById(id);
 
 function setStatus(text) { $("status").textContent = text; }
@@ -26,6 +28,7 @@ async function start(me) {
 async function loadNext() {
   const next = await api("GET", "/api/projects/" + encodeURIComponent(state.project) + "/next");
   $("progress").textContent = next.judged + " judged · " + next.remaining + " left";
+  state.lastJudgment = next.last_judgment_id;
   $("guidelines-text").textContent = next.guidelines || "(no guidelines)";
   if (next.finished) {
     state.current = null;
@@ -66,8 +69,15 @@ async function undo() {
   if (state.busy || !state.project) return;
   state.busy = true;
   try {
-    const result = await api("POST", "/api/projects/" + encodeURIComponent(state.project) + "/undo");
-    setStatus(result.assignment_id === null ? "Nothing to undo." : "Undone: judge it again.");
+    if (state.lastJudgment === null || state.lastJudgment === undefined) { setStatus("Nothing to undo."); return; }
+    try {
+      await api("POST", "/api/projects/" + encodeURIComponent(state.project) + "/undo",
+                { judgment_id: state.lastJudgment });
+      setStatus("Undone: judge it again.");
+    } catch (error) {
+      if (error.status !== 404 && error.status !== 409) throw error;
+      setStatus("Not undone: " + error.message);  // already undone, or the skipped item went to someone else
+    }
     await loadNext();
   } finally {
     state.busy = false;

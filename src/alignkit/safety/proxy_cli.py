@@ -1,0 +1,133 @@
+"""`alignkit guard serve`: the guard proxy's options (`GuardServeConfig`), loading the guard, and starting the
+proxy (`alignkit.safety.proxy`) under uvicorn; `add_serve_command` also registers `guard add-key`
+(`alignkit.safety.client_keys`). See docs/guardrails.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignkit.errors import AlignkitError
+from alignkit.safety.client_keys import add_key_parser, load_client_keys
+from alignkit.safety.guardrails import Guardrails, GuardrailsConfig
+from alignkit.safety.proxy import create_app, public_url
+from alignkit.safety.upstream import MAX_REPLY_BYTES, upstream_base
+from alignkit.serving import MAX_BODY_BYTES, default_trusted_hosts
+
+UPSTREAM_KEY_ENV = "ALIGNKIT_UPSTREAM_API_KEY"
+
+
+@dataclass
+class GuardServeConfig:
+    """`alignkit guard serve`: the proxy's own options plus every GuardrailsConfig key (flat)."""
+
+    upstream: str = ""
+    """the OpenAI-compatible server to guard, e.g. http://127.0.0.1:8000 (/v1 is added when missing)"""
+    guard: str = "default"
+    """guard classifier: a directory holding a saved GuardClassifier, default (the built-in one) or none"""
+    host: str = "127.0.0.1"
+    """address to listen on (127.0.0.1: this machine only)"""
+    port: int = 8080
+    """port to listen on"""
+    upstream_api_key: str | None = field(default=None, repr=False)
+    """key sent upstream; prefer the ALIGNKIT_UPSTREAM_API_KEY environment variable (options show in ps)"""
+    client_keys_file: str | None = None
+    """file of client key hashes (alignkit guard add-key makes one); when set, other callers get 401"""
+    trusted_hosts: str | None = None
+    """comma-separated Host names to answer (default: loopback names when bound to loopback; * for any)"""
+    timeout: float = 120.0
+    """seconds for the whole upstream exchange (connect, send, read the whole reply) before answering 502"""
+    max_body_bytes: int = MAX_BODY_BYTES
+    """largest request body; larger ones get 413 before they are read"""
+    max_reply_bytes: int = MAX_REPLY_BYTES
+    """largest upstream reply; a larger one is a 502"""
+    max_n: int = 8
+    """largest n (and best_of) a request may ask for"""
+    allow_media: bool = False
+    """forward image, audio, video and file content parts unchecked (the guard cannot read them)"""
+    rails: GuardrailsConfig = field(default_factory=GuardrailsConfig)
+
+    def check(self) -> None:
+        if not self.upstream.startswith(("http://", "https://")):
+            raise AlignkitError(f"config: upstream: give the model server's URL (http://HOST:PORT), "
+                                f"got {self.upstream!r}")
+        if not 0 < self.port < 65536:
+            raise AlignkitError(f"config: port: must be 1-65535, got {self.port}")
+        if not self.timeout > 0:
+            raise AlignkitError(f"config: timeout: must be positive, got {self.timeout}")
+        for name in ("max_body_bytes", "max_reply_bytes", "max_n"):
+            if getattr(self, name) < 1:
+                raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
+        self.rails.check()
+
+
+def load_guard(spec: str):
+    """The guard named on the command line: none, default, or a directory holding a saved classifier."""
+    if spec == "none":
+        return None
+    try:
+        from alignkit.safety.guard import GuardClassifier, default_guard
+    except ImportError:
+        raise AlignkitError("guard: the guard classifier (alignkit.safety.guard) is not in this install; "
+                            "use --guard none for deny-lists and PII redaction only") from None
+    if spec == "default":
+        return default_guard()
+    if not Path(spec).is_dir():
+        raise AlignkitError(f"{spec}: guard: not a directory (give a saved guard classifier, default or none)")
+    return GuardClassifier.load(spec)
+
+
+def upstream_api_key(config: GuardServeConfig) -> str | None:
+    """The environment variable, else the option (with a warning: options are visible in `ps`)."""
+    if config.upstream_api_key:
+        print("alignkit guard: warning: --upstream_api_key is visible to other users of this machine (ps); "
+              f"set {UPSTREAM_KEY_ENV} instead", file=sys.stderr)
+    return os.environ.get(UPSTREAM_KEY_ENV) or config.upstream_api_key
+
+
+def serve(config: GuardServeConfig) -> None:
+    import uvicorn
+
+    config.check()
+    keys = load_client_keys(config.client_keys_file) if config.client_keys_file else None
+    hosts = ([h.strip() for h in config.trusted_hosts.split(",") if h.strip()] if config.trusted_hosts
+             else default_trusted_hosts(config.host))
+    rails = Guardrails(None, load_guard(config.guard), config.rails)
+    app = create_app(config.upstream, rails, upstream_api_key(config), config.timeout, config.guard, keys, hosts,
+                     config.max_body_bytes, config.max_n, config.max_reply_bytes, config.allow_media)
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"alignkit guard: warning: listening on {config.host} without TLS; put a TLS-terminating proxy in "
+              f"front{'' if keys else ' and set --client_keys_file'} (docs/guardrails.md)", file=sys.stderr)
+    print(f"alignkit guard: proxy for {public_url(upstream_base(config.upstream))} on "
+          f"http://{config.host}:{config.port}/v1 (guard: {config.guard}; client keys: "
+          f"{len(keys) if keys else 'off'}); Ctrl-C stops", file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+
+
+def serve_command(args) -> int:
+    """`alignkit guard serve`: options and --config YAML → GuardServeConfig → serve."""
+    from alignkit.config import build_config, flat_fields
+
+    names = flat_fields(GuardServeConfig)
+    values = {k: v for k, v in vars(args).items() if k in names}
+    config = build_config(GuardServeConfig, values, recipe=getattr(args, "config", None))
+    serve(config)
+    return 0
+
+
+def add_serve_command(guard_subparsers):
+    """Add `serve` and `add-key` to the `alignkit guard` command group (pass the group's subparsers object);
+    returns the serve parser."""
+    from alignkit.cli import option
+    from alignkit.config import add_arguments
+
+    text = "run an OpenAI-compatible proxy that applies guardrails in front of a model server"
+    p = guard_subparsers.add_parser("serve", help=text, description=text + ". See docs/guardrails.md.")
+    option(p, "--config", help="YAML file of option: value pairs (any option below, e.g. the rails)")
+    add_arguments(p, GuardServeConfig)
+    p.set_defaults(func=serve_command)
+    add_key_parser(guard_subparsers)
+    return p
