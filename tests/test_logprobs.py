@@ -36,7 +36,9 @@ def naive_linear(hidden, weight, bias, labels, temperature=1.0):
 
 
 def _tols(dtype):
-    return {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    # float32: torch's own default closeness (a weight gradient sums many rows, and chunking changes the
+    # order of that sum: 1.5e-6 apart on some CPUs); float64 is where exactness is checked, at 1e-12
+    return {"rtol": 1.3e-6, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -564,6 +564,18 @@ def test_n_is_capped_before_anything_is_built(harness):
     assert len(reply["choices"]) == 16 and reply["guardrails"]["blocked"]
 
 
+def test_text_over_max_input_chars_is_refused_before_the_guard_reads_it():
+    stub, guard = StubUpstream(), StubGuard()
+    stub.reply = default_reply
+    with make_client(stub, guard=guard, max_input_chars=1000) as client:
+        half = "benign words " * 40  # 520 characters
+        parts = [{"role": "system", "content": half}, {"role": "user", "content": half}]
+        response = client.post("/v1/chat/completions", json={"messages": parts})
+        assert response.status_code == 413 and "max_input_chars (1000)" in response.json()["error"]["message"]
+        assert guard.calls == [] and stub.sent == []
+        assert client.post("/v1/chat/completions", json={"messages": parts[1:]}).status_code == 200
+
+
 def test_requests_are_refused_with_one_line_before_forwarding(harness):
     stub, client, _ = harness
     before = len(stub.sent)

@@ -15,7 +15,8 @@ A blocked item's text is the refusal policy's message: any callable `(categories
 generic sentence per stage when no category is named. Every decision can be appended to a JSONL audit file
 (texts in it are always PII-redacted).
 
-Which texts a conversation holds is known in one place, `alignkit.safety.openai_texts`; `screen(groups, stage)`
+Which texts a request and a reply hold is known in one place, `alignkit.safety.openai_request` and
+`openai_reply` (over their shared core `openai_texts`); `screen(groups, stage)`
 is the rails on any groups of such texts, and the guard proxy (`alignkit.safety.proxy`) uses it directly.
 
 The guard is anything with `classify(texts, role) -> list[Verdict]` (see `Guard`), so a stub works in tests
@@ -75,7 +76,7 @@ class GuardrailsConfig:
     """words or phrases matched whole and case-insensitively on every text, normalised as for deny_patterns;
     a match blocks (category denylist)"""
     redact_pii_outputs: bool = True
-    """replace emails, phone numbers and card numbers (Luhn-checked) in responses by [EMAIL], [PHONE], ..."""
+    """replace emails, phone numbers, card numbers (Luhn), SSNs and IBANs (mod 97) in responses by [EMAIL], ..."""
     redact_pii_inputs: bool = False
     """also redact PII in prompts before the guard and the model see them"""
     pii_kinds: list[str] = field(default_factory=lambda: list(PII_KINDS))

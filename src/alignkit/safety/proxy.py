@@ -13,7 +13,8 @@ For each request, in order, before the body is read:
    and nest at most 64 levels (400) (`alignkit.serving.limit_requests`).
 Then:
 5. the request is rebuilt from an allowlist (`alignkit.safety.openai_request.parse_request`): unknown fields,
-   unknown content parts, token-id prompts, `n` over `max_n` get 400;
+   unknown content parts, token-id prompts, `n` over `max_n` get 400; more than `max_input_chars` of text,
+   413 (the guard reads every 256-token window, so its cost grows with the text);
 6. input rails on every text of it (deny-lists on all, the guard on what `input_scope` names, PII redaction
    if `redact_pii_inputs`). A blocked request never reaches the upstream: it gets an ordinary completion
    object whose content is the refusal, finish_reason "content_filter", and a `guardrails` field;
@@ -48,6 +49,8 @@ from alignkit.safety.upstream import MAX_REPLY_BYTES, UpstreamError, upstream_ba
 from alignkit.safety.upstream import forward as forward_http
 from alignkit.serving import MAX_BODY_BYTES, MAX_JSON_DEPTH, default_trusted_hosts, limit_requests, parse_json
 
+# about 32k tokens: the guard reads them as ~170 windows, ~4 s on 2 CPU cores (docs/guardrails.md)
+MAX_INPUT_CHARS = 131_072
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                429: "rate_limit_error", 502: "upstream_error"}
 
@@ -95,10 +98,11 @@ class Proxy:
 
     def __init__(self, upstream: str, rails: Guardrails, upstream_api_key: str | None, timeout: float,
                  client_keys: dict[str, str] | None, max_n: int, max_reply_bytes: int, allow_media: bool,
-                 forward=forward_http):
+                 forward=forward_http, max_input_chars: int = MAX_INPUT_CHARS):
         self.base, self.rails, self.forward = upstream_base(upstream), rails, forward
         self.upstream_api_key, self.timeout, self.client_keys = upstream_api_key, timeout, client_keys
         self.max_n, self.max_reply_bytes, self.allow_media = max_n, max_reply_bytes, allow_media
+        self.max_input_chars = max_input_chars
 
     def authorization(self, client_header: str | None) -> str | None:
         """What goes upstream: the proxy's key; else, only when clients are not authenticated by the proxy,
@@ -138,6 +142,10 @@ class Proxy:
             body, texts = parse_request(kind, parse_json(raw), self.max_n, self.allow_media)
         except ValueError as error:  # RequestError, or parse_json's not JSON / too deep
             return error_response(400, f"guard proxy: {error}")
+        size = sum(len(t.text) for t in texts)
+        if size > self.max_input_chars:  # the guard reads every window of every text: its cost grows with size
+            return error_response(413, f"guard proxy: the request holds {size} characters of text, more than "
+                                  f"max_input_chars ({self.max_input_chars}); send less or raise --max_input_chars")
         [screened] = self.rails.screen([texts], "input", self.guard_view())
         prompt = [screened.rewrites.get(t.where, t.text) for t in texts if t.model_reads]
         if screened.blocked is not None:
@@ -270,7 +278,8 @@ def gate(app, proxy: Proxy, rails: Guardrails):
 def create_app(upstream: str, rails: Guardrails, upstream_api_key: str | None = None, timeout: float = 120.0,
                guard_name: str = "", client_keys: dict[str, str] | None = None,
                trusted_hosts: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES, max_n: int = 8,
-               max_reply_bytes: int = MAX_REPLY_BYTES, allow_media: bool = False, forward=forward_http):
+               max_reply_bytes: int = MAX_REPLY_BYTES, allow_media: bool = False, forward=forward_http,
+               max_input_chars: int = MAX_INPUT_CHARS):
     """The proxy as an ASGI app (run it with uvicorn). `client_keys` maps key hashes to names (None: no client
     authentication); `trusted_hosts` defaults to the loopback names; `forward` replaces the HTTP call to the
     upstream (tests)."""
@@ -281,7 +290,7 @@ def create_app(upstream: str, rails: Guardrails, upstream_api_key: str | None = 
     from starlette.routing import Route
 
     proxy = Proxy(upstream, rails, upstream_api_key, timeout, client_keys, max_n, max_reply_bytes, allow_media,
-                  forward)
+                  forward, max_input_chars)
 
     def route(kind: str):
         async def completion(request: Request):

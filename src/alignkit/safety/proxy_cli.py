@@ -13,7 +13,7 @@ from pathlib import Path
 from alignkit.errors import AlignkitError
 from alignkit.safety.client_keys import add_key_parser, load_client_keys
 from alignkit.safety.guardrails import Guardrails, GuardrailsConfig
-from alignkit.safety.proxy import create_app, public_url
+from alignkit.safety.proxy import MAX_INPUT_CHARS, create_app, public_url
 from alignkit.safety.upstream import MAX_REPLY_BYTES, upstream_base
 from alignkit.serving import MAX_BODY_BYTES, default_trusted_hosts
 
@@ -46,6 +46,12 @@ class GuardServeConfig:
     """largest upstream reply; a larger one is a 502"""
     max_n: int = 8
     """largest n (and best_of) a request may ask for"""
+    max_input_chars: int = MAX_INPUT_CHARS
+    """most characters of text one request may hold (the guard reads all of it, window by window); more: 413"""
+    ssl_certfile: str | None = None
+    """serve HTTPS with this certificate (PEM); give ssl_keyfile with it"""
+    ssl_keyfile: str | None = None
+    """the certificate's private key (PEM)"""
     allow_media: bool = False
     """forward image, audio, video and file content parts unchecked (the guard cannot read them)"""
     rails: GuardrailsConfig = field(default_factory=GuardrailsConfig)
@@ -58,7 +64,9 @@ class GuardServeConfig:
             raise AlignkitError(f"config: port: must be 1-65535, got {self.port}")
         if not self.timeout > 0:
             raise AlignkitError(f"config: timeout: must be positive, got {self.timeout}")
-        for name in ("max_body_bytes", "max_reply_bytes", "max_n"):
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise AlignkitError("config: ssl_certfile and ssl_keyfile: give both (HTTPS) or neither")
+        for name in ("max_body_bytes", "max_reply_bytes", "max_n", "max_input_chars"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
         self.rails.check()
@@ -97,14 +105,21 @@ def serve(config: GuardServeConfig) -> None:
              else default_trusted_hosts(config.host))
     rails = Guardrails(None, load_guard(config.guard), config.rails)
     app = create_app(config.upstream, rails, upstream_api_key(config), config.timeout, config.guard, keys, hosts,
-                     config.max_body_bytes, config.max_n, config.max_reply_bytes, config.allow_media)
+                     config.max_body_bytes, config.max_n, config.max_reply_bytes, config.allow_media,
+                     max_input_chars=config.max_input_chars)
     if config.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"alignkit guard: warning: listening on {config.host} without TLS; put a TLS-terminating proxy in "
-              f"front{'' if keys else ' and set --client_keys_file'} (docs/guardrails.md)", file=sys.stderr)
+        if not config.ssl_certfile:
+            print(f"alignkit guard: warning: listening on {config.host} without TLS; give --ssl_certfile and "
+                  "--ssl_keyfile or put a TLS-terminating proxy in front (docs/guardrails.md)", file=sys.stderr)
+        if not keys:
+            print("alignkit guard: warning: no --client_keys_file: anyone who reaches this port spends the "
+                  "upstream's key", file=sys.stderr)
+    scheme = "https" if config.ssl_certfile else "http"
     print(f"alignkit guard: proxy for {public_url(upstream_base(config.upstream))} on "
-          f"http://{config.host}:{config.port}/v1 (guard: {config.guard}; client keys: "
+          f"{scheme}://{config.host}:{config.port}/v1 (guard: {config.guard}; client keys: "
           f"{len(keys) if keys else 'off'}); Ctrl-C stops", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    tls = {"ssl_certfile": config.ssl_certfile, "ssl_keyfile": config.ssl_keyfile} if config.ssl_certfile else {}
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", **tls)
 
 
 def serve_command(args) -> int:
