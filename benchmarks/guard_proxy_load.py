@@ -4,11 +4,12 @@ The proxy's ASGI app runs in this process with an in-process stub upstream (no n
 are sent through it, each with its own prompt and its own client key (all keys valid: the rate-limit table and
 anything keyed on the caller sees 20,000 identities), and the process's resident set size (RSS, from
 /proc/self/statm) is read before, every 2,000 requests, and after. The guard is `none` by default (deny-lists,
-PII redaction, rate limit, audit off): the guard classifier's own cache is measured by its own benchmark.
+PII redaction, rate limit, audit off); `--guard default` adds the built-in guard classifier, which embeds every
+prompt and reply (its embedding cache holds 10,000 texts, so its growth is part of the figure).
 It also times PII redaction and the deny-list on 1 MB adversarial inputs (long runs of email- and phone-like
 characters). CPU only; prints a table and writes the raw numbers to benchmarks/results/guard_proxy_load.json.
 
-    python benchmarks/guard_proxy_load.py [--requests 20000]
+    python benchmarks/guard_proxy_load.py [--requests 20000] [--guard none|default]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.testclient import TestClient
 from alignkit.safety.filters import DenyList, redact_pii
 from alignkit.safety.guardrails import Guardrails, GuardrailsConfig
 from alignkit.safety.proxy import create_app
+from alignkit.safety.proxy_cli import load_guard
 
 REPLY = json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": "a short answer, mail me at a@b.co"},
@@ -42,10 +44,10 @@ def forward(method, url, body, authorization, deadline_s, max_reply_bytes):
     return 200, REPLY
 
 
-def load(requests: int) -> dict:
+def load(requests: int, guard_name: str = "none") -> dict:
     keys = [f"key-{i:06d}-{os.urandom(8).hex()}" for i in range(requests)]
     table = {hashlib.sha256(k.encode()).hexdigest(): f"client{i}" for i, k in enumerate(keys)}
-    rails = Guardrails(None, None, GuardrailsConfig(deny_keywords=["forbidden"], rate=1000, burst=1000,
+    rails = Guardrails(None, load_guard(guard_name), GuardrailsConfig(deny_keywords=["forbidden"], rate=1000, burst=1000,
                                                     redact_pii_inputs=True))
     app = create_app("http://upstream.invalid", rails, client_keys=table, forward=forward)
     marks = []
@@ -90,9 +92,11 @@ def adversarial(size: int = 1 << 20) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--guard", default="none", help="none (rails only) or default (the built-in guard classifier "
+                        "reads every prompt and reply: its embedding cache is in the measurement)")
     args = parser.parse_args()
     result = {"machine": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
-              "device": "cpu", "load": load(args.requests), "adversarial_1mb": adversarial()}
+              "device": "cpu", "guard": args.guard, "load": load(args.requests, args.guard), "adversarial_1mb": adversarial()}
     load_result = result["load"]
     print(f"{load_result['requests']} requests, unique prompts and client keys, {load_result['seconds']} s "
           f"({load_result['requests_per_s']}/s): RSS {load_result['rss_start_mb']} -> {load_result['rss_end_mb']} MB "
@@ -101,7 +105,8 @@ def main() -> int:
         print(f"  after {mark['requests']:>6}: RSS {mark['rss_mb']} MB")
     for name, times in result["adversarial_1mb"].items():
         print(f"1 MB {name:<11} redact {times['redact_s']:.3f} s, deny-list {times['denylist_s']:.3f} s")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "guard_proxy_load.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        "guard_proxy_load.json" if args.guard == "none" else f"guard_proxy_load_{args.guard}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
