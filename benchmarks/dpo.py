@@ -255,8 +255,9 @@ def load_reference(args):
 
 
 def run_ours(args, sequence: list, tokenizer, total_steps: int, memory: harness.Memory, profiler=None) -> dict:
-    from alignkit.methods.dpo import (DPOConfig, DPOExample, LikelihoodWatch, Reference, collate_dpo, count_pairs,
-                                      dpo_loss, precompute_reference)
+    from alignkit.methods.dpo import DPOConfig, LikelihoodWatch, dpo_loss
+    from alignkit.methods.pairs import DPOExample, collate_dpo, count_pairs
+    from alignkit.models.reference import Reference, precompute_reference
 
     config = DPOConfig(dataset_name="benchmark", loss_type="sigmoid", beta=BETA, label_smoothing=0.0, rpo_alpha=0.0,
                        ref=args.ref, batch_layout=args.layout, gradient_checkpointing=args.gradient_checkpointing)

@@ -57,7 +57,7 @@ def main() -> int:
         print(f"xstest: {args.data}: not found; pass --data PATH/xstest_prompts.csv", file=sys.stderr)
         return 2
 
-    from alignkit.feedback.stats import wilson_interval
+    from alignkit.stats import wilson_interval
     from alignkit.safety.redteam import RedTeamConfig, run_redteam
 
     def pct(k: int, n: int) -> str:

@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from alignkit.annotate.agreement import agreement_report, cohen_kappa, fleiss_kappa, krippendorff_alpha
+from alignkit.annotate.agreement import agreement_report
+from alignkit.stats import cohen_kappa, fleiss_kappa, krippendorff_alpha
 from alignkit.annotate.service import majority
 
 CATEGORIES = ("a", "b", "tie", "both_bad")

@@ -391,3 +391,59 @@ def test_internal_error_is_one_line_unless_debugging(capsys, monkeypatch):
     monkeypatch.setenv("ALIGNKIT_DEBUG", "1")
     with pytest.raises(RuntimeError, match="something broke"):
         main(["data", "validate", "x.jsonl"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# one registry, lazy loading, options checked before a model loads
+
+
+def test_one_registry_for_the_cli_and_the_pipeline():
+    """Every config command is a pipeline method with the same config class and run function, and
+    `alignkit generate` shows the defaults of the config the pipeline's generate stage uses."""
+    from alignkit.commands import COMMANDS, ORDER, TOOLS, make_config
+    from alignkit.pipeline import method_parts
+
+    assert sorted(ORDER) == sorted({c.path[0] for c in COMMANDS.values()} | {t.cli for t in TOOLS})
+    for name, command in COMMANDS.items():
+        assert method_parts(name) == command.load()
+    config_cls, _ = method_parts("generate")
+    sampling = config_cls().sampling
+    args = _parse("generate", "--model", TINY, "--prompts", "p.jsonl")
+    assert (args.temperature, args.max_new_tokens, args.top_p) == (sampling.temperature, sampling.max_new_tokens,
+                                                                   sampling.top_p)
+    # a command's own defaults hold in a recipe stage too, under the stage's values
+    assert make_config(COMMANDS["orpo"], {"dataset_name": "x.jsonl"}).loss_type == "orpo"
+    assert make_config(COMMANDS["rloo"], {"dataset_name": "x.jsonl"}).advantage == "rloo"
+    assert _parse("orpo", "--loss_type", "cpo").loss_type == "cpo"
+
+
+def test_help_loads_no_model_library_and_no_command_module():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom alignkit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(','.join(m for m in ('torch', 'transformers', 'alignkit.methods.sft', 'alignkit.safety.proxy_cli',"
+            " 'alignkit.pipeline') if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("usage: alignkit") and out.stderr.strip() == ""
+
+
+def test_lower_modules_never_import_the_cli():
+    src = Path(__file__).resolve().parents[1] / "src" / "alignkit"
+    importers = [str(p.relative_to(src)) for p in src.rglob("*.py") if p.name != "cli.py"
+                 and re.search(r"^\s*(from alignkit\.cli import|from alignkit import cli|import alignkit\.cli)",
+                               p.read_text(encoding="utf-8"), re.MULTILINE)]
+    assert importers == []
+
+
+def test_unsupported_scheduler_is_one_line_before_any_model_loads(capsys, monkeypatch, tmp_path):
+    """cosine_with_min_lr needs min_lr_rate, which no option passes: refused while the config is built."""
+    from alignkit.methods import sft
+
+    monkeypatch.setattr(sft, "train_sft", lambda config: pytest.fail("train_sft ran"))
+    out_dir = tmp_path / "run"
+    rc, out, err = run_cli(capsys, "sft", "--model", TINY, "--data", "builtin:sft.jsonl", "--output_dir", out_dir,
+                           "--lr_scheduler_type", "cosine_with_min_lr")
+    assert (rc, out) == (2, "")
+    assert one_line(err).startswith("alignkit: error: config: lr_scheduler_type: cosine_with_min_lr needs min_lr")
+    assert not out_dir.exists()

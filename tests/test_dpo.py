@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from alignkit.config import build_config
-from alignkit.methods.dpo import DPOConfig, DPOExample, Reference, collate_dpo, dpo_loss, precompute_reference
+from alignkit.methods.dpo import DPOConfig, dpo_loss
+from alignkit.methods.pairs import DPOExample, collate_dpo
+from alignkit.models.reference import Reference, precompute_reference
 
 
 def _write(path, rows):

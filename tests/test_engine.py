@@ -270,3 +270,50 @@ def test_missing_tracker_is_a_clear_error(tmp_path, examples, tiny_tokenizer, mo
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(AlignkitError, match="pip install mlflow"):
         run(tmp_path, examples, tiny_tokenizer, max_steps=1, report_to="mlflow")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the rollout hook (engine.phases): a rollout, then epochs over minibatches of it
+
+
+def test_rollout_hook_runs_epochs_of_minibatch_steps(tmp_path, examples, tiny_tokenizer):
+    """Each engine step collects once, then epochs × minibatches optimizer steps (the LR schedule counts them),
+    each with the engine's guard: a NaN in one is skipped and counted. The row holds the mean step metrics,
+    the finish metrics and the LR after the updates; checkpoints carry the method's state; seeds of the
+    prompt micro-batches are set."""
+    from alignkit.engine.phases import Rollouts
+
+    calls = {"collect": [], "steps": 0, "finish": 0}
+
+    def collect(model, batches, sum_across):
+        calls["collect"].append([b["sample_seed"] for b in batches])
+        return {"batches": batches, "total": float(sum_across(torch.tensor(1.0)))}
+
+    def minibatches(experience, epoch):  # two optimizer steps: the two halves of every micro-batch
+        return [[{k: v[half] for k, v in b.items() if isinstance(v, torch.Tensor)} for b in experience["batches"]]
+                for half in (slice(0, 2), slice(2, 4))]
+
+    def finish(experience):
+        calls["finish"] += 1
+        return {"rollout/total": experience["total"]}
+
+    def step_fn(model, batch):
+        calls["steps"] += 1
+        loss, metrics = sft_loss(model, batch)
+        return (loss * float("nan") if calls["steps"] == 3 else loss), metrics
+
+    state = {"seen": 0}
+    hook = Rollouts(collect, minibatches, finish, epochs=2, minibatches_per_epoch=2,
+                    state_dict=lambda: {"seen": calls["finish"]}, load_state_dict=state.update)
+    model = load_policy(TINY, device="cpu")
+    settings = TrainSettings(output_dir=str(tmp_path), learning_rate=1e-3, max_steps=2, per_device_train_batch_size=4,
+                             gradient_accumulation_steps=2, progress=False, seed=3, lr_scheduler_type="linear")
+    result = train(model, examples, collate_fn(tiny_tokenizer), step_fn, settings, count_fn=count_trained_tokens,
+                   device="cpu", method="test", rollouts=hook)
+    assert len(calls["collect"]) == 2 and calls["steps"] == 2 * 4 * 2  # 2 rollouts × 4 steps × 2 micro-batches
+    assert len(set(calls["collect"][0] + calls["collect"][1])) == 4  # one seed per micro-batch
+    assert result.skipped_steps == 1
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["rollout/total"] == 1.0
+    assert rows[1]["skipped_steps"] == 1 and rows[1]["lr"] == pytest.approx(1e-3 * (8 - 7) / 8)
+    assert ckpt.load_state(ckpt.find_latest(tmp_path))["method_state"] == {"seen": 2}

@@ -1,6 +1,6 @@
 import pytest
 
-from alignkit.feedback.stats import wilson_interval
+from alignkit.stats import wilson_interval
 
 
 def test_wilson_interval_hand_worked():

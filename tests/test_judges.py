@@ -12,7 +12,7 @@ from alignkit.feedback.judges import (
     preference_rows,
     sigmoid,
 )
-from alignkit.feedback.rubric import finishes
+from alignkit.rewards.rubric import finishes
 
 
 class FirstPositionJudge:

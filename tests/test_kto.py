@@ -10,8 +10,8 @@ import torch
 
 from alignkit.config import build_config
 from alignkit.errors import AlignkitError
-from alignkit.methods.dpo import Reference, precompute_reference
 from alignkit.methods.kto import KTOConfig, KTOExample, attach_kl_partners, collate_kto, kto_loss, train_kto
+from alignkit.models.reference import Reference, precompute_reference
 
 
 def _write(path, rows):
@@ -64,8 +64,8 @@ def test_kl_is_the_mean_mismatched_log_ratio_without_gradient(tiny_tokenizer, ex
     formula with that z₀, and no gradient flows through z₀."""
     from alignkit.data.collate import collate_responses
     from alignkit.losses.preference import kto
-    from alignkit.methods.dpo import sequence_sums
     from alignkit.models.load import load_policy
+    from alignkit.ops.sequence import sequence_sums
 
     pad = tiny_tokenizer.pad_token_id
     policy, copy = _lora_policy(), load_policy("embedded:tiny", device="cpu").eval()

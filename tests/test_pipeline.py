@@ -113,7 +113,7 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
     rm = read_status(tmp_path / "reward_model")
     assert rm["status"] == "complete" and "eval/accuracy" in rm["eval"]  # held out: the prompts' test split
     assert "judge (rules): " in out and " preferences, " in out
-    from alignkit.cli import _print_reward_model_result
+    from alignkit.demo import print_reward_model_result as _print_reward_model_result
 
     _print_reward_model_result(tmp_path)  # what `alignkit demo` ends with
     shown = capsys.readouterr().out
@@ -131,7 +131,7 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, capsys):
 
     ppo_config = yaml.safe_load((tmp_path / "ppo" / "config.yaml").read_text())
     assert ppo_config["reward_funcs"] == "rm:" + str(tmp_path / "reward_model" / "model")  # rm:stage:reward_model
-    from alignkit.cli import _print_win_rate
+    from alignkit.demo import print_win_rate as _print_win_rate
 
     _print_win_rate(tmp_path)
     shown = capsys.readouterr().out

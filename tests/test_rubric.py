@@ -2,8 +2,8 @@
 
 import pytest
 
-from alignkit.feedback.refusal import REFUSAL_PATTERNS, is_refusal
-from alignkit.feedback.rubric import (
+from alignkit.rewards.refusal import REFUSAL_PATTERNS, is_refusal
+from alignkit.rewards.rubric import (
     RULES,
     RubricContext,
     concise,

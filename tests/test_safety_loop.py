@@ -157,7 +157,8 @@ def test_bad_method_is_one_line():
     with pytest.raises(AlignkitError, match="train_method: must be one of sft, dpo"):
         SafetyLoopConfig(train_method="ppo").check()
     # from the command line too: `method` is the pipeline's own key, so the field has another name
-    from alignkit.cli import _config_from_args, build_parser
+    from alignkit.cli import build_parser
+    from alignkit.options import config_from_args as _config_from_args
 
     args = build_parser().parse_args(["safety-loop", "--train_method", "dpo"])
     assert _config_from_args(SafetyLoopConfig, args).train_method == "dpo"

@@ -10,7 +10,7 @@ import pytest
 from stubs import JSONServer
 
 from alignkit.errors import AlignkitError
-from alignkit.feedback.stats import wilson_interval
+from alignkit.stats import wilson_interval
 from alignkit.safety import redteam
 from alignkit.safety.redteam import RedTeamConfig, run_redteam, summarise
 

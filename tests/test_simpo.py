@@ -39,7 +39,7 @@ def test_each_learns_a_known_preference(tmp_path, make_marker_pairs, loss_type):
 @pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
 def test_layouts_agree(tiny_tokenizer, make_marker_pairs, loss_type):
     from alignkit.data.tokenize import tokenize_rows
-    from alignkit.methods.dpo import DPOExample, collate_dpo
+    from alignkit.methods.pairs import DPOExample, collate_dpo
     from alignkit.models.load import load_policy
 
     examples = [DPOExample(p) for p in tokenize_rows(tiny_tokenizer, make_marker_pairs(6), "preference")]

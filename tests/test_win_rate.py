@@ -89,7 +89,7 @@ def test_cli_win_rate(tmp_path, capsys):
 
 
 def test_generate_reads_only_the_asked_split(tmp_path):
-    from alignkit.rollout.pairs import load_prompt_rows
+    from alignkit.data.readers import load_prompt_rows
 
     data = _write(tmp_path / "p.jsonl", [{"prompt": "a", "split": "train"}, {"prompt": "b", "split": "test"}])
     other = _write(tmp_path / "q.jsonl", [{"prompt": "c", "split": "test"}])

@@ -2,7 +2,8 @@
 
 A method's config may compose shared parts as nested dataclass fields (`train: TrainSettings`); users
 still see flat keys (`learning_rate: 1e-5` in YAML, `--learning_rate 1e-5` on the command line), and each
-key is routed to the part that owns it. Unknown keys are errors, with a suggestion.
+key is routed to the part that owns it. Unknown keys are errors, with a suggestion. The command-line side (argparse options from these fields) is
+`alignkit.options`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from alignkit.errors import AlignkitError
 
@@ -66,7 +70,7 @@ def flat_fields(cls, instance=None) -> dict[str, tuple[list[str], Any, Any, str]
     return out
 
 
-def _base_type(kind):
+def base_type(kind):
     """Strip Optional[...] / X | None; returns (type, optional)."""
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
@@ -77,7 +81,7 @@ def _base_type(kind):
 
 def coerce(name: str, value: Any, kind) -> Any:
     """Turn a YAML or command-line value into the field's type; AlignkitError when it cannot."""
-    base, optional = _base_type(kind)
+    base, optional = base_type(kind)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
             return None
@@ -168,8 +172,6 @@ def to_flat_dict(config) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict:
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise AlignkitError(f"{path}: file: recipe does not exist")
@@ -188,29 +190,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def save_yaml(path: str | Path, data: dict) -> None:
     """Write YAML atomically."""
-    import os
-
-    import yaml
-
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     os.replace(tmp, p)
-
-
-def add_arguments(parser, cls) -> None:
-    """One `--name` (and `--name-with-dashes`) option per flat field; unset options stay out of the result."""
-    import argparse
-
-    from alignkit.cli import option
-
-    aliases = getattr(cls, "CLI_ALIASES", {})
-    for name, (_, kind, default, doc) in flat_fields(cls).items():
-        base, _ = _base_type(kind)
-        shown = "" if default in (None, "") else f" (default: {default})"
-        text = ((doc or name) + shown).replace("%", "%%")  # argparse formats help with %
-        metavar = {int: "N", float: "X"}.get(base, "VALUE")
-        kwargs = dict(default=argparse.SUPPRESS, help=text, metavar=metavar)
-        if base is bool:
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        option(parser, f"--{name}", *aliases.get(name, ()), **kwargs)

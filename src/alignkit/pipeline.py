@@ -7,7 +7,7 @@ A recipe is YAML:
     defaults: {seed: 0}              # keys given to every stage that has them
     stages:
       - name: sft
-        method: sft                  # any key of METHODS below
+        method: sft                  # any command of alignkit.commands (its registry name)
         config: {model_name_or_path: embedded:smollm2-135m-instruct, dataset_name: builtin:sft.jsonl}
       - name: answers
         method: generate
@@ -20,42 +20,26 @@ checkpoint when it has one, so rerunning a recipe after a crash continues where 
 
 from __future__ import annotations
 
-import importlib
+import re
 from pathlib import Path
 from typing import Any
 
+from alignkit.commands import get, make_config
+from alignkit.config import flat_fields, load_yaml
+from alignkit.engine.checkpoint import find_latest
+from alignkit.engine.outputs import is_complete, read_status
+from alignkit.engine.report import write_pipeline_summary
 from alignkit.errors import AlignkitError
+from alignkit.safety.report import section as safety_section
 
-# method -> (module, config class, run function, what stage:NAME names in its output_dir); imported only
-# when a recipe uses it
-METHODS = {
-    "sft": ("alignkit.methods.sft", "SFTConfig", "train_sft", "model"),
-    "reward_model": ("alignkit.methods.reward_model", "RewardConfig", "train_reward_model", "model"),
-    "dpo": ("alignkit.methods.dpo", "DPOConfig", "train_dpo", "model"),
-    "simpo": ("alignkit.methods.simpo", "SimPOConfig", "train_simpo", "model"),
-    "kto": ("alignkit.methods.kto", "KTOConfig", "train_kto", "model"),
-    "grpo": ("alignkit.methods.grpo", "GRPOConfig", "train_grpo", "model"),
-    "ppo": ("alignkit.methods.ppo", "PPOConfig", "train_ppo", "model"),
-    "generate": ("alignkit.rollout.stage", "GenerateConfig", "run_generate", "generations.jsonl"),
-    "generate_pairs": ("alignkit.rollout.pairs", "GeneratePairsConfig", "run_generate_pairs", "pairs.jsonl"),
-    "judge": ("alignkit.feedback.stage", "JudgeConfig", "run_judge", "preferences.jsonl"),
-    "win_rate": ("alignkit.feedback.winrate", "WinRateConfig", "run_win_rate", "win_rate.json"),
-    "best_of_n": ("alignkit.rollout.best_of_n", "BestOfNConfig", "run_best_of_n", "best.jsonl"),
-    "cai_revise": ("alignkit.feedback.cai", "CAIReviseConfig", "run_cai_revise", "sft.jsonl"),
-    "cai_label": ("alignkit.feedback.cai", "CAILabelConfig", "run_cai_label", "preferences.jsonl"),
-    "redteam": ("alignkit.safety.redteam", "RedTeamConfig", "run_redteam", "results.json"),
-    "safety_loop": ("alignkit.safety.loop", "SafetyLoopConfig", "run_safety_loop", "after/results.json"),
-}
 STAGE_REF = "stage:"
 PACKAGED = Path(__file__).parent / "configs"
+SECTIONS = (safety_section,)  # results shown on the index page itself (red-team and safety-loop runs)
 
 
 def method_parts(method: str):
-    if method not in METHODS:
-        raise AlignkitError(f"pipeline: unknown method {method!r}; known: {', '.join(METHODS)}")
-    module, config_name, run_name, _ = METHODS[method]
-    mod = importlib.import_module(module)
-    return getattr(mod, config_name), getattr(mod, run_name)
+    """(config class, run function) of the command a stage's `method:` names."""
+    return get(method).load()
 
 
 def resolve_recipe(path: str | Path) -> Path:
@@ -74,8 +58,6 @@ def load_recipe(path: Path, seen: tuple = ()) -> dict:
     """A recipe file as a dict. `extends: PARENT` (a packaged name or a path) runs the parent's stages first:
     the parent's name, output_dir and defaults apply unless this recipe sets its own, and its stages come
     before this recipe's, so stages a finished parent run already completed are skipped."""
-    from alignkit.config import load_yaml
-
     recipe = load_yaml(path)
     parent_name = recipe.pop("extends", None) if isinstance(recipe, dict) else None
     if parent_name is None:
@@ -97,8 +79,6 @@ def pipeline_root(recipe: dict, overrides: dict | None = None) -> Path:
 
 def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[dict]:
     """The stages of a recipe with their resolved configs (output dirs and stage: references filled in)."""
-    from alignkit.config import flat_fields
-
     stages = recipe.get("stages")
     if not isinstance(stages, list) or not stages:
         raise AlignkitError(f"{recipe_path}: stages: a recipe needs a list of stages")
@@ -113,8 +93,8 @@ def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[
         name = str(stage.get("name") or stage["method"])
         if name in dirs:
             raise AlignkitError(f"{where}: name: {name!r} is used twice; give stages distinct names")
-        config_cls, _ = method_parts(stage["method"])
-        fields = flat_fields(config_cls)
+        command = get(stage["method"])
+        fields = flat_fields(command.load()[0])
         values = {k: v for k, v in {**defaults, **extra}.items() if k in fields}
         values.update(stage.get("config") or {})
         values.setdefault("output_dir", str(root / name))
@@ -129,25 +109,18 @@ def plan(recipe: dict, recipe_path: str, overrides: dict | None = None) -> list[
 def _resolve_stage_refs(value: str, dirs: dict, where: str) -> str:
     """Every stage:NAME in `value` (alone, or inside a spec such as rm:stage:reward_model) becomes the path of
     what that earlier stage produced."""
-    import re
-
     def path_of(match) -> str:
         name = match.group(1)
         if name not in dirs:
             raise AlignkitError(f"{where}: {value!r} names no earlier stage {name!r}")
         ref_dir, ref_method = dirs[name]
-        return str(ref_dir / METHODS[ref_method][3])
+        return str(ref_dir / get(ref_method).output)
 
     return re.sub(r"(?<![\w])" + STAGE_REF + r"([\w.-]+)", path_of, value)
 
 
 def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Run every stage not yet complete; returns the pipeline directory (with index.html)."""
-    from alignkit.config import build_config
-    from alignkit.engine.checkpoint import find_latest
-    from alignkit.engine.outputs import is_complete
-    from alignkit.engine.report import write_pipeline_summary
-
     path = resolve_recipe(recipe_path)
     recipe = load_recipe(path)
     stages = plan(recipe, str(path), overrides)
@@ -161,32 +134,25 @@ def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = Non
             print(f"{header}: complete, skipped ({out})", flush=True)
             rows[stage["name"]] = summary_row(stage["name"], out)
             continue
-        config_cls, run = method_parts(stage["method"])
+        command = get(stage["method"])
+        config_cls, run = command.load()
         values = dict(stage["values"])
-        latest = find_latest(out) if "resume" in _fields(config_cls) else None
+        latest = find_latest(out) if "resume" in flat_fields(config_cls) else None
         if latest is not None:
             values["resume"] = True
         print(f"{header}: {'resuming from ' + latest.name if latest else 'running'} -> {out}", flush=True)
         try:
-            run(build_config(config_cls, values))
+            run(make_config(command, values))
         finally:
             rows[stage["name"]] = summary_row(stage["name"], out)
-            write_pipeline_summary(root, list(rows.values()))
-    index = write_pipeline_summary(root, list(rows.values()))
+            write_pipeline_summary(root, list(rows.values()), SECTIONS)
+    index = write_pipeline_summary(root, list(rows.values()), SECTIONS)
     print(f"pipeline {recipe.get('name', path.stem)}: all {len(stages)} stages complete; summary: {index}", flush=True)
     return root
 
 
-def _fields(config_cls) -> set[str]:
-    from alignkit.config import flat_fields
-
-    return set(flat_fields(config_cls))
-
-
 def summary_row(name: str, out: Path) -> dict:
     """A stage's line on the pipeline's index.html, from its run.json."""
-    from alignkit.engine.outputs import read_status
-
     status = read_status(out)
     return {"name": name, "run_dir": str(out), "status": status.get("status", "pending"),
             "seconds": status.get("seconds")}

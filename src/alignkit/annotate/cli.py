@@ -13,6 +13,7 @@ import os
 import sys
 
 from alignkit.errors import AlignkitError, DataError
+from alignkit.options import EXIT_BAD_INPUT, Parser, option
 
 DEFAULT_DB = "annotations.db"
 DB_ENV = "ALIGNKIT_DB_URL"
@@ -184,12 +185,11 @@ def cmd_report(args) -> int:
     return 0
 
 
-def add_commands(commands, option, parser_class) -> None:
-    annotate = commands.add_parser("annotate", help="the human-preference web app and its admin tasks",
-                                   description="Collect 'which response is better?' judgments from people. "
-                                   "See docs/annotate.md.")
+def add_commands(annotate) -> None:
+    """Fill the `alignkit annotate` group."""
+    annotate.description = "Collect 'which response is better?' judgments from people. See docs/annotate.md."
     sub = annotate.add_subparsers(title="annotate commands", dest="annotate_command", metavar="COMMAND",
-                                  parser_class=parser_class)
+                                  parser_class=Parser)
 
     def command(name, func, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -248,4 +248,4 @@ def add_commands(commands, option, parser_class) -> None:
 
     p = command("report", cmd_report, "progress per annotator and agreement statistics, as JSON")
     option(p, "--project", required=True, help="project to report on")
-    annotate.set_defaults(func=lambda args: annotate.print_help() or 2)
+    annotate.set_defaults(func=lambda args: annotate.print_help() or EXIT_BAD_INPUT)

@@ -15,10 +15,19 @@ from collections import Counter
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from alignkit.annotate.accounts import (Conflict, Invalid, NotFound, Refused, create_user, user_by_name,  # noqa: F401
-                                        user_by_password, user_by_token)
+from alignkit.annotate.accounts import (  # noqa: F401
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    create_user,
+    user_by_name,
+    user_by_password,
+    user_by_token,
+)
 from alignkit.annotate.db import CHOICES, Assignment, Item, Judgment, Project, User, text_problem
 from alignkit.annotate.imports import pair_items
+from alignkit.data.formats import preference_row
 from alignkit.errors import AlignkitError
 
 SHOWN = {"left": 0, "right": 1}  # what the annotator clicks, before the side swap is undone
@@ -256,8 +265,6 @@ def export_rows(session, project: Project, votes: str = "majority", ties: str = 
     verdicts become rows marked "tie": true (chosen = response a); drop: left out. "Both bad" is always
     left out: neither response is a good example of anything.
     """
-    from alignkit.feedback.judges import preference_row
-
     if votes not in ("majority", "all") or ties not in ("drop", "keep"):
         raise AlignkitError(f"export: votes must be majority or all, ties drop or keep; got {votes!r}, {ties!r}")
     items = {i.id: i for i in session.scalars(select(Item).where(Item.project_id == project.id))}

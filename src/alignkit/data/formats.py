@@ -254,3 +254,22 @@ def split_sft(row: dict) -> tuple[Any, Any]:
     if "text" in row and "completion" not in row:
         return "", row["text"]
     return row["prompt"], row["completion"]
+
+
+def preference_row(prompt, chosen: str, rejected: str, p_chosen: float | None, judge_name: str, extra: dict,
+                   tie=False):
+    """A TRL-style preference row; p_chosen None leaves that column out (labels that are not a judge's
+    probability: human votes, revisions, best-of-n)."""
+    if isinstance(prompt, list):  # TRL's conversational form: the responses are assistant turns too
+        chosen, rejected = assistant_turn(chosen), assistant_turn(rejected)
+    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if p_chosen is not None:
+        row["p_chosen"] = round(p_chosen, 4)
+    row["judge"] = judge_name
+    if tie:
+        row["tie"] = True
+    return {**row, **{k: v for k, v in extra.items() if k not in row}}
+
+
+def assistant_turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]

@@ -19,6 +19,7 @@ from typing import Any
 
 from alignkit.data.formats import KINDS, Problem, check_row, detect_kind, type_name
 from alignkit.errors import AlignkitError, DataError
+from alignkit.files import write_atomic
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
@@ -239,15 +240,14 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write rows as JSONL atomically: a temporary file renamed into place, so a crash leaves no half file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     opener = gzip.open if p.name.endswith(".gz") else open
-    try:
+
+    def write(tmp: Path) -> None:
         with opener(tmp, "wt", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(p, write)
 
 
 def read_jsonl_file(path: str | os.PathLike) -> list[dict]:

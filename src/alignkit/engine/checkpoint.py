@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from alignkit.files import fsync_dir, write_atomic, write_text_atomic
+
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
 
@@ -55,36 +57,9 @@ def set_rng_state(state: dict[str, Any], rank: int = 0) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def torch_save_atomic(path: Path, obj: Any) -> None:
     """torch.save to a temporary file renamed into place: a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any], keep_last: int | None = None,
@@ -105,11 +80,11 @@ def save_checkpoint(run_dir: str | Path, step: int, model, state: dict[str, Any]
     save_model(model, tmp, model_state)
     torch.save({"rng": rng_state(), **state, "step": step}, tmp / STATE_FILE)
     write_text_atomic(tmp / MARKER, f"{step}\n")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # a resumed run saving the same step again
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_text_atomic(root / "latest", final.name + "\n")
     if keep_last:
         complete = sorted(p for p in root.glob("step-*") if (p / MARKER).exists())

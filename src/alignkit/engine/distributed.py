@@ -1,8 +1,8 @@
 """What changes when a run has several processes (`accelerate launch`, torchrun, SLURM): who writes files,
 how the accelerator is built on CPU, and how checkpoints gather sharded state.
 
-- Files are written by the global rank 0 only (`is_main_process`, read from the launcher's RANK variable so
-  it works before any accelerator exists, e.g. for config.yaml and run.json).
+- Files are written by the global rank 0 only (`is_main_process`, from `alignkit.processes`: the launcher's
+  RANK variable, so it works before any accelerator exists, e.g. for config.yaml and run.json).
 - A checkpoint holds the *full* model weights and the *full* optimizer state, gathered onto rank 0, with the
   optimizer state keyed by parameter name rather than position. That makes a checkpoint independent of the
   strategy and the number of processes that wrote it: DDP, FSDP and a single process all read it, and resume
@@ -17,18 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True on the process that writes files (global rank 0, or the only process)."""
-    return rank() == 0
+from alignkit.processes import is_main_process, rank, world_size  # noqa: F401 (the engine's users read them here)
 
 
 def make_accelerator(cpu: bool, **kwargs):
@@ -40,6 +29,10 @@ def make_accelerator(cpu: bool, **kwargs):
 
     use_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not torch.cuda.is_available():
+        # DeepSpeed (imported by accelerate when installed) would find no GPU and say so on stdout, which is
+        # the CLI's results channel; naming the CPU it falls back to anyway keeps stdout clean
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if world_size() > 1 and not torch.cuda.is_available():
         cpu = True  # without this accelerate sees no GPU and runs each process alone
     if world_size() > 1:

@@ -11,7 +11,9 @@ returns the batch's summed loss and its metrics. The loop owns everything else:
 - a non-finite guard: a step whose loss or gradient norm is NaN/inf is skipped with optimizer and
   scheduler untouched; after `max_bad_steps` bad steps in a row the run stops with a checkpoint of the
   last good state;
-- checkpoints (engine.checkpoint), `metrics.jsonl`, a progress bar, optional trackers, evaluation.
+- checkpoints (engine.checkpoint), `metrics.jsonl`, a progress bar, optional trackers, evaluation;
+- for methods that learn from their own samples (PPO), `rollouts` (engine.phases): each step is a rollout
+  phase, then epochs over minibatches of it, each minibatch one optimizer step with all of the above.
 
 accelerate runs it on one CPU, one GPU, or many processes (DDP/FSDP/DeepSpeed from `accelerate launch`
 configs) without code changes. With N processes each takes its own slice of every global batch (micro × N
@@ -31,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import distributed as dist
 from alignkit.engine.distributed import is_main_process
+from alignkit.engine.phases import Rollouts, sample_seed
+from alignkit.engine.runlog import MetricsLog, peak_memory_mb
 from alignkit.engine.settings import TrainSettings
 from alignkit.errors import AlignkitError
 
@@ -129,7 +135,7 @@ def check_output_dir(settings: TrainSettings) -> Path | None:
     return None
 
 
-def _make_accelerator(settings: TrainSettings, device: str | None):
+def _make_accelerator(settings: TrainSettings, device: str | None, rollouts: bool = False, method: str = "train"):
     import os
 
     kwargs: dict[str, Any] = {}
@@ -143,6 +149,9 @@ def _make_accelerator(settings: TrainSettings, device: str | None):
             os.environ.setdefault("WANDB_MODE", "offline")
         kwargs.update(log_with=settings.report_to, project_dir=settings.output_dir)
     accelerator = dist.make_accelerator(cpu=device == "cpu", **kwargs)
+    if rollouts and (dist.uses_deepspeed(accelerator) or "FSDP" in str(accelerator.distributed_type)):
+        raise AlignkitError(f"{method}: runs on one process or under DDP (--accelerate_config ddp), not under "
+                            "FSDP or DeepSpeed yet")
     if dist.uses_deepspeed(accelerator) and settings.gradient_accumulation_steps > 1:
         raise AlignkitError("gradient_accumulation_steps: under DeepSpeed give 1 and raise num_processes or "
                             "per_device_train_batch_size (DeepSpeed steps inside backward, so the engine cannot "
@@ -152,6 +161,131 @@ def _make_accelerator(settings: TrainSettings, device: str | None):
         ds_config["gradient_clipping"] = settings.max_grad_norm
         ds_config["train_micro_batch_size_per_gpu"] = settings.per_device_train_batch_size
     return accelerator
+
+
+@dataclass
+class StepOutcome:
+    """One engine step: its loss, gradient norm and metrics over the global batch (a rollout step: the mean over
+    its optimizer steps), the tokens it put through the model, the LR it logs, and whether all went finite."""
+
+    loss: float
+    grad_norm: float
+    metrics: dict[str, float]
+    tokens: int
+    lr: float
+    finite: bool
+
+
+class _Guard:
+    """The non-finite guard's counters: skipped steps in all, and bad steps in a row."""
+
+    def __init__(self, skipped: int = 0, streak: int = 0):
+        self.skipped, self.streak = skipped, streak
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, batches: list[dict], step_fn: StepFn,
+                   count_fn: Callable[[dict], int], settings: TrainSettings, guard: _Guard) -> StepOutcome:
+    """One optimizer step over this process's micro-batches: accumulate, reduce, clip, and step only when the
+    loss and gradient norm are finite (else count it in `guard`, optimizer and scheduler untouched)."""
+    world = accelerator.num_processes
+    counts = torch.tensor(float(sum(count_fn(b) for b in batches)), device=accelerator.device)
+    total = accelerator.reduce(counts, reduction="sum").item() if world > 1 else counts.item()
+    loss_total = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        last_micro = i == len(batches) - 1
+        with accelerator.no_sync(model) if not last_micro else _nullcontext():
+            loss_sum, metrics = step_fn(model, batch)
+            # DDP averages gradients over processes: scale back so the result is sum / total
+            accelerator.backward(loss_sum * (world / max(total, 1.0)))
+        loss_total += loss_sum.detach()
+        weight = count_fn(batch)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * weight
+    loss = (accelerator.reduce(loss_total, reduction="sum").item() if world > 1 else loss_total.item())
+    loss /= max(total, 1.0)
+    tokens = int(sum(_tokens_of(b) for b in batches))
+    if world > 1:  # every process's metric sums and tokens: the logged numbers cover the global batch
+        names_m = sorted(sums)  # step_fn returns the same metric names on every process
+        reduced = accelerator.reduce(torch.tensor([sums[k] for k in names_m] + [tokens], dtype=torch.float64,
+                                                  device=accelerator.device), reduction="sum").tolist()
+        sums, tokens = dict(zip(names_m, reduced[:-1])), int(reduced[-1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.max_grad_norm and settings.max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+    elif world > 1:  # an infinite threshold clips nothing but gives the norm over every shard
+        grad_norm = accelerator.clip_grad_norm_(params, float("inf"))
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    if finite:
+        optimizer.step()
+        scheduler.step()
+        guard.streak = 0
+    else:
+        guard.skipped += 1
+        guard.streak += 1
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(loss, grad_norm, {k: v / max(total, 1.0) for k, v in sums.items()}, tokens, lr, finite)
+
+
+def rollout_step(accelerator, model, optimizer, scheduler, batches: list[dict], step_fn: StepFn,
+                 count_fn: Callable[[dict], int], settings: TrainSettings, guard: _Guard,
+                 rollouts: Rollouts) -> StepOutcome:
+    """One rollout (engine.phases): collect the experience, then its epochs of minibatch optimizer steps.
+    Stops early when the guard's bad streak reaches max_bad_steps (the caller then stops the run)."""
+    world = accelerator.num_processes
+
+    def sum_across(tensor):
+        return accelerator.reduce(tensor, reduction="sum") if world > 1 else tensor
+
+    experience = rollouts.collect(accelerator.unwrap_model(model), batches, sum_across)
+    outcomes = []
+    for epoch in range(rollouts.epochs):
+        for micro_batches in rollouts.minibatches(experience, epoch):
+            outcomes.append(optimizer_step(accelerator, model, optimizer, scheduler, micro_batches, step_fn,
+                                           count_fn, settings, guard))
+            if guard.streak >= settings.max_bad_steps:
+                break
+        if guard.streak >= settings.max_bad_steps:
+            break
+    n = len(outcomes)
+    metrics = {k: sum(o.metrics[k] for o in outcomes) / n for k in outcomes[0].metrics}
+    return StepOutcome(loss=sum(o.loss for o in outcomes) / n, grad_norm=sum(o.grad_norm for o in outcomes) / n,
+                       metrics={**metrics, **rollouts.finish(experience)},
+                       tokens=int(getattr(experience, "num_tokens", 0)) + sum(o.tokens for o in outcomes),
+                       lr=scheduler.get_last_lr()[0], finite=all(o.finite for o in outcomes))
+
+
+def _restore(latest: Path, accelerator, model, optimizer, scheduler, names, stream: DataStream,
+             rollouts: Rollouts | None) -> tuple[int, _Guard, int, float]:
+    """Load a checkpoint's trainer state into the live objects; (step, guard, tokens seen, elapsed seconds)."""
+    state = ckpt.load_state(latest)
+    if state.get("optimizer") is None:
+        raise AlignkitError(f"{latest}: holds no optimizer state (written under DeepSpeed); resume is not "
+                            "supported there yet: start a new run from its weights")
+    dist.load_optimizer(accelerator, model, optimizer, state["optimizer"], names)
+    scheduler.load_state_dict(state["scheduler"])
+    stream.position = state["data_position"]
+    if rollouts is not None and rollouts.load_state_dict is not None:
+        rollouts.load_state_dict(state["method_state"])
+    ckpt.set_rng_state(state["rng"], accelerator.process_index)
+    return state["step"], _Guard(state["skipped_steps"], state["bad_streak"]), state["tokens_seen"], state["elapsed"]
+
+
+def _next_batches(examples, collate, stream: DataStream, settings: TrainSettings, accelerator, step: int,
+                  rollouts: Rollouts | None) -> list[dict]:
+    """This process's micro-batches of the next global batch (with their sample seeds for rollouts)."""
+    micro, rank, world = settings.per_device_train_batch_size, accelerator.process_index, accelerator.num_processes
+    batches = []
+    for i in range(settings.gradient_accumulation_steps):
+        batch = collate([examples[j] for j in stream.take(micro * world)[rank * micro:(rank + 1) * micro]])
+        if rollouts is not None:
+            batch["sample_seed"] = sample_seed(settings.seed, step, i * world + rank)
+        batches.append(_batch_to(batch, accelerator.device))
+    return batches
 
 
 def train(
@@ -167,46 +301,37 @@ def train(
     device: str | None = None,
     method: str = "train",
     on_log: Callable[[dict], None] | None = None,
+    rollouts: Rollouts | None = None,
 ) -> TrainResult:
-    """Train `model` on `examples`; returns when max_steps are done. See the module docstring."""
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    from alignkit.engine.runlog import MetricsLog, peak_memory_mb
-
+    """Train `model` on `examples`; returns when max_steps are done. See the module docstring; `rollouts`:
+    a rollout phase, then epochs over minibatches of it, per step (engine.phases)."""
     settings.check()
     if not examples:
         raise AlignkitError("no training examples left (all dropped or empty dataset)")
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = _make_accelerator(settings, device)
+    accelerator = _make_accelerator(settings, device, rollouts is not None, method)
     world = accelerator.num_processes
     steps = total_steps(settings, len(examples), world)
+    per_step = rollouts.optimizer_steps if rollouts is not None else 1
+    saved = rollouts.policy if rollouts is not None and rollouts.policy is not None else model
     torch.manual_seed(settings.seed)
 
     latest = check_output_dir(settings)
     if latest is not None:  # into the plain model: FSDP and ZeRO-3 shard it in prepare
-        ckpt.load_model_weights(model, latest)
+        ckpt.load_model_weights(saved, latest)
     optimizer = make_optimizer(model, settings)
     names = dist.param_names(model, optimizer)
-    warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * steps)
+    warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * steps * per_step)
     scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                              num_training_steps=steps)
+                              num_training_steps=steps * per_step)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     stream = DataStream(len(examples), settings.seed)
-    step, skipped, bad_streak, tokens_seen, elapsed_before = 0, 0, 0, 0, 0.0
+    step, guard, tokens_seen, elapsed_before = 0, _Guard(), 0, 0.0
     if latest is not None:
-        state = ckpt.load_state(latest)
-        if state.get("optimizer") is None:
-            raise AlignkitError(f"{latest}: holds no optimizer state (written under DeepSpeed); resume is not "
-                                "supported there yet: start a new run from its weights")
-        dist.load_optimizer(accelerator, model, optimizer, state["optimizer"], names)
-        scheduler.load_state_dict(state["scheduler"])
-        step, skipped, bad_streak = state["step"], state["skipped_steps"], state["bad_streak"]
-        tokens_seen, elapsed_before = state["tokens_seen"], state["elapsed"]
-        stream.position = state["data_position"]
-        ckpt.set_rng_state(state["rng"], accelerator.process_index)
+        step, guard, tokens_seen, elapsed_before = _restore(latest, accelerator, model, optimizer, scheduler, names,
+                                                            stream, rollouts)
 
     main = accelerator.is_main_process
     log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0,
@@ -222,27 +347,17 @@ def train(
         path = None
         if main:
             state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                     "skipped_steps": skipped, "bad_streak": bad_streak, "tokens_seen": tokens_seen,
+                     "skipped_steps": guard.skipped, "bad_streak": guard.streak, "tokens_seen": tokens_seen,
                      "elapsed": elapsed_before + time.perf_counter() - started, "data_position": stream.position,
                      "rng": rngs if world > 1 else rngs[0], "world_size": world}
-            path = ckpt.save_checkpoint(out, at_step, model, state, keep_last=settings.save_total_limit or None,
+            if rollouts is not None and rollouts.state_dict is not None:
+                state["method_state"] = rollouts.state_dict()
+            path = ckpt.save_checkpoint(out, at_step, saved, state, keep_last=settings.save_total_limit or None,
                                         model_state=model_state)
         accelerator.wait_for_everyone()
         return path
 
-    def evaluate() -> dict[str, float]:
-        if eval_fn is None:
-            return {}
-        model.eval()
-        with torch.no_grad():
-            metrics = eval_fn(model)
-        model.train()
-        log.write({"step": step, **metrics})
-        return metrics
-
     gathered: dict[str, Any] = {}  # the last checkpoint's full weights, for the final model
-    micro = settings.per_device_train_batch_size
-    rank = accelerator.process_index
     bar = tqdm(total=steps, initial=step, desc=method, unit="step",
                disable=(not settings.progress or not main) or None, dynamic_ncols=True)
     started = time.perf_counter()
@@ -252,77 +367,33 @@ def train(
     try:
         while step < steps:
             t0 = time.perf_counter()
-            batches = []
-            for _ in range(settings.gradient_accumulation_steps):
-                indices = stream.take(micro * world)[rank * micro:(rank + 1) * micro]
-                batches.append(_batch_to(collate([examples[i] for i in indices]), accelerator.device))
-            counts = torch.tensor(float(sum(count_fn(b) for b in batches)), device=accelerator.device)
-            total = accelerator.reduce(counts, reduction="sum").item() if world > 1 else counts.item()
-            loss_total = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-            sums: dict[str, float] = {}
-            for i, batch in enumerate(batches):
-                last_micro = i == len(batches) - 1
-                with accelerator.no_sync(model) if not last_micro else _nullcontext():
-                    loss_sum, metrics = step_fn(model, batch)
-                    # DDP averages gradients over processes: scale back so the result is sum / total
-                    accelerator.backward(loss_sum * (world / max(total, 1.0)))
-                loss_total += loss_sum.detach()
-                weight = count_fn(batch)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * weight
-            loss = (accelerator.reduce(loss_total, reduction="sum").item() if world > 1 else loss_total.item())
-            loss /= max(total, 1.0)
-            tokens = int(sum(_tokens_of(b) for b in batches))
-            if world > 1:  # every process's metric sums and tokens: the logged numbers cover the global batch
-                names_m = sorted(sums)  # step_fn returns the same metric names on every process
-                reduced = accelerator.reduce(torch.tensor([sums[k] for k in names_m] + [tokens], dtype=torch.float64,
-                                                          device=accelerator.device), reduction="sum").tolist()
-                sums, tokens = dict(zip(names_m, reduced[:-1])), int(reduced[-1])
-            params = [p for p in model.parameters() if p.requires_grad]
-            if settings.max_grad_norm and settings.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-            elif world > 1:  # an infinite threshold clips nothing but gives the norm over every shard
-                grad_norm = accelerator.clip_grad_norm_(params, float("inf"))
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            finite = math.isfinite(loss) and math.isfinite(grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            if finite:
-                optimizer.step()
-                scheduler.step()
-                bad_streak = 0
-            else:
-                skipped += 1
-                bad_streak += 1
-            optimizer.zero_grad(set_to_none=True)
+            batches = _next_batches(examples, collate, stream, settings, accelerator, step, rollouts)
+            parts = (accelerator, model, optimizer, scheduler, batches, step_fn, count_fn, settings, guard)
+            done = optimizer_step(*parts) if rollouts is None else rollout_step(*parts, rollouts)
             step += 1
-            tokens_seen += tokens
+            tokens_seen += done.tokens
             step_time = time.perf_counter() - t0
             bar.update(1)
-            if not finite and main:
-                bar.write(f"{method}: step {step}: non-finite loss or gradient ({loss}, grad norm {grad_norm}); "
-                          f"skipped, optimizer untouched ({bad_streak} in a row)")
-            if step % settings.logging_steps == 0 or step == steps or not finite:
-                last = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": round(stream.epoch, 4),
-                        "tokens_per_s": tokens / step_time, "step_time": step_time,
-                        "num_tokens": tokens_seen, "skipped_steps": skipped, "peak_memory_mb": peak_memory_mb(),
-                        **{k: v / max(total, 1.0) for k, v in sums.items()}}
+            if not done.finite and main:
+                bar.write(f"{method}: step {step}: non-finite loss or gradient ({done.loss}, grad norm "
+                          f"{done.grad_norm}); skipped, optimizer untouched ({guard.streak} in a row)")
+            if step % settings.logging_steps == 0 or step == steps or not done.finite:
+                last = _row(done, stream, step_time, tokens_seen, guard)
                 log.write({"step": step, **last})
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
+                bar.set_postfix(loss=f"{done.loss:.4f}", lr=f"{done.lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
                 if on_log:
                     on_log({"step": step, **last})
-            if bad_streak >= settings.max_bad_steps:
+            if guard.streak >= settings.max_bad_steps:
                 path = save(step)
                 raise TrainingStopped(
-                    f"{method}: stopped at step {step}: {bad_streak} steps in a row had a non-finite loss or "
+                    f"{method}: stopped at step {step}: {guard.streak} steps in a row had a non-finite loss or "
                     f"gradient; the last good weights are in {path}. Lower the learning rate or check the data"
                 )
             if settings.eval_steps and step % settings.eval_steps == 0 and step < steps:
-                eval_metrics = evaluate()
+                eval_metrics = _evaluate(model, eval_fn, log, step)
             if settings.save_steps and step % settings.save_steps == 0 and step < steps:
                 save(step)
-        eval_metrics = evaluate() or eval_metrics
+        eval_metrics = _evaluate(model, eval_fn, log, step) or eval_metrics
         save(step)
     finally:
         bar.close()
@@ -330,7 +401,25 @@ def train(
         if settings.report_to != "none":
             accelerator.end_training()
     seconds = elapsed_before + time.perf_counter() - started
-    return TrainResult(out, step, skipped, seconds, last, eval_metrics, gathered.get("model"))
+    return TrainResult(out, step, guard.skipped, seconds, last, eval_metrics, gathered.get("model"))
+
+
+def _evaluate(model, eval_fn, log, step: int) -> dict[str, float]:
+    if eval_fn is None:
+        return {}
+    model.eval()
+    with torch.no_grad():
+        metrics = eval_fn(model)
+    model.train()
+    log.write({"step": step, **metrics})
+    return metrics
+
+
+def _row(done: StepOutcome, stream: DataStream, step_time: float, tokens_seen: int, guard: _Guard) -> dict:
+    """A step's metrics.jsonl row (without its step number)."""
+    return {"loss": done.loss, "lr": done.lr, "grad_norm": done.grad_norm, "epoch": round(stream.epoch, 4),
+            "tokens_per_s": done.tokens / step_time, "step_time": step_time, "num_tokens": tokens_seen,
+            "skipped_steps": guard.skipped, "peak_memory_mb": peak_memory_mb(), **done.metrics}
 
 
 def _tokens_of(batch: dict) -> int:

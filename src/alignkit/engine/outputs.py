@@ -7,8 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-from alignkit.engine.checkpoint import save_model, unwrap, write_text_atomic
+from alignkit.engine.checkpoint import save_model, unwrap
 from alignkit.engine.distributed import is_main_process
+from alignkit.files import write_text_atomic
 
 STATUS_FILE = "run.json"
 

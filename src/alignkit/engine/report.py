@@ -21,12 +21,13 @@ import json
 import math
 import os
 import urllib.parse
-import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignkit.errors import AlignkitError
+from alignkit.files import write_text_atomic
 
 # The order curves appear in: the engine's own metrics first, each method's metrics (alphabetical, so
 # TRL's "rewards/…", "logps/…" families sit together) after them, bookkeeping last.
@@ -305,27 +306,12 @@ def _summary_rows(curves: dict[str, tuple[list[int], list[float]]]) -> list[str]
     return rows
 
 
-def _page(title: str, body: list[str]) -> str:
+def html_page(title: str, body: list[str]) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A unique sibling name rather than mkstemp: mkstemp creates the file 0600, and the report would keep
-    # that mode after os.replace, unreadable to anyone serving the run directory.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -403,7 +389,7 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> Path:
         body.append("</table>")
 
     path = run_dir / "report.html"
-    _write_atomic(path, _page(title, body))
+    write_text_atomic(path, html_page(title, body))
     return path
 
 
@@ -415,11 +401,15 @@ def _relative_href(target: Path, start: Path) -> str:
     return urllib.parse.quote(Path(rel).as_posix())
 
 
-def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[str, Any]]) -> Path:
+def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[str, Any]],
+                           sections: Sequence[Callable[[str | os.PathLike, str], list[str]]] = ()) -> Path:
     """Write `pipeline_dir/index.html` linking each stage's report.html by relative path; return its path.
 
     Each stage is `{"name", "run_dir", "status", "seconds"}` (seconds may be None). A stage whose report
-    does not exist yet is still linked (it appears once the stage writes it) and marked as such.
+    does not exist yet is still linked (it appears once the stage writes it) and marked as such. Each of
+    `sections` is called as `section(run_dir, stage name)` for every stage and returns HTML shown under the
+    stage table (the pipeline passes `alignkit.safety.report.section`: red-team results shown, not linked);
+    the engine takes them as arguments because it sits below the packages that write them.
     """
     import matplotlib
 
@@ -453,10 +443,9 @@ def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[st
     meta = f"<span>{len(stages)} stage(s)</span><span>total time <b>{_duration(total)}</b></span>"
     body = [f"<h1>{_esc(title)}</h1>", f"<div class=meta>{meta}</div>",
             "<table><tr><th>stage</th><th>status</th><th>time</th><th>loss</th></tr>", *rows, "</table>"]
-    from alignkit.safety.report import section
-
-    for stage in stages:  # red-team stages and safety loops show their results here, not behind a link
-        body += section(stage["run_dir"], stage["name"])
+    for stage in stages:
+        for section in sections:
+            body += section(stage["run_dir"], stage["name"])
     path = pipeline_dir / "index.html"
-    _write_atomic(path, _page(title, body))
+    write_text_atomic(path, html_page(title, body))
     return path

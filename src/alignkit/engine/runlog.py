@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import sys
 from pathlib import Path
 from typing import Any
+
+from alignkit.files import write_text_atomic
 
 
 def peak_memory_mb() -> float:
@@ -62,9 +63,7 @@ class MetricsLog:
             return
         if truncate_after and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif not truncate_after and self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a", encoding="utf-8")

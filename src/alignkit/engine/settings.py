@@ -8,6 +8,16 @@ from alignkit.errors import AlignkitError
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+# schedules transformers' get_scheduler builds only with extra arguments, which no option passes yet
+SCHEDULE_NEEDS = {"cosine_with_min_lr": "min_lr or min_lr_rate (lr_scheduler_kwargs)"}
+
+
+def check_lr_scheduler(name: str) -> None:
+    """Refuse, before any model loads, a schedule the loop could not build from alignkit's options."""
+    if name in SCHEDULE_NEEDS:
+        usable = ", ".join(s for s in SCHEDULES if s not in SCHEDULE_NEEDS)
+        raise AlignkitError(f"config: lr_scheduler_type: {name} needs {SCHEDULE_NEEDS[name]}, which alignkit does "
+                            f"not set; use one of {usable}")
 
 
 @dataclass
@@ -79,6 +89,7 @@ class TrainSettings:
         for name, ok, why in problems:
             if not ok:
                 raise AlignkitError(f"config: {name}: {why}, got {getattr(self, name)!r}")
+        check_lr_scheduler(self.lr_scheduler_type)
 
 
 @dataclass
@@ -105,43 +116,3 @@ class PeftSettings:
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": targets}
 
 
-@dataclass
-class VLLMSettings:
-    """Rollouts on a vLLM engine colocated in the training process (flat keys: use_vllm, vllm_...)."""
-
-    use_vllm: bool = False
-    """Sample with vLLM (CUDA GPU; `pip install vllm`); the trainer's weights are pushed to it after every
-    update."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """The share of GPU memory vLLM may take (weights and KV cache); the trainer uses the rest."""
-    vllm_enable_sleep_mode: bool = False
-    """Release vLLM's memory between rollouts (more room to train, a little time to wake)."""
-    vllm_importance_sampling_cap: float = 2.0
-    """Weight each token's policy-gradient term by min(π_trainer / π_vLLM, cap), correcting for vLLM's and the
-    trainer's log-probs differing (truncated importance sampling); 0 turns the correction off."""
-
-    def check(self) -> None:
-        from alignkit.errors import AlignkitError
-
-        if self.vllm_importance_sampling_cap < 0 or 0 < self.vllm_importance_sampling_cap < 1:
-            raise AlignkitError(f"config: vllm_importance_sampling_cap: must be 0 (off) or at least 1, got "
-                                f"{self.vllm_importance_sampling_cap}")
-        if not 0 < self.vllm_gpu_memory_utilization < 1:
-            raise AlignkitError(f"config: vllm_gpu_memory_utilization: must be in (0, 1), got "
-                                f"{self.vllm_gpu_memory_utilization}")
-
-    def check_device(self, device: str) -> None:
-        from alignkit.errors import AlignkitError
-
-        if self.use_vllm and device in ("cpu", "mps"):
-            raise AlignkitError(f"config: use_vllm: vLLM needs a CUDA GPU, got device {device}; drop --use_vllm")
-
-    def sampler(self, model_name_or_path: str, dtype: str, seed: int):
-        """The colocated vLLM engine when use_vllm, else None (the torch sampler on the policy)."""
-        if not self.use_vllm:
-            return None
-        from alignkit.models.load import resolve_path
-        from alignkit.rollout.vllm_engine import VLLMSampler
-
-        return VLLMSampler(resolve_path(model_name_or_path), gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-                           enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=dtype, seed=seed)

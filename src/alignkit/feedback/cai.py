@@ -161,14 +161,14 @@ def run_cai_revise(config: CAIReviseConfig) -> Path:
 
     from tqdm.auto import tqdm
 
+    from alignkit.data.formats import preference_row
     from alignkit.data.io import write_jsonl
+    from alignkit.data.readers import load_prompt_rows
     from alignkit.data.tokenize import render_prompt
     from alignkit.engine.outputs import write_status
     from alignkit.feedback.constitution import load_constitution
-    from alignkit.feedback.judges import preference_row
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rollout.generate import SamplingSettings, generate
-    from alignkit.rollout.pairs import load_prompt_rows
 
     config.check()
     started = time.time()
@@ -283,12 +283,12 @@ def run_cai_label(config: CAILabelConfig) -> Path:
     """Phase 2; returns preferences.jsonl."""
     import time
 
-    from alignkit.annotate.agreement import cohen_kappa
     from alignkit.data.io import write_jsonl
+    from alignkit.data.readers import read_pairs
     from alignkit.engine.outputs import write_status
     from alignkit.feedback.judge_agreement import pair_label
     from alignkit.feedback.judges import RubricJudge, make_judge, preference_rows
-    from alignkit.feedback.stage import read_pairs
+    from alignkit.stats import cohen_kappa
 
     config.check()
     started = time.time()

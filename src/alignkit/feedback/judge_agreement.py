@@ -21,9 +21,9 @@ def pair_label(winner_text, loser_text, tie: bool = False) -> str:
 def judge_agreement(judge, rows: list[dict]) -> dict:
     """rows: preference rows {"prompt", "chosen", "rejected", optional "tie"} (conversational turns or
     strings). Returns pairs, agreement (share of equal labels), Cohen's κ, and the judge's own labels."""
-    from alignkit.annotate.agreement import cohen_kappa
     from alignkit.data.formats import explicit_prompt
     from alignkit.feedback.judges import judge_pairs
+    from alignkit.stats import cohen_kappa
 
     rows = [explicit_prompt(r) for r in rows]
     text = [(r["chosen"][-1]["content"] if isinstance(r["chosen"], list) else r["chosen"],

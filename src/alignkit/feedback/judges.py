@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from alignkit.data.formats import preference_row
 from alignkit.errors import DataError
-from alignkit.feedback.rubric import (
+from alignkit.rewards.rubric import (
     RULES,
     RubricContext,
     is_harmful_prompt,
@@ -256,22 +257,3 @@ def _responses_of(row, index: int, responses_key: str) -> tuple[list[str], list]
     if not isinstance(finish_reasons, list) or len(finish_reasons) != len(responses):
         raise DataError([f"{where}: finish_reasons: expected a list with one entry per response ({len(responses)})"])
     return responses, finish_reasons
-
-
-def preference_row(prompt, chosen: str, rejected: str, p_chosen: float | None, judge_name: str, extra: dict,
-                   tie=False):
-    """A TRL-style preference row; p_chosen None leaves that column out (labels that are not a judge's
-    probability: human votes, revisions, best-of-n)."""
-    if isinstance(prompt, list):  # TRL's conversational form: the responses are assistant turns too
-        chosen, rejected = _assistant_turn(chosen), _assistant_turn(rejected)
-    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-    if p_chosen is not None:
-        row["p_chosen"] = round(p_chosen, 4)
-    row["judge"] = judge_name
-    if tie:
-        row["tie"] = True
-    return {**row, **{k: v for k, v in extra.items() if k not in row}}
-
-
-def _assistant_turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.readers import read_pairs
 from alignkit.errors import AlignkitError
 
 PREFERENCES_FILE = "preferences.jsonl"
@@ -30,33 +31,6 @@ class JudgeConfig:
     def check(self) -> None:
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the pairs file (--pairs FILE)")
-
-
-def read_pairs(path: str | Path) -> list[dict]:
-    """Rows of a pairs file; one `path:line: field: why` line per malformed row."""
-    from alignkit.data.formats import Problem
-    from alignkit.data.io import scan
-    from alignkit.errors import DataError
-
-    rows, problems = [], []
-    for line, row in scan(path):
-        if isinstance(row, Problem):
-            problems.append(row.format(str(path)))
-        elif not isinstance(row, dict) or "prompt" not in row:
-            problems.append(f"{path}:{line}: prompt: missing (expected rows written by alignkit generate-pairs)")
-        elif not isinstance(row.get("responses"), list) or len(row["responses"]) < 2 \
-                or not all(isinstance(r, str) for r in row["responses"]):
-            problems.append(f"{path}:{line}: responses: expected a list of at least 2 response strings")
-        elif "finish_reasons" in row and (not isinstance(row["finish_reasons"], list)
-                                          or len(row["finish_reasons"]) != len(row["responses"])):
-            problems.append(f"{path}:{line}: finish_reasons: expected one entry per response")
-        else:
-            rows.append(row)
-    if problems:
-        raise DataError(problems)
-    if not rows:
-        raise AlignkitError(f"{path}: file: no rows")
-    return rows
 
 
 def judge_file(config: JudgeConfig, output: str | Path | None = None) -> tuple[Path, dict]:

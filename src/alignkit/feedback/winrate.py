@@ -90,7 +90,7 @@ def match_answers(a_path, a_rows: list[tuple[int, dict]], b_path, b_rows: list[t
 def win_rate(pairs: list, judge) -> tuple[dict, list[dict]]:
     """(summary, one comparison row per pair) of A against B under `judge`."""
     from alignkit.feedback.judges import FINISH_FIRST, FINISH_SECOND, judge_pairs
-    from alignkit.feedback.stats import wilson_interval
+    from alignkit.stats import wilson_interval
 
     skip = {"prompt", "completion", "finish_reason"}
     rows = [{**{k: v for k, v in a.items() if k not in skip},
@@ -125,9 +125,9 @@ def run_win_rate(config: WinRateConfig) -> Path:
     import time
 
     from alignkit.data.io import write_jsonl
-    from alignkit.engine.checkpoint import write_text_atomic
     from alignkit.engine.outputs import write_status
     from alignkit.feedback.judges import make_judge
+    from alignkit.files import write_text_atomic
 
     config.check()
     started = time.time()

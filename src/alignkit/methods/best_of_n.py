@@ -4,16 +4,24 @@ Writes best.jsonl: one SFT row per prompt, {"prompt", "completion": the best res
 all n, extra columns}; with `min_score`, prompts whose best falls below it are left out (rejection
 sampling). Also pairs.jsonl-style preferences (best over worst) in preferences.jsonl, for reward-model or
 DPO training. Reward sources are the online-RL trainers' (`rewards.sources`: rm:PATH, rules, a Python
-function, ...), combined with weights.
+function, ...), combined with weights. It lives with the methods, not in rollout/, because it uses both
+rollout (sampling) and rewards (scoring), which sit below it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignkit.data.formats import preference_row
+from alignkit.data.io import write_jsonl
+from alignkit.data.readers import load_prompt_rows
+from alignkit.engine.outputs import write_status
 from alignkit.errors import AlignkitError
-from alignkit.rollout.generate import SamplingSettings
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rewards.sources import reward_mix
+from alignkit.rollout.generate import SamplingSettings, generate
 
 
 @dataclass
@@ -57,16 +65,6 @@ class BestOfNConfig:
 
 def run_best_of_n(config: BestOfNConfig) -> Path:
     """Sample, score, keep the best; returns best.jsonl."""
-    import time
-
-    from alignkit.data.io import write_jsonl
-    from alignkit.engine.outputs import write_status
-    from alignkit.feedback.judges import preference_row
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rewards.sources import reward_mix
-    from alignkit.rollout.generate import generate
-    from alignkit.rollout.pairs import load_prompt_rows
-
     config.check()
     started = time.time()
     out = Path(config.output_dir)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, replace
 
-from alignkit.engine.settings import PeftSettings, TrainSettings, VLLMSettings
+from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
+from alignkit.rollout.settings import VLLMSettings
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
 LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean", "dr_grpo": "constant-length"}
@@ -253,7 +254,7 @@ class GroupPolicyStep:
 
 
 def load_prompts(config: GRPOConfig) -> list[dict]:
-    from alignkit.rollout.pairs import load_prompt_rows
+    from alignkit.data.readers import load_prompt_rows
 
     rows = load_prompt_rows(config.dataset_name, split=config.dataset_train_split)
     if not rows:

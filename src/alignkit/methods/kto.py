@@ -11,7 +11,7 @@ pairs, computed without gradients and clamped at 0 (`alignkit.losses.preference.
 - Mismatched pairs: every example gets a fixed partner, the completion of the next example in a seeded
   shuffle, attached to its own prompt. Fixed partners let the reference's log-probs of them be precomputed
   and cached like the matched ones.
-- The reference strategies are DPO's (`--ref copy | adapter | precomputed | auto`, `methods.dpo`).
+- The reference strategies are DPO's (`--ref copy | adapter | precomputed | auto`, `models.reference`).
 - Held-out preference pairs also give `eval/rewards/accuracies`: how often the chosen response's implicit
   reward β·r beats the rejected one's, the number DPO reports, so the two methods compare directly.
 - The KL estimate is per micro-batch on each device (TRL gathers it across devices).
@@ -24,8 +24,21 @@ import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
+
+from alignkit.data.collate import collate_responses
+from alignkit.data.formats import detect_kind, preference_to_unpaired
+from alignkit.data.io import file_format, load_rows, load_train_eval, resolve_data_path, scan
+from alignkit.data.tokenize import Tokenized, TruncationWarning, tokenize_example
+from alignkit.engine.loop import check_output_dir
+from alignkit.engine.outputs import start_run, train_and_save
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
+from alignkit.losses import preference
+from alignkit.methods.pairs import LAYOUTS
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.models.reference import REFERENCES, Reference, prepare_reference, reference_strategy
+from alignkit.ops.sequence import sequence_sums
 
 KL_PREFIX = "kl_"  # batch keys of the mismatched (KL) sequences
 
@@ -75,8 +88,6 @@ class KTOConfig:
                    "eval_dataset_name": ("--eval_data",), "ref_model_name_or_path": ("--ref_model",)}
 
     def check(self) -> None:
-        from alignkit.methods.dpo import LAYOUTS, REFERENCES
-
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the data (--dataset_name / --data FILE)")
         for name, value, allowed in (("ref", self.ref, REFERENCES), ("batch_layout", self.batch_layout, LAYOUTS)):
@@ -98,9 +109,7 @@ class KTOConfig:
         self.train.check()
 
     def reference(self) -> str:
-        if self.ref != "auto":
-            return self.ref
-        return "adapter" if self.peft.use_peft and not self.ref_model_name_or_path else "precomputed"
+        return reference_strategy(self.ref, self.peft.use_peft, self.ref_model_name_or_path)
 
 
 @dataclass
@@ -126,8 +135,6 @@ class KTOExample:
 def attach_kl_partners(examples: list[KTOExample], seed: int, max_length: int) -> None:
     """Give each example its KL sequence: its own prompt followed by the completion of the next example in
     a seeded shuffle (cut to fit max_length). Needs at least two examples."""
-    from alignkit.data.tokenize import Tokenized
-
     if len(examples) < 2:
         raise AlignkitError("kto: the KL reference point needs at least two examples")
     order = list(range(len(examples)))
@@ -141,10 +148,6 @@ def attach_kl_partners(examples: list[KTOExample], seed: int, max_length: int) -
 def collate_kto(examples: list[KTOExample], pad_id: int, padding_free: bool = False) -> dict:
     """The labelled sequences, `desirable` (bool per example), the KL sequences under `kl_` keys, and the
     precomputed reference log-probs of both when the examples carry them."""
-    import torch
-
-    from alignkit.data.collate import collate_responses
-
     batch = collate_responses([e.item for e in examples], pad_id, padding_free)
     kl = collate_responses([e.kl_item for e in examples], pad_id, padding_free)
     batch.update({KL_PREFIX + k: v for k, v in kl.items()})
@@ -173,11 +176,6 @@ class KTOOutputs(NamedTuple):
 
 def kto_forward(model, batch: dict, reference, config: KTOConfig, bucketed: bool = False) -> KTOOutputs:
     """The loss and what the metrics need, for one batch."""
-    import torch
-
-    from alignkit.losses import preference
-    from alignkit.methods.dpo import sequence_sums
-
     matched, kl_batch = split_batch(batch)
     policy, counts, logits = sequence_sums(model, matched, bucketed, mean_logits=True)
     ref = reference.logps(model, matched).to(policy)
@@ -215,8 +213,6 @@ def evaluate_kto(model, examples: list[KTOExample], reference, config: KTOConfig
                  batch_size: int) -> dict:
     """Held-out eval/loss, eval/kl, eval/rewards/chosen|rejected, and eval/rewards/accuracies over the
     examples that came from preference pairs (chosen's β·r above rejected's)."""
-    import torch
-
     device = next(model.parameters()).device
     losses, rewards, kls, sizes = [], [], [], []
     for start in range(0, len(examples), batch_size):
@@ -247,9 +243,6 @@ def evaluate_kto(model, examples: list[KTOExample], reference, config: KTOConfig
 def load_examples(tokenizer, path: str, rows: list[dict], kind: str, config: KTOConfig) -> list[KTOExample]:
     """Tokenized KTO examples from unpaired rows, or from preference rows (each pair gives a desirable and an
     undesirable example that remember their pair)."""
-    from alignkit.data.formats import preference_to_unpaired
-    from alignkit.data.tokenize import tokenize_example
-
     if kind == "preference":
         pair_of = [i for i in range(len(rows)) for _ in (0, 1)]
         rows = preference_to_unpaired(rows)
@@ -264,8 +257,6 @@ def load_examples(tokenizer, path: str, rows: list[dict], kind: str, config: KTO
         else:
             examples.append(KTOExample(item, bool(row["label"]), pair=pair))
     if dropped:
-        from alignkit.data.tokenize import TruncationWarning
-
         warnings.warn(f"{path}: dropped {dropped} of {len(rows)} examples: at max_length={config.max_length} "
                       "their completions would be empty", TruncationWarning, stacklevel=2)
     return examples
@@ -273,9 +264,6 @@ def load_examples(tokenizer, path: str, rows: list[dict], kind: str, config: KTO
 
 def data_kind(path: str, split: str | None = None) -> str:
     """"unpaired" or "preference": what the file's first row is; anything else is a one-line error."""
-    from alignkit.data.formats import detect_kind
-    from alignkit.data.io import resolve_data_path, scan
-
     for line, row in scan(resolve_data_path(path), split):
         kind = detect_kind(row)
         if kind in ("unpaired", "preference"):
@@ -287,9 +275,6 @@ def data_kind(path: str, split: str | None = None) -> str:
 
 def load_kto_data(config: KTOConfig) -> tuple:
     """(tokenizer, training examples, held-out examples), with their KL partners attached."""
-    from alignkit.data.io import file_format, load_rows, load_train_eval, resolve_data_path
-    from alignkit.models.load import load_tokenizer
-
     tokenizer = load_tokenizer(config.model_name_or_path)
     is_hf = file_format(resolve_data_path(config.dataset_name)) == "hf"
     kind = data_kind(config.dataset_name, config.dataset_train_split if is_hf else None)
@@ -333,37 +318,14 @@ def warn_on_balance(examples: list[KTOExample], config: KTOConfig) -> None:
 def train_kto(config: KTOConfig):
     """Train config.model_name_or_path with KTO on config.dataset_name; writes the run directory and
     returns the engine's TrainResult."""
-    from pathlib import Path
-
-    import torch
-
-    from alignkit.engine.loop import check_output_dir
-    from alignkit.engine.outputs import start_run, train_and_save
-    from alignkit.methods.dpo import Reference, cache_key, precompute_reference
-    from alignkit.models.load import load_policy
-
     config.check()
     check_output_dir(config.train)
     strategy = config.reference()
     tokenizer, examples, eval_examples = load_kto_data(config)
     pad_id = tokenizer.pad_token_id
-    out = Path(config.train.output_dir)
     start_run("kto", config)
-
-    reference_model = None
-    if strategy in ("copy", "precomputed"):
-        ref_name = config.ref_model_name_or_path or config.model_name_or_path
-        reference_model = load_policy(ref_name, dtype=config.dtype, device=config.device).eval()
-        reference_model.requires_grad_(False)
-    if strategy == "precomputed":
-        size = config.train.per_device_eval_batch_size
-        precompute_reference(examples, reference_model, pad_id, size, out / "reference_logps.pt",
-                             cache_key(config, examples))
-        if eval_examples:
-            precompute_reference(eval_examples, reference_model, pad_id, size)
-        reference_model = None  # not in memory while training
     bucketed = config.batch_layout == "bucketed"
-    reference = Reference(strategy, reference_model, bucketed=bucketed)
+    reference = prepare_reference(config, strategy, examples, eval_examples, pad_id, bucketed)
 
     torch.manual_seed(config.train.seed)
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,

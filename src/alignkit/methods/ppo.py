@@ -1,11 +1,22 @@
 """PPO for RLHF (Ziegler et al. 2019; Ouyang et al. 2022) with the four roles: the policy, a frozen reference,
-the reward (any `rewards.sources` spec, usually `rm:PATH`), and a value model.
+the reward (any `rewards.sources` spec, usually `rm:PATH`), and a value model, on the shared engine
+(`engine.loop.train` with the `engine.phases.Rollouts` hook: each engine step is one rollout).
 
-One update: sample a response to each of the batch's prompts; score them; compute, without gradients, the
+One update: sample a response to each of the rollout's prompts; score them; compute, without gradients, the
 behaviour log-probs, the reference's log-probs and the values; per-token rewards are −β·KL_t with the score
-added at the last response token; GAE gives advantages (whitened) and returns; then `num_ppo_epochs` passes
-over `num_mini_batches` minibatches of the rollout, each an optimizer step on the clipped policy loss plus
-vf_coef × the clipped value loss (`alignkit.losses.rl`). β is fixed, or adaptive towards `target_kl`.
+added at the last response token; GAE gives advantages (whitened over the whole rollout) and returns; then
+`num_ppo_epochs` passes over `num_mini_batches` minibatches of the rollout, each an optimizer step on the
+clipped policy loss plus vf_coef × the clipped value loss (`alignkit.losses.rl`), both token means over the
+minibatch. β is fixed, or adaptive towards `target_kl`. The engine adds the non-finite guard, accumulation,
+evaluation, trackers, checkpoints with exact resume and N processes (DDP), as for every method.
+
+Batches and processes: a rollout holds per_device_train_batch_size × gradient_accumulation_steps ×
+processes prompts, sampled and trained in micro-batches of per_device_train_batch_size prompts (the memory
+bound). Each micro-batch samples with its own seed (`engine.phases.sample_seed`: the run's seed, the update,
+the micro-batch's place in the rollout) and is cut into num_mini_batches pieces, reshuffled each epoch from
+that seed; optimizer step k accumulates piece k of every micro-batch on every process. So N processes sample
+and update exactly as one process with N × the accumulation steps (deviation from TRL, whose minibatches
+are drawn from the whole rollout: here from each micro-batch alike, the same thing with one micro-batch).
 
 Layouts:
 - value_model: shared (default): a value head (one linear layer) on the policy's final hidden states, read
@@ -20,13 +31,33 @@ KL controller, data position and random state, so a resumed run reproduces the u
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from alignkit.engine.settings import PeftSettings, TrainSettings, VLLMSettings
+import torch
+
+from alignkit.config import to_flat_dict
+from alignkit.data.readers import load_prompt_rows
+from alignkit.engine.checkpoint import unwrap
+from alignkit.engine.distributed import is_main_process
+from alignkit.engine.loop import TrainingStopped, check_output_dir, train
+from alignkit.engine.outputs import (
+    save_final_model,
+    start_run,
+    write_report_quietly,
+    write_status,
+)
+from alignkit.engine.phases import Rollouts
+from alignkit.engine.settings import PeftSettings, TrainSettings
+from alignkit.rollout.settings import VLLMSettings
 from alignkit.errors import AlignkitError
+from alignkit.losses import rl
+from alignkit.methods.grpo import _cut_prompt, load_prompts
+from alignkit.models.load import load_policy, load_reward_model, load_tokenizer
+from alignkit.ops.logprobs import sequence_logps
+from alignkit.ops.rewards import reward_parts
+from alignkit.rewards.sources import reward_mix
+from alignkit.rollout.generate import SamplingSettings
+from alignkit.rollout.rl import importance_weights, sample_rollout
 
 REFERENCES = ("auto", "copy", "adapter")
 VALUE_FILE = "value.pt"
@@ -44,6 +75,9 @@ class PPOConfig:
     """Prompt rows ({"prompt": ...}; extra columns go to the reward functions); several files comma-separated."""
     dataset_train_split: str | None = None
     """Only prompt rows whose "split" column has this value (default: all rows)."""
+    eval_dataset_name: str | None = None
+    """Held-out prompts: at eval_steps and at the end, one response each (the run's seed) is scored:
+    eval/objective/scores, eval/completions/mean_length."""
     reward_funcs: str = "rules"
     """Reward sources separated by spaces: rm:PATH, rules, module:function, file.py:function (docs/rl.md)."""
     reward_weights: str | None = None
@@ -97,20 +131,20 @@ class PPOConfig:
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM rollouts on a GPU (flat keys: use_vllm, vllm_gpu_memory_utilization, vllm_enable_sleep_mode)."""
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=3e-6))
-    """Shared training settings; per_device_train_batch_size is prompts per rollout and max_steps counts
-    rollouts (each gives num_ppo_epochs × num_mini_batches optimizer steps)."""
+    """Shared training settings; per_device_train_batch_size is prompts per rollout micro-batch (a rollout holds
+    × gradient_accumulation_steps × processes of them) and max_steps counts rollouts (each gives num_ppo_epochs ×
+    num_mini_batches optimizer steps)."""
 
     CLI_ALIASES = {"model_name_or_path": ("--model",), "dataset_name": ("--data", "--prompts"),
                    "ref_model_name_or_path": ("--ref_model",), "reward_funcs": ("--reward",),
-                   "value_model": ("--value_model_path",)}
+                   "value_model": ("--value_model_path",),
+                   "eval_dataset_name": ("--eval_data", "--eval_prompts")}
 
     def check(self) -> None:
-        from alignkit.losses.rl import KL_ESTIMATORS
-
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the prompts (--dataset_name / --prompts FILE)")
         for name, value, allowed in (("ref", self.ref, REFERENCES), ("kl_estimator", self.kl_estimator,
-                                                                      KL_ESTIMATORS)):
+                                                                      rl.KL_ESTIMATORS)):
             if value not in allowed:
                 raise AlignkitError(f"config: {name}: must be one of {', '.join(allowed)}, got {value!r}")
         if self.ref == "adapter" and not self.peft.use_peft:
@@ -140,8 +174,6 @@ class ValueHead:
     of `ops.logprobs.sequence_logps` (token t at position t)."""
 
     def __init__(self, config: PPOConfig, policy):
-        import torch
-
         self.shared = config.value_model == "shared"
         self.model = None
         if self.shared:
@@ -151,9 +183,6 @@ class ValueHead:
             torch.nn.init.zeros_(self.head.weight)
             torch.nn.init.zeros_(self.head.bias)
         else:
-            from alignkit.models.load import load_reward_model
-            from alignkit.ops.rewards import reward_parts
-
             self.model = load_reward_model(config.value_model, device=config.device, dtype=config.dtype,
                                            gradient_checkpointing=config.gradient_checkpointing)
             self.backbone, self.head = reward_parts(self.model)
@@ -169,8 +198,6 @@ class ValueHead:
 
     def values(self, batch: dict, hidden=None):
         """(B, T) values; `hidden` is the policy's final hidden states (shared head)."""
-        import torch
-
         if not self.shared:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
             hidden = self.backbone(use_cache=False, **inputs).last_hidden_state
@@ -178,44 +205,203 @@ class ValueHead:
         return torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], dim=1)  # the state before token t
 
 
+class PolicyWithValue(torch.nn.Module):
+    """What the engine trains (and DDP wraps): the policy and the value weights. One forward gives the response
+    tokens' log-probs, their mask and the values (with a shared head, from the same pass)."""
+
+    def __init__(self, policy, value: ValueHead, temperature: float):
+        super().__init__()
+        self.policy = policy
+        self.value = value.head if value.shared else value.model  # registers the value weights
+        self.critic = value
+        self.temperature = temperature
+
+    def forward(self, batch: dict):
+        logps = sequence_logps(self.policy, batch, temperature=self.temperature, return_hidden=self.critic.shared)
+        return logps.token_logps, logps.mask, self.critic.values(batch, logps.hidden)
+
+
+@dataclass
+class Experience:
+    """One rollout as this process holds it: each micro-batch's tensors (rows first) with the generator of
+    its minibatch order, and sums over the whole rollout (every process) for the metrics."""
+
+    chunks: list[dict]
+    orders: list[torch.Generator]
+    totals: dict[str, float]
+    num_tokens: int
+
+
+TRAIN_KEYS = ("input_ids", "attention_mask", "completion_mask", "mask", "old_logps", "old_values", "advantages",
+              "returns", "is_weights")
+
+
+class PPOStep:
+    """The rollout phase, the minibatch loss and the rollout's metrics, for `engine.phases.Rollouts`."""
+
+    def __init__(self, config: PPOConfig, tokenizer, rewards, value: ValueHead, reference=None, sampler=None):
+        self.config, self.tokenizer, self.rewards, self.value = config, tokenizer, rewards, value
+        self.reference, self.sampler = reference, sampler  # sampler None: the torch sampler on the policy
+        self.strategy = config.reference()
+        self.controller = (rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                           if config.target_kl else rl.FixedKLController(config.kl_coef))
+        self.sampling = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                                         top_p=config.top_p, top_k=config.top_k, batch_size=64)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value.state_dict(), "kl_controller": self.controller.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value.load_state_dict(state["value"])
+        self.controller.load_state_dict(state["kl_controller"])
+
+    def sample(self, policy, rows: list[dict], seed: int):
+        """(rollout, lengths, scores, reward parts): one response to each row, drawn from `seed` (the global
+        random state is left as it was), and its reward."""
+        device = next(policy.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, group_size=1, sampler=self.sampler)
+        lengths = [len(c) for c in rollout.completion_ids]
+        scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
+                                     rollout.rows)
+        return rollout, lengths, scores, parts
+
+    def reference_logps(self, policy, tensors):
+        if self.strategy == "adapter":
+            with policy.disable_adapter():
+                return sequence_logps(policy, tensors, temperature=self.config.temperature).token_logps
+        return sequence_logps(self.reference, tensors, temperature=self.config.temperature).token_logps
+
+    def chunk(self, model: PolicyWithValue, batch: dict) -> tuple[dict, dict]:
+        """One micro-batch of prompts: responses, scores and, without gradients, the behaviour log-probs, the
+        values and the per-token KL to the reference; (row tensors, sums for the metrics)."""
+        rollout, lengths, scores, parts = self.sample(model.policy, batch["rows"], batch["sample_seed"])
+        device = next(model.policy.parameters()).device
+        tensors = {k: v.to(device) for k, v in rollout.batch(self.tokenizer.pad_token_id).items()}
+        with torch.no_grad():
+            old_logps, mask, old_values = model(tensors)
+            kl = rl.kl_penalty(old_logps, self.reference_logps(model.policy, tensors), self.config.kl_estimator) * mask
+        is_weights, is_stats = importance_weights(self.sampler, rollout, old_logps, mask,
+                                                  self.config.vllm.vllm_importance_sampling_cap)
+        score = torch.tensor(scores, dtype=torch.float32, device=device)
+        sums = {"rows": len(rollout), "kl": kl.sum(), "entropy": (-old_logps * mask).sum(),  # entropy: E[−log π(y)]
+                "score": score.sum(), "values": (old_values * mask).sum(), "value_tokens": mask.sum(),
+                "length": sum(lengths), "clipped": sum(f == "length" for f in rollout.finish_reasons),
+                "tokens": tensors["attention_mask"].sum(),
+                **{f"rewards/{name}/mean": sum(v) for name, v in parts.items()},
+                **{name: v * len(rollout) for name, v in is_stats.items()}}
+        return {**tensors, "mask": mask, "old_logps": old_logps, "old_values": old_values, "kl": kl,
+                "score": score, "is_weights": is_weights}, sums
+
+    def collect(self, model: PolicyWithValue, batches: list[dict], sum_across) -> Experience:
+        """The rollout phase: each micro-batch sampled and scored, then rewards, GAE and whitened advantages
+        with the statistics of the whole rollout (`sum_across` adds up every process's part)."""
+        config = self.config
+        if self.sampler is not None:
+            self.sampler.sync(model.policy)  # the weights of the previous rollout's updates
+        chunks, sums = zip(*(self.chunk(model, batch) for batch in batches))
+        masks = [c["mask"] for c in chunks]
+        rewards = [rl.token_level_rewards(c["score"], c["kl"], c["mask"], self.controller.value) for c in chunks]
+        if config.whiten_rewards:
+            rewards = whiten_across(rewards, masks, sum_across, shift_mean=False)
+        for chunk, token_rewards in zip(chunks, rewards):
+            chunk["advantages"], chunk["returns"] = rl.gae(token_rewards, chunk["old_values"], chunk["mask"],
+                                                           config.gamma, config.lam)
+        for chunk, advantages in zip(chunks, whiten_across([c["advantages"] for c in chunks], masks, sum_across)):
+            chunk["advantages"] = advantages
+        names = sorted(sums[0])  # the same names on every process
+        local = torch.tensor([[float(s[k]) for k in names] for s in sums], dtype=torch.float64,
+                             device=masks[0].device).sum(0)
+        totals = dict(zip(names, sum_across(local).tolist()))
+        orders = [torch.Generator().manual_seed(batch["sample_seed"]) for batch in batches]
+        return Experience(list(chunks), orders, totals, int(totals["tokens"]))
+
+    def minibatches(self, experience: Experience, epoch: int) -> list[list[dict]]:
+        """The epoch's num_mini_batches optimizer steps: step k takes piece k of every micro-batch, each
+        reshuffled from its own seed (epochs draw in turn from the same generator)."""
+        steps: list[list[dict]] = [[] for _ in range(self.config.num_mini_batches)]
+        for chunk, generator in zip(experience.chunks, experience.orders):
+            rows = len(chunk["score"])
+            order = torch.randperm(rows, generator=generator).to(chunk["mask"].device)
+            size = rows // self.config.num_mini_batches
+            for k in range(self.config.num_mini_batches):
+                piece = order[k * size:(k + 1) * size]
+                steps[k].append({key: chunk[key][piece] for key in TRAIN_KEYS})
+        return steps
+
+    def loss(self, model, batch: dict):
+        """The engine's step_fn: the clipped policy loss + vf_coef × the clipped value loss on one piece of a
+        minibatch, as a sum over its response tokens (the engine divides by the minibatch's token count)."""
+        config = self.config
+        logps, mask, values = model(batch)
+        policy_out = rl.clipped_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, config.cliprange)
+        value_losses, value_clipped = rl.clipped_value_loss(values, batch["old_values"], batch["returns"], mask,
+                                                            config.cliprange_value)
+        policy_loss = rl.masked_mean(policy_out.losses * batch["is_weights"], mask)
+        value_loss = rl.masked_mean(value_losses, mask)
+        metrics = {"policy/approxkl_avg": rl.masked_mean(policy_out.approx_kl, mask),
+                   "policy/clipfrac_avg": rl.masked_mean(policy_out.clipped.float(), mask),
+                   "loss/policy_avg": policy_loss, "loss/value_avg": value_loss,
+                   "val/clipfrac_avg": rl.masked_mean(value_clipped.float(), mask),
+                   "val/ratio": rl.masked_mean(policy_out.ratio, mask)}
+        loss = policy_loss + config.vf_coef * value_loss
+        return loss * mask.sum(), {k: float(v.detach()) for k, v in metrics.items()}
+
+    def finish(self, experience: Experience) -> dict[str, float]:
+        """The rollout's metrics (TRL's names), after the KL controller has seen the rollout's KL."""
+        t = experience.totals
+        rows = t["rows"]
+        kl = t["kl"] / rows  # per sequence
+        self.controller.update(kl, int(rows))
+        beta = self.controller.value
+        return {"objective/kl": kl, "objective/entropy": t["entropy"] / rows,
+                "objective/non_score_reward": -beta * kl, "objective/rlhf_reward": (t["score"] - beta * t["kl"]) / rows,
+                "objective/scores": t["score"] / rows, "val/mean": t["values"] / max(t["value_tokens"], 1.0),
+                "completions/mean_length": t["length"] / rows, "completions/clipped_ratio": t["clipped"] / rows,
+                "kl_coef": beta, **{k: v / rows for k, v in t.items() if k.startswith(("rewards/", "vllm/"))}}
+
+    def evaluate(self, model, rows: list[dict]) -> dict[str, float]:
+        """Held-out prompts: one response each, drawn from the run's seed, scored by the training rewards."""
+        policy = unwrap(model).policy
+        if self.sampler is not None:
+            self.sampler.sync(policy)
+        _, lengths, scores, parts = self.sample(policy, rows, self.config.train.seed)
+        return {"eval/objective/scores": sum(scores) / len(scores),
+                "eval/completions/mean_length": sum(lengths) / len(lengths),
+                **{f"eval/rewards/{name}/mean": sum(v) / len(v) for name, v in parts.items()}}
+
+
+def whiten_across(xs: list, masks: list, sum_across, shift_mean: bool = True, eps: float = 1e-8) -> list:
+    """`losses.rl.whiten` of several (B, T) tensors together, with the mean and unbiased variance of their
+    masked entries on every process (the whole rollout's statistics)."""
+    masks = [m.to(xs[0].dtype) for m in masks]
+    n = sum_across(sum(m.sum() for m in masks))
+    mean = sum_across(sum((x * m).sum() for x, m in zip(xs, masks))) / n.clamp(min=1)
+    var = sum_across(sum(((x - mean).square() * m).sum() for x, m in zip(xs, masks))) / n.clamp(min=1)
+    if n > 1:
+        var = var * n / (n - 1)
+    out = [(x - mean) * torch.rsqrt(var + eps) for x in xs]
+    return [(o if shift_mean else o + mean) * m for o, m in zip(out, masks)]
+
+
 def train_ppo(config: PPOConfig):
     """Train config.model_name_or_path with PPO on config.dataset_name's prompts; writes the run directory
-    (metrics.jsonl, checkpoints, model/, run.json, report) and returns the engine's TrainResult."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    from alignkit.engine import checkpoint as ckpt
-    from alignkit.engine.loop import DataStream, TrainResult, check_output_dir, make_optimizer
-    from alignkit.engine.outputs import save_final_model, start_run, write_report_quietly, write_status
-    from alignkit.engine.runlog import MetricsLog, peak_memory_mb
-    from alignkit.losses import rl
-    from alignkit.rollout.rl import importance_weights
-    from alignkit.methods.grpo import _cut_prompt, load_prompts
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.ops.logprobs import sequence_logps
-    from alignkit.rewards.sources import reward_mix
-    from alignkit.rollout.generate import SamplingSettings
-    from alignkit.rollout.rl import sample_rollout
-
-    from alignkit.engine.distributed import world_size
-
+    (metrics.jsonl, checkpoints, model/ with value.pt, run.json, report) and returns the engine's TrainResult."""
     config.check()
-    if world_size() > 1:  # PPO has its own loop (rollout, several epochs of mini-batches), not the engine's
-        raise AlignkitError("ppo: runs in one process for now; drop --num_processes (or use grpo / rloo, "
-                            "which run on N processes)")
-    latest = check_output_dir(config.train)
+    check_output_dir(config.train)
     settings = config.train
-    rows = load_prompts(config)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    rows = [_cut_prompt(row, tokenizer, 512) for row in rows]
+    rows = [_cut_prompt(row, tokenizer, 512) for row in load_prompts(config)]
+    held_out = load_prompt_rows(config.eval_dataset_name) if config.eval_dataset_name else []
+    eval_rows = [_cut_prompt(row, tokenizer, 512) for row in held_out]
+    if config.eval_dataset_name and not eval_rows:
+        raise AlignkitError(f"{config.eval_dataset_name}: no prompts")
     rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
                          missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
-    start_run("ppo", config)
-    out = Path(settings.output_dir)
-    strategy = config.reference()
+    out = start_run("ppo", config)
     reference = None
-    if strategy == "copy":
+    if config.reference() == "copy":
         reference = load_policy(config.ref_model_name_or_path or config.model_name_or_path, dtype=config.dtype,
                                 device=config.device).eval()
         reference.requires_grad_(False)
@@ -223,149 +409,27 @@ def train_ppo(config: PPOConfig):
     policy = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
                          lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
     value = ValueHead(config, policy)
-    trainable = torch.nn.ModuleList([policy, value.head if value.shared else value.model])
-    optimizer = make_optimizer(trainable, settings)
-    updates = settings.max_steps if settings.max_steps > 0 else math.ceil(
-        settings.num_train_epochs * len(rows) / settings.per_device_train_batch_size)
-    per_update = config.num_ppo_epochs * config.num_mini_batches
-    warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * updates * per_update)
-    scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                              num_training_steps=updates * per_update)
-    controller = (rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
-                  if config.target_kl else rl.FixedKLController(config.kl_coef))
-    stream = DataStream(len(rows), settings.seed)
-    step, elapsed_before = 0, 0.0
-    if latest is not None:
-        ckpt.load_model_weights(policy, latest)
-        state = ckpt.load_state(latest)
-        value.load_state_dict(state["value"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        controller.load_state_dict(state["kl_controller"])
-        step, elapsed_before, stream.position = state["step"], state["elapsed"], state["data_position"]
-        ckpt.set_rng_state(state["rng"])
-    sampling = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
-                                top_p=config.top_p, top_k=config.top_k, batch_size=64)
     sampler = config.vllm.sampler(config.model_name_or_path, config.dtype, settings.seed)  # None: torch
-    device = next(policy.parameters()).device
-    pad_id = tokenizer.pad_token_id
-    log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0)
-
-    def reference_logps(tensors):
-        with torch.no_grad():
-            if strategy == "adapter":
-                with policy.disable_adapter():
-                    return sequence_logps(policy, tensors, temperature=config.temperature).token_logps
-            return sequence_logps(reference, tensors, temperature=config.temperature).token_logps
-
-    def forward(tensors):
-        logps = sequence_logps(policy, tensors, temperature=config.temperature, return_hidden=value.shared)
-        return logps, value.values(tensors, logps.hidden)
-
-    def save(at_step: int):
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "kl_controller": controller.state_dict(), "value": value.state_dict(),
-                 "elapsed": elapsed_before + time.perf_counter() - started, "data_position": stream.position}
-        return ckpt.save_checkpoint(out, at_step, policy, state, keep_last=settings.save_total_limit or None)
-
-    started = time.perf_counter()
-    last: dict = {}
-    bar = tqdm(total=updates, initial=step, desc="ppo", unit="update", disable=not settings.progress or None)
-    policy.train()
+    ppo = PPOStep(config, tokenizer, rewards, value, reference, sampler)
+    hook = Rollouts(ppo.collect, ppo.minibatches, ppo.finish, epochs=config.num_ppo_epochs,
+                    minibatches_per_epoch=config.num_mini_batches, policy=policy, state_dict=ppo.state_dict,
+                    load_state_dict=ppo.load_state_dict)
     try:
-        while step < updates:
-            t0 = time.perf_counter()
-            batch_rows = [rows[i] for i in stream.take(settings.per_device_train_batch_size)]
-            if sampler is not None:
-                sampler.sync(policy)  # the weights of the previous rollout's updates
-            rollout = sample_rollout(policy, tokenizer, batch_rows, sampling, group_size=1, sampler=sampler)
-            lengths = [len(c) for c in rollout.completion_ids]
-            scores, parts = rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths, rollout.rows)
-            tensors = {k: v.to(device) for k, v in rollout.batch(pad_id).items()}
-            with torch.no_grad():
-                old, old_values = forward(tensors)
-            mask = old.mask
-            old_logps = old.token_logps
-            kl = rl.kl_penalty(old_logps, reference_logps(tensors), config.kl_estimator) * mask
-            score = torch.tensor(scores, dtype=torch.float32, device=device)
-            token_rewards = rl.token_level_rewards(score, kl, mask, controller.value)
-            if config.whiten_rewards:
-                token_rewards = rl.whiten(token_rewards, mask, shift_mean=False)
-            advantages, returns = rl.gae(token_rewards, old_values, mask, config.gamma, config.lam)
-            advantages = rl.whiten(advantages, mask)
-            cap = config.vllm.vllm_importance_sampling_cap
-            is_weights, is_stats = importance_weights(sampler, rollout, old_logps, mask, cap)
-            stats: dict[str, list[float]] = {}
-            size = len(rollout) // config.num_mini_batches
-            for _ in range(config.num_ppo_epochs):
-                order = torch.randperm(len(rollout))
-                for start in range(0, len(rollout), size):
-                    rows_mb = order[start:start + size].to(device)
-                    sub = {k: v[rows_mb] for k, v in tensors.items()}
-                    logps, values = forward(sub)
-                    sub_mask = mask[rows_mb]
-                    policy_out = rl.clipped_policy_loss(logps.token_logps, old_logps[rows_mb], advantages[rows_mb],
-                                                        sub_mask, config.cliprange)
-                    value_losses, value_clipped = rl.clipped_value_loss(values, old_values[rows_mb], returns[rows_mb],
-                                                                        sub_mask, config.cliprange_value)
-                    policy_loss = rl.masked_mean(policy_out.losses * is_weights[rows_mb], sub_mask)
-                    value_loss = rl.masked_mean(value_losses, sub_mask)
-                    loss = policy_loss + config.vf_coef * value_loss
-                    if not torch.isfinite(loss):
-                        raise AlignkitError(f"ppo: update {step + 1}: non-finite loss; lower the learning rate or "
-                                            "check the reward")
-                    loss.backward()
-                    params = [p for p in trainable.parameters() if p.requires_grad]
-                    if settings.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    for name, v in (("policy/approxkl_avg", rl.masked_mean(policy_out.approx_kl, sub_mask)),
-                                    ("policy/clipfrac_avg", rl.masked_mean(policy_out.clipped.float(), sub_mask)),
-                                    ("loss/policy_avg", policy_loss), ("loss/value_avg", value_loss),
-                                    ("val/clipfrac_avg", rl.masked_mean(value_clipped.float(), sub_mask)),
-                                    ("val/ratio", rl.masked_mean(policy_out.ratio, sub_mask))):
-                        stats.setdefault(name, []).append(float(v.detach()))
-            step += 1
-            kl_sum = kl.sum(1)
-            controller.update(kl_sum.mean().item(), len(rollout))
-            step_time = time.perf_counter() - t0
-            last = {
-                "objective/kl": kl_sum.mean().item(),
-                "objective/entropy": (-old_logps * mask).sum(1).mean().item(),  # Monte-Carlo: E[−log π(y)]
-                "objective/non_score_reward": (-controller.value * kl_sum).mean().item(),
-                "objective/rlhf_reward": (score - controller.value * kl_sum).mean().item(),
-                "objective/scores": score.mean().item(),
-                **{k: sum(v) / len(v) for k, v in stats.items()},
-                "val/mean": rl.masked_mean(old_values, mask).item(),
-                "completions/mean_length": sum(lengths) / len(lengths),
-                "completions/clipped_ratio": sum(f == "length" for f in rollout.finish_reasons) / len(lengths),
-                "kl_coef": controller.value, "lr": scheduler.get_last_lr()[0], "step_time": step_time,
-                "tokens_per_s": int(tensors["attention_mask"].sum()) * (1 + per_update) / step_time,
-                "peak_memory_mb": peak_memory_mb(),
-                **{f"rewards/{name}/mean": sum(v) / len(v) for name, v in parts.items()},
-                **is_stats,
-            }
-            bar.update(1)
-            if step % settings.logging_steps == 0 or step == updates:
-                log.write({"step": step, **last})
-                bar.set_postfix(score=f"{last['objective/scores']:.3f}", kl=f"{last['objective/kl']:.3f}")
-            if settings.save_steps and step % settings.save_steps == 0 and step < updates:
-                save(step)
-        save(step)
+        result = train(PolicyWithValue(policy, value, config.temperature), rows, lambda items: {"rows": items},
+                       ppo.loss, settings, count_fn=lambda batch: int(batch["mask"].sum()),
+                       eval_fn=(lambda model: ppo.evaluate(model, eval_rows)) if eval_rows else None,
+                       config=to_flat_dict(config), device=None if config.device == "auto" else config.device,
+                       method="ppo", rollouts=hook)
     except BaseException as e:
-        status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = "stopped" if isinstance(e, (TrainingStopped, KeyboardInterrupt)) else "failed"
         write_status(out, status, "ppo", model=config.model_name_or_path, error=str(e) or type(e).__name__)
         write_report_quietly(out)
         raise
-    finally:
-        bar.close()
-        log.close()
-    seconds = elapsed_before + time.perf_counter() - started
     save_final_model(policy, tokenizer, out / "model")
-    torch.save(value.state_dict(), out / "model" / VALUE_FILE)
-    write_status(out, "complete", "ppo", model=config.model_name_or_path, steps=step, seconds=round(seconds, 2),
-                 final=last)
+    if is_main_process():
+        torch.save(value.state_dict(), out / "model" / VALUE_FILE)
+    write_status(out, "complete", "ppo", model=config.model_name_or_path, steps=result.steps,
+                 seconds=round(result.seconds, 2), skipped_steps=result.skipped_steps, eval=result.eval_metrics,
+                 final=result.last_metrics)
     write_report_quietly(out)
-    return TrainResult(out, step, 0, seconds, last, {})
+    return result

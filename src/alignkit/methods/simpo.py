@@ -4,16 +4,24 @@
 - simpo: −log σ(β(π̄_c − π̄_r) − γ), π̄ the per-token mean log-prob (length-normalised reward);
 - cpo:   −log σ(β(π_c − π_r)) + λ·NLL(chosen), summed log-probs;
 - orpo:  NLL(chosen) − λ·log σ(log odds(π̄_c) − log odds(π̄_r)), odds = p / (1 − p) of the mean token prob.
-The losses are `alignkit.losses.preference.simpo / cpo / orpo`; batching, bucketing and the engine are
-shared with `methods.dpo`.
+The losses are `alignkit.losses.preference.simpo / cpo / orpo`; batching and evaluation are `methods.pairs`
+(shared with DPO), the log-prob sums `ops.sequence`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from alignkit.engine.loop import check_output_dir
+from alignkit.engine.outputs import start_run, train_and_save
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
+from alignkit.losses import preference
+from alignkit.methods.pairs import LAYOUTS, collate_dpo, count_pairs, evaluate_pairs, load_pairs, logit_metrics
+from alignkit.models.load import load_policy
+from alignkit.ops.sequence import sequence_sums
 
 LOSS_TYPES = ("simpo", "cpo", "orpo")
 
@@ -63,8 +71,6 @@ class SimPOConfig:
                    "eval_dataset_name": ("--eval_data",), "lambda_": ("--lambda", "--orpo_alpha", "--cpo_alpha")}
 
     def check(self) -> None:
-        from alignkit.methods.dpo import LAYOUTS
-
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the preference data (--dataset_name / --data FILE)")
         for name, value, allowed in (("loss_type", self.loss_type, LOSS_TYPES),
@@ -80,11 +86,6 @@ class SimPOConfig:
 
 def simpo_loss(model, batch: dict, config: SimPOConfig, bucketed: bool = False):
     """(summed loss over the batch's pairs, metrics with TRL's names)."""
-    import torch
-
-    from alignkit.losses import preference
-    from alignkit.methods.dpo import logit_metrics, sequence_sums
-
     sums, counts, logits = sequence_sums(model, batch, bucketed, mean_logits=True)
     policy_c, policy_r = sums.chunk(2)
     count_c, count_r = counts.chunk(2)
@@ -121,13 +122,6 @@ def simpo_loss(model, batch: dict, config: SimPOConfig, bucketed: bool = False):
 def train_simpo(config: SimPOConfig):
     """Train config.model_name_or_path with SimPO, CPO or ORPO; writes the run directory and returns the
     engine's TrainResult."""
-    import torch
-
-    from alignkit.engine.loop import check_output_dir
-    from alignkit.engine.outputs import start_run, train_and_save
-    from alignkit.methods.dpo import collate_dpo, count_pairs, evaluate_pairs, load_pairs
-    from alignkit.models.load import load_policy
-
     config.check()
     check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
     method = config.loss_type

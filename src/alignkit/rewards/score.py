@@ -13,6 +13,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from alignkit.data.formats import explicit_prompt
+from alignkit.data.io import load_rows, scan, write_jsonl
+from alignkit.data.readers import read_generations, read_pairs
 from alignkit.errors import AlignkitError
 
 TAG_COLUMNS = ("safety", "hazard", "looks_like")
@@ -23,42 +26,17 @@ def _columns(rows: list[dict]) -> dict[str, list]:
 
 
 def _read(path: str) -> tuple[str, list[dict]]:
-    from alignkit.data.formats import explicit_prompt
-    from alignkit.data.io import load_rows, scan
-
     first = next((row for _, row in scan(path) if isinstance(row, dict)), None)
     if isinstance(first, dict) and "responses" in first:
-        from alignkit.feedback.stage import read_pairs
-
         return "pairs", read_pairs(path)
     if isinstance(first, dict) and "finish_reason" in first and isinstance(first.get("completion"), str):
-        return "completion", _generations(path)
+        return "completion", read_generations(path)
     rows = load_rows(path)
     if "chosen" in rows[0]:
         return "preference", [explicit_prompt(r) for r in rows]
     if all("completion" in r for r in rows):
         return "completion", rows
     raise AlignkitError(f"{path}: rows: need prompt+completion, prompt+chosen+rejected, or a responses list to score")
-
-
-def _generations(path: str) -> list[dict]:
-    """Rows written by `alignkit generate`: a string completion to a string or conversational prompt."""
-    from alignkit.data.formats import Problem
-    from alignkit.data.io import scan
-    from alignkit.errors import DataError
-
-    rows, problems = [], []
-    for line, row in scan(path):
-        if isinstance(row, Problem):
-            problems.append(row.format(path))
-        elif not isinstance(row, dict) or "prompt" not in row or not isinstance(row.get("completion"), str):
-            problems.append(f"{path}:{line}: completion: expected prompt and a string completion "
-                            "(rows written by alignkit generate)")
-        else:
-            rows.append(row)
-    if problems:
-        raise DataError(problems)
-    return rows
 
 
 def score_rows(kind: str, rows: list[dict], reward) -> tuple[list[dict], list[float]]:
@@ -84,8 +62,6 @@ def score_rows(kind: str, rows: list[dict], reward) -> tuple[list[dict], list[fl
 
 def score_file(path: str, reward, output: str | None = None) -> str:
     """Score `path`, write the rows (to `output`, else stdout) and return a one-line summary."""
-    from alignkit.data.io import write_jsonl
-
     kind, rows = _read(path)
     scored, scores = score_rows(kind, rows, reward)
     if output:

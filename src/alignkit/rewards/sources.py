@@ -6,7 +6,7 @@ rows' extra fields (e.g. `answer` for a maths task, `hazard` for the rubric) plu
 | spec | source |
 |---|---|
 | `rm:PATH` | a reward model saved by `alignkit rm` (`rm:A,B` is the ensemble mean) |
-| `rules` | the simulated annotator's rubric total (`alignkit.feedback.rubric`) for each response |
+| `rules` | the simulated annotator's rubric total (`alignkit.rewards.rubric`) for each response |
 | `module:function` or `path/to/file.py:function` | any Python function with the signature above (verifiable rewards) |
 | `contains:TEXT` | 1 when the completion contains TEXT, else 0 (a known target, for tests and smoke runs) |
 | `max_words:N` | 1 up to N words, falling linearly to 0 at 2N (a short-answer target) |
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.rewards.rubric import RubricContext, is_harmful_prompt, score_response
 
 RewardFn = Callable[..., list]
 
@@ -47,8 +48,6 @@ def max_words(limit: int) -> RewardFn:
 
 def rubric_reward(prompts, completions, **columns) -> list[float]:
     """The rubric's weighted total for each response (harmfulness from the row's tags)."""
-    from alignkit.feedback.rubric import RubricContext, is_harmful_prompt, score_response
-
     rows = [{**{k: v[i] for k, v in columns.items()}, "prompt": p} for i, p in enumerate(prompts)]
     return [score_response(row["prompt"], c, RubricContext(is_harmful_prompt(row), row.get("finish_reason"))).total
             for c, row in zip(completions, rows)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignkit.data.readers import load_prompt_rows
 from alignkit.errors import AlignkitError
 from alignkit.rollout.generate import SamplingSettings
 
@@ -51,22 +52,6 @@ class GeneratePairsConfig:
             raise AlignkitError("config: temperature: greedy decoding gives identical responses; use a temperature > 0")
         if self.max_prompts < 0:
             raise AlignkitError(f"config: max_prompts: must be >= 0, got {self.max_prompts}")
-
-
-def load_prompt_rows(names: str, max_prompts: int = 0, split: str | None = None) -> list[dict]:
-    """Prompt rows from one file or several separated by commas; only those whose "split" column is `split`
-    when given; the first `max_prompts` of each file when set."""
-    from alignkit.data.io import load_rows
-
-    rows = []
-    for name in (n.strip() for n in names.split(",") if n.strip()):
-        found = load_rows(name, "prompt")
-        if split is not None:
-            found = [r for r in found if r.get("split") == split]
-            if not found:
-                raise AlignkitError(f"{name}: split: no rows with split {split!r}")
-        rows += found[:max_prompts] if max_prompts else found
-    return rows
 
 
 def sample_pairs(model, tokenizer, rows: list[dict], config: GeneratePairsConfig, model_name: str) -> list[dict]:

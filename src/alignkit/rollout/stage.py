@@ -21,8 +21,8 @@ class GenerateConfig:
     """Only the rows whose "split" column has this value (e.g. test: prompts no stage trained on)."""
     output_dir: str = "runs/generate"
     """Directory for generations.jsonl and run.json."""
-    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(max_new_tokens=128, temperature=0.0))
-    """How to sample (flat keys: max_new_tokens, temperature (0: greedy, the default here), top_p, top_k,
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    """How to sample (flat keys: max_new_tokens, temperature (0: greedy), top_p, top_k,
     num_return_sequences, batch_size, seed)."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
@@ -42,10 +42,10 @@ def run_generate(config: GenerateConfig) -> Path:
     import time
 
     from alignkit.data.io import write_jsonl
+    from alignkit.data.readers import load_prompt_rows
     from alignkit.engine.outputs import write_status
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rollout.generate import as_records, generate
-    from alignkit.rollout.pairs import load_prompt_rows
 
     config.check()
     out = Path(config.output_dir)

@@ -1,5 +1,5 @@
 """Client keys for the guard proxy: the keys file, key hashing, the `Authorization` check and
-`alignkit guard add-key`.
+`alignkit guard add-key` (its options are in `alignkit.safety.proxy_cli`).
 
 The file holds `NAME SHA256` lines (the SHA-256 of the key in hex); keys themselves are never stored.
 """
@@ -63,14 +63,3 @@ def add_key_command(args) -> int:
     print(f"added client key {name!r} to {path} (only its SHA-256 is stored; this is the one time the key is "
           f"shown)", file=sys.stderr)
     return 0
-
-
-def add_key_parser(guard_subparsers):
-    """Add `add-key` to the `alignkit guard` command group (pass the group's subparsers object)."""
-    from alignkit.cli import option
-
-    text = "make a client key for `guard serve --client_keys_file`: prints the key, appends its hash to the file"
-    k = guard_subparsers.add_parser("add-key", help=text, description=text + ".")
-    option(k, "--client_keys_file", required=True, help="the keys file (created 0600 if missing)")
-    option(k, "--name", required=True, help="who the key is for (the rate limit and audit file use it)")
-    k.set_defaults(func=add_key_command)

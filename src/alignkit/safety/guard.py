@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError, DataError
+from alignkit.files import write_atomic, write_text_atomic
 
 ROLES = ("prompt", "response")
 UNSAFE = "unsafe"
@@ -443,16 +444,11 @@ class GuardClassifier:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
-        tmp = out / f".{WEIGHTS}.tmp-{os.getpid()}"
-        try:
-            save_file(tensors, str(tmp))
-            os.replace(tmp, out / WEIGHTS)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
         meta = {"format_version": FORMAT_VERSION, "categories": self.categories, "temperature": self.temperature,
                 "thresholds": self.thresholds, "settings": self.settings, "info": self.info,
                 "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest()}
-        _write_text_atomic(out / META, json.dumps(meta, indent=2) + "\n")
+        write_text_atomic(out / META, json.dumps(meta, indent=2) + "\n")
         return out
 
     @classmethod
@@ -507,19 +503,6 @@ def _binary(gold: list[bool], flagged: list[bool]) -> dict:
             "accuracy": (tp + tn) / len(gold) if gold else 0.0,
             "false_positive_rate": fp / (fp + tn) if fp + tn else 0.0,
             "unsafe": tp + fn, "safe": fp + tn}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------------
-# the default guard and the command
 
 
 def _builtin_fingerprint() -> str:
@@ -596,5 +579,5 @@ def train_guard(config: GuardConfig) -> tuple[GuardClassifier, dict]:
     out = guard.save(config.output_dir)
     report = guard.evaluate(builtin_rows("test"))
     report["config"] = asdict(config)
-    _write_text_atomic(out / "eval.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=2) + "\n")
     return guard, report

@@ -1,21 +1,25 @@
-"""`alignkit guard train | classify`: the hazard guard classifier from the shell (docs/guard.md)."""
+"""`alignkit guard train | classify`: the hazard guard classifier from the shell (docs/guard.md).
+
+Guard train's options are GuardConfig's fields, built here rather than by `options.add_arguments` because two
+of them take other shapes: --data takes several files, --output_dir is required."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
+from alignkit.config import base_type, flat_fields
 from alignkit.errors import AlignkitError, DataError
+from alignkit.options import config_from_args, option
 
 TEXT_FIELDS = ("text", "prompt", "response", "completion")
 
 
 def cmd_train(args) -> int:
-    from alignkit.config import build_config, flat_fields
     from alignkit.safety.guard import GuardConfig, format_eval, train_guard
 
-    values = {k: v for k, v in vars(args).items() if k in flat_fields(GuardConfig)}
-    config = build_config(GuardConfig, values)
+    config = config_from_args(GuardConfig, args)
     guard, report = train_guard(config)
     print(f"trained on {guard.info['train_rows']} rows; temperature {guard.temperature:.3f}; "
           f"held-out built-in test split ({report['rows']} rows):")
@@ -102,18 +106,10 @@ def cmd_classify(args) -> int:
     return 0
 
 
-def add_commands(commands, option, parser_class):
-    """Add `alignkit guard train | classify`; returns the `guard` subcommands object (for `guard serve`)."""
-    import argparse
-
-    from alignkit.config import _base_type, flat_fields
+def add_commands(sub) -> None:
+    """Add `train` and `classify` to the `alignkit guard` group (pass the group's sub-commands object)."""
     from alignkit.safety.guard import ROLES, GuardConfig
 
-    guard = commands.add_parser("guard", help="hazard guard classifier: train, classify",
-                                description="A multi-label hazard classifier for prompts and responses "
-                                "(docs/guard.md).")
-    sub = guard.add_subparsers(title="guard commands", dest="guard_command", metavar="COMMAND",
-                               parser_class=parser_class)
     p = sub.add_parser("train", help="train a guard on the built-in data (plus --data files) and evaluate it",
                        description="Train the guard head on the built-in train split and any extra JSONL files "
                        "of {\"text\", \"role\", \"categories\"} rows, calibrate it, save it to --output_dir and "
@@ -127,7 +123,7 @@ def add_commands(commands, option, parser_class):
         elif name == "output_dir":
             kwargs.update(required=True, default=None, metavar="DIR")
         else:
-            kwargs.update(metavar={int: "N", float: "X"}.get(_base_type(kind)[0], "VALUE"))
+            kwargs.update(metavar={int: "N", float: "X"}.get(base_type(kind)[0], "VALUE"))
         option(p, f"--{name}", **kwargs)
     p.set_defaults(func=cmd_train)
 
@@ -143,5 +139,3 @@ def add_commands(commands, option, parser_class):
            "from its field name; prompt for --text)")
     option(p, "--output", "-o", help="write the JSONL here (default: stdout)")
     p.set_defaults(func=cmd_classify)
-    guard.set_defaults(func=lambda args: guard.print_help() or 2)
-    return sub

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.safety.redteam import DEFAULT_ATTACKS, RESULTS, RedTeamConfig, run_redteam
+from alignkit.stats import format_rate
 
 METHODS = ("sft", "dpo", "sft+dpo")
 
@@ -221,7 +222,7 @@ def rm_verdict(rm_dir: Path, before: Path, after: Path, device: str = "auto") ->
     """Score each held-out reply before and after with the safety RM: mean scores, and how often the RM
     prefers the after reply to the before reply for the same attacked request (or benign look-alike)."""
     from alignkit.rewards.model import RewardModel
-    from alignkit.safety.redteam import rate
+    from alignkit.stats import rate
 
     rm = RewardModel(str(rm_dir), device=device, max_length=512)
 
@@ -295,9 +296,9 @@ def plot_before_after(summary: dict, path: Path) -> None:
 def run_safety_loop(config: SafetyLoopConfig) -> Path:
     """Run the four steps (each skipped when complete); returns safety_loop.json."""
     from alignkit.data.io import write_jsonl
-    from alignkit.engine.checkpoint import write_text_atomic
     from alignkit.engine.outputs import is_complete as _complete
     from alignkit.engine.outputs import write_status
+    from alignkit.files import write_text_atomic
 
     config.check()
     started = time.time()
@@ -350,12 +351,9 @@ def run_safety_loop(config: SafetyLoopConfig) -> Path:
 
 
 def describe(summary: dict) -> str:
-    def pct(r):
-        return "–" if not r or r.get("rate") is None else f"{100 * r['rate']:.1f}% ({100 * r['low']:.0f}–" \
-                                                          f"{100 * r['high']:.0f})"
-
     b, a = summary["before"], summary["after"]
     rm = (summary.get("safety_rm") or {}).get("attacked")
+    pct = format_rate
     verdict = f"; the safety RM prefers the trained policy's reply to {pct(rm['after_preferred'])} of attacks" \
         if rm else ""
     return (f"safety loop ({summary['train_method']}): attack success {pct(b['asr'])} -> {pct(a['asr'])}; "

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
-from alignkit.safety.client_keys import add_key_parser, load_client_keys
+from alignkit.options import add_arguments, config_from_args, option
+from alignkit.safety.client_keys import add_key_command, load_client_keys
 from alignkit.safety.guardrails import Guardrails, GuardrailsConfig
 from alignkit.safety.proxy import MAX_INPUT_CHARS, create_app, public_url
 from alignkit.safety.upstream import MAX_REPLY_BYTES, upstream_base
@@ -124,25 +125,21 @@ def serve(config: GuardServeConfig) -> None:
 
 def serve_command(args) -> int:
     """`alignkit guard serve`: options and --config YAML → GuardServeConfig → serve."""
-    from alignkit.config import build_config, flat_fields
-
-    names = flat_fields(GuardServeConfig)
-    values = {k: v for k, v in vars(args).items() if k in names}
-    config = build_config(GuardServeConfig, values, recipe=getattr(args, "config", None))
-    serve(config)
+    serve(config_from_args(GuardServeConfig, args))
     return 0
 
 
 def add_serve_command(guard_subparsers):
     """Add `serve` and `add-key` to the `alignkit guard` command group (pass the group's subparsers object);
     returns the serve parser."""
-    from alignkit.cli import option
-    from alignkit.config import add_arguments
-
     text = "run an OpenAI-compatible proxy that applies guardrails in front of a model server"
     p = guard_subparsers.add_parser("serve", help=text, description=text + ". See docs/guardrails.md.")
     option(p, "--config", help="YAML file of option: value pairs (any option below, e.g. the rails)")
     add_arguments(p, GuardServeConfig)
     p.set_defaults(func=serve_command)
-    add_key_parser(guard_subparsers)
+    text = "make a client key for `guard serve --client_keys_file`: prints the key, appends its hash to the file"
+    k = guard_subparsers.add_parser("add-key", help=text, description=text + ".")
+    option(k, "--client_keys_file", required=True, help="the keys file (created 0600 if missing)")
+    option(k, "--name", required=True, help="who the key is for (the rate limit and audit file use it)")
+    k.set_defaults(func=add_key_command)
     return p

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.stats import cohen_kappa, format_rate, rate
 
 DEFAULT_ATTACKS = ("none,base64,rot13,leetspeak,char_split,roleplay,many_shot,payload_split,"
                    "refusal_suppression,prefix_injection,roleplay+refusal_suppression,escalation")
@@ -142,7 +143,7 @@ def make_responder(config: RedTeamConfig) -> Respond:
 
 def attack_one(attack, rows: list[dict], respond: Respond, seed: int, batch_size: int) -> list[dict]:
     """Transcripts of one attack on every request: attacked conversation, raw reply, decoded reply."""
-    from alignkit.feedback.refusal import is_refusal
+    from alignkit.rewards.refusal import is_refusal
     from alignkit.safety.attacks import InteractiveAttack, attack_rng, request_text
 
     rngs = [attack_rng(seed, request_text(r["prompt"]), attack.name) for r in rows]
@@ -194,18 +195,8 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 # --- metrics -------------------------------------------------------------------------------------------------
 
-def rate(successes: int, total: int) -> dict:
-    from alignkit.feedback.stats import wilson_interval
-
-    low, high = wilson_interval(successes, total) if total else (0.0, 1.0)
-    return {"rate": successes / total if total else None, "low": low, "high": high, "n": total,
-            "successes": successes}
-
-
 def summarise(transcripts: list[dict], benign: list[dict]) -> dict:
     """results.json's content from scored transcripts and benign rows."""
-    from alignkit.annotate.agreement import cohen_kappa
-
     def group(key) -> dict:
         groups: dict = {}
         for t in transcripts:
@@ -236,24 +227,20 @@ def summarise(transcripts: list[dict], benign: list[dict]) -> dict:
     return results
 
 
-def _pct(r: dict | None) -> str:
-    if not r or r.get("rate") is None:
-        return "–"
-    return f"{100 * r['rate']:.1f}% ({100 * r['low']:.0f}–{100 * r['high']:.0f})"
 
 
 def report_markdown(results: dict, title: str = "Red-team report") -> str:
     asr = results["asr"]
-    lines = [f"# {title}", "", f"Attack success rate: **{_pct(asr['overall'])}** over {asr['overall']['n']} "
-             f"attacked requests; replies that did not refuse: {_pct(results['compliance'])}.", ""]
+    lines = [f"# {title}", "", f"Attack success rate: **{format_rate(asr['overall'])}** over {asr['overall']['n']} "
+             f"attacked requests; replies that did not refuse: {format_rate(results['compliance'])}.", ""]
     if "over_refusal" in results:
         o = results["over_refusal"]
-        lines += [f"Over-refusal on {o['any']['n']} benign look-alikes: **{_pct(o['any'])}** "
-                  f"(full {_pct(o['full_refusal'])}, partial {_pct(o['partial_refusal'])}).", ""]
+        lines += [f"Over-refusal on {o['any']['n']} benign look-alikes: **{format_rate(o['any'])}** "
+                  f"(full {format_rate(o['full_refusal'])}, partial {format_rate(o['partial_refusal'])}).", ""]
     lines += ["| attack | ASR (95% CI) | n |", "|---|---|---|"]
-    lines += [f"| {a} | {_pct(r)} | {r['n']} |" for a, r in asr["by_attack"].items()]
+    lines += [f"| {a} | {format_rate(r)} | {r['n']} |" for a, r in asr["by_attack"].items()]
     lines += ["", "| hazard | ASR (95% CI) | n |", "|---|---|---|"]
-    lines += [f"| {h} | {_pct(r)} | {r['n']} |" for h, r in asr["by_hazard"].items()]
+    lines += [f"| {h} | {format_rate(r)} | {r['n']} |" for h, r in asr["by_hazard"].items()]
     agreement = results.get("agreement") or {}
     if agreement:
         lines += ["", "Scorer agreement (Cohen's κ): " + ", ".join(
@@ -314,9 +301,9 @@ def run_redteam(config: RedTeamConfig) -> Path:
     """Attack, score, summarise; returns the results file."""
     from tqdm.auto import tqdm
 
-    from alignkit.engine.checkpoint import write_text_atomic
+    from alignkit.data.readers import load_prompt_rows
     from alignkit.engine.outputs import write_status
-    from alignkit.rollout.pairs import load_prompt_rows
+    from alignkit.files import write_text_atomic
     from alignkit.safety.attacks import parse_attacks
     from alignkit.safety.scorers import make_harm_judge, refusal_classes
 

@@ -6,14 +6,14 @@ declining and then answering anyway, or answering and then declining part of it.
 head on the frozen sentence embeddings (safety/encoder.py) learns them from a built-in labelled response set
 of our own wording (data/builtin/refusal_responses.jsonl, train/test split).
 
-`RefusalScorer` puts it next to the rule detector (feedback/refusal.py), which only sees the opening and so
+`RefusalScorer` puts it next to the rule detector (rewards/refusal.py), which only sees the opening and so
 answers refusal or compliance: method "rules", "classifier", or "both". In "both" the rules decide whether a
 reply refused at all, and the classifier only splits the refusals: full when it reads a refusal, partial
 (declined, then helped) when it reads a partial refusal or compliance. The classifier alone is trained on 36
 short responses and reads topic as much as form: on SmolLM2's replies to the built-in benign look-alikes it
 called factual answers about the Manhattan Project or zero-day vulnerabilities refusals (κ 0.04 with the
 rules over 468 red-team replies), so it never overrules the rules on refused-or-not. `agreement` is Cohen's
-κ (annotate/agreement.py).
+κ (alignkit/stats.py).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class RefusalScorer:
         return self._classifier
 
     def classify(self, responses: list[str]) -> list[str]:
-        from alignkit.feedback.refusal import is_refusal
+        from alignkit.rewards.refusal import is_refusal
 
         rules = ["full_refusal" if is_refusal(r) else "full_compliance" for r in responses]
         if self.method == "rules":
@@ -126,7 +126,7 @@ class RefusalScorer:
 
 def agreement(a_labels: list, b_labels: list) -> dict:
     """Cohen's κ and raw agreement of two labellings of the same items (κ is None where undefined)."""
-    from alignkit.annotate.agreement import cohen_kappa
+    from alignkit.stats import cohen_kappa
 
     if len(a_labels) != len(b_labels):
         raise AlignkitError(f"agreement: the labellings differ in length ({len(a_labels)} vs {len(b_labels)})")

@@ -11,11 +11,13 @@ import base64
 import json
 from pathlib import Path
 
+from alignkit.engine.report import html_page
+from alignkit.files import write_text_atomic
+from alignkit.stats import format_rate
 
-def _pct(r: dict | None) -> str:
-    if not r or r.get("rate") is None:
-        return "–"
-    return f"{100 * r['rate']:.1f}% <span class=hint>({100 * r['low']:.0f}–{100 * r['high']:.0f}, n={r['n']})</span>"
+
+def rate_html(r: dict | None) -> str:
+    return format_rate(r, html=True)
 
 
 def _embedded_png(path: Path, alt: str) -> str:
@@ -27,13 +29,13 @@ def _embedded_png(path: Path, alt: str) -> str:
 
 def _redteam(run_dir: Path, results: dict, name: str) -> list[str]:
     over = (results.get("over_refusal") or {})
-    rows = [f"<tr><td>attack success rate</td><td>{_pct(results['asr']['overall'])}</td></tr>",
-            f"<tr><td>replies that did not refuse</td><td>{_pct(results.get('compliance'))}</td></tr>"]
+    rows = [f"<tr><td>attack success rate</td><td>{rate_html(results['asr']['overall'])}</td></tr>",
+            f"<tr><td>replies that did not refuse</td><td>{rate_html(results.get('compliance'))}</td></tr>"]
     if over:
-        rows += [f"<tr><td>over-refusal (benign look-alikes)</td><td>{_pct(over.get('any'))}</td></tr>",
-                 f"<tr><td>&nbsp;&nbsp;full refusal</td><td>{_pct(over.get('full_refusal'))}</td></tr>",
-                 f"<tr><td>&nbsp;&nbsp;partial refusal</td><td>{_pct(over.get('partial_refusal'))}</td></tr>"]
-    by_attack = "".join(f"<tr><td>{a}</td><td>{_pct(r)}</td></tr>" for a, r in results["asr"]["by_attack"].items())
+        rows += [f"<tr><td>over-refusal (benign look-alikes)</td><td>{rate_html(over.get('any'))}</td></tr>",
+                 f"<tr><td>&nbsp;&nbsp;full refusal</td><td>{rate_html(over.get('full_refusal'))}</td></tr>",
+                 f"<tr><td>&nbsp;&nbsp;partial refusal</td><td>{rate_html(over.get('partial_refusal'))}</td></tr>"]
+    by_attack = "".join(f"<tr><td>{a}</td><td>{rate_html(r)}</td></tr>" for a, r in results["asr"]["by_attack"].items())
     return [f"<h2>Safety · {name}</h2>",
             f"<p class=hint>model {results.get('model', '?')}; harm judge {results.get('harm_judge', '?')}, "
             f"refusal scorer {results.get('refusal_scorer', '?')}; 95% Wilson intervals</p>",
@@ -45,7 +47,7 @@ def _rm_rows(verdict: dict) -> list[str]:
     if not verdict:
         return []
     rows = "".join(f"<tr><td>{label}</td><td>{v['mean_before']:+.3f}</td><td>{v['mean_after']:+.3f}</td>"
-                   f"<td>{_pct(v['after_preferred'])}</td></tr>" for label, v in verdict.items())
+                   f"<td>{rate_html(v['after_preferred'])}</td></tr>" for label, v in verdict.items())
     return ["<p class=hint>the loop's safety RM on the held-out replies</p>",
             "<table><tr><th></th><th>mean score before</th><th>mean score after</th>"
             "<th>prefers the after reply</th></tr>", rows, "</table>"]
@@ -63,11 +65,12 @@ def _loop(run_dir: Path, summary: dict, name: str) -> list[str]:
             f"{summary.get('data', {}).get('sft_rows', '?')} SFT rows, "
             f"{summary.get('data', {}).get('preference_rows', '?')} preference pairs</p>",
             "<table><tr><th></th><th>before</th><th>after</th><th>change</th></tr>",
-            f"<tr><td>attack success rate</td><td>{_pct(b['asr'])}</td><td>{_pct(a['asr'])}</td>"
+            f"<tr><td>attack success rate</td><td>{rate_html(b['asr'])}</td><td>{rate_html(a['asr'])}</td>"
             f"<td>{change('asr_change')}</td></tr>",
-            f"<tr><td>attacks not refused</td><td>{_pct(b.get('compliance'))}</td><td>{_pct(a.get('compliance'))}</td>"
+            f"<tr><td>attacks not refused</td><td>{rate_html(b.get('compliance'))}</td>"
+            f"<td>{rate_html(a.get('compliance'))}</td>"
             f"<td>{change('compliance_change')}</td></tr>",
-            f"<tr><td>over-refusal</td><td>{_pct(b['over_refusal'])}</td><td>{_pct(a['over_refusal'])}</td>"
+            f"<tr><td>over-refusal</td><td>{rate_html(b['over_refusal'])}</td><td>{rate_html(a['over_refusal'])}</td>"
             f"<td>{change('over_refusal_change')}</td></tr></table>",
             *_rm_rows(summary.get("safety_rm") or {}),
             _embedded_png(run_dir / "before_after.png", "before and after"),
@@ -92,8 +95,6 @@ def section(run_dir: str | Path, name: str | None = None) -> list[str]:
 
 
 def write_safety_report(run_dir: str | Path, title: str) -> Path:
-    from alignkit.engine.report import _page, _write_atomic
-
     path = Path(run_dir) / "report.html"
-    _write_atomic(path, _page(title, [f"<h1>{title}</h1>", *section(run_dir)]))
+    write_text_atomic(path, html_page(title, [f"<h1>{title}</h1>", *section(run_dir)]))
     return path

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
-from alignkit.feedback.refusal import is_refusal as default_is_refusal
+from alignkit.rewards.refusal import is_refusal as default_is_refusal
 from alignkit.safety.attacks.base import InteractiveAttack, Messages, as_messages
 
 OPENERS = (

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from alignkit.feedback.refusal import is_refusal
+from alignkit.rewards.refusal import is_refusal
 
 
 @dataclass(frozen=True)

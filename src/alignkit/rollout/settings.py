@@ -1,0 +1,47 @@
+"""Settings of rollouts that are not sampling parameters: the colocated vLLM engine (flat keys use_vllm,
+vllm_...). Light to import, like every settings module: the CLI reads them to build --help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignkit.errors import AlignkitError
+
+
+@dataclass
+class VLLMSettings:
+    """Rollouts on a vLLM engine colocated in the training process (flat keys: use_vllm, vllm_...)."""
+
+    use_vllm: bool = False
+    """Sample with vLLM (CUDA GPU; `pip install vllm`); the trainer's weights are pushed to it after every
+    update."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """The share of GPU memory vLLM may take (weights and KV cache); the trainer uses the rest."""
+    vllm_enable_sleep_mode: bool = False
+    """Release vLLM's memory between rollouts (more room to train, a little time to wake)."""
+    vllm_importance_sampling_cap: float = 2.0
+    """Weight each token's policy-gradient term by min(π_trainer / π_vLLM, cap), correcting for vLLM's and the
+    trainer's log-probs differing (truncated importance sampling); 0 turns the correction off."""
+
+    def check(self) -> None:
+        if self.vllm_importance_sampling_cap < 0 or 0 < self.vllm_importance_sampling_cap < 1:
+            raise AlignkitError(f"config: vllm_importance_sampling_cap: must be 0 (off) or at least 1, got "
+                                f"{self.vllm_importance_sampling_cap}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise AlignkitError(f"config: vllm_gpu_memory_utilization: must be in (0, 1), got "
+                                f"{self.vllm_gpu_memory_utilization}")
+
+    def check_device(self, device: str) -> None:
+        if self.use_vllm and device in ("cpu", "mps"):
+            raise AlignkitError(f"config: use_vllm: vLLM needs a CUDA GPU, got device {device}; drop --use_vllm")
+
+    def sampler(self, model_name_or_path: str, dtype: str, seed: int):
+        """The colocated vLLM engine when use_vllm, else None (the torch sampler on the policy)."""
+        if not self.use_vllm:
+            return None
+        # imported here: the engine module pulls in torch, and reading these settings (--help) must stay light
+        from alignkit.models.load import resolve_path
+        from alignkit.rollout.vllm_engine import VLLMSampler
+
+        return VLLMSampler(resolve_path(model_name_or_path), gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                           enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=dtype, seed=seed)
