@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "src" / "alignkit"
 MAX_MODULE_LINES = 500
@@ -41,13 +39,9 @@ def long_functions() -> list[str]:
     return found
 
 
-# strict=False: these pass as soon as the last offender is split (issue 20); then drop the marker.
-@pytest.mark.xfail(strict=False, reason="still over 500 lines: safety/guard.py (583)")
 def test_no_module_over_500_lines():
     assert long_modules() == []
 
 
-@pytest.mark.xfail(strict=False, reason="still over 120 lines: annotate/server.py:add_routes (217), "
-                   "engine/loop.py:train (154, being reworked for PPO)")
 def test_no_function_over_120_lines():
     assert long_functions() == []

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from alignkit.errors import AlignkitError
 from alignkit.models import embedded
 from alignkit.models.load import (
-    LoraSettings,
     load_policy,
     load_reward_model,
     load_tokenizer,
@@ -24,6 +23,7 @@ from alignkit.models.load import (
     resolve_dtype,
     resolve_path,
 )
+from alignkit.models.lora import PeftSettings
 
 TINY = "embedded:tiny"
 SMOLLM2 = "embedded:smollm2-135m-instruct"
@@ -228,7 +228,7 @@ def test_load_policy_lora_trains_only_the_adapter():
 
 
 def test_load_policy_lora_settings_object_and_unknown_keys():
-    model = load_policy(TINY, device="cpu", lora=LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    model = load_policy(TINY, device="cpu", lora=PeftSettings(use_peft=True, lora_r=2, lora_alpha=4, lora_target_modules="q_proj,v_proj"))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all(("q_proj" in n or "v_proj" in n) and "lora_" in n for n in names)
     with pytest.raises(AlignkitError, match="lora: unknown settings rank"):

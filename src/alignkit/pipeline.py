@@ -15,7 +15,9 @@ A recipe is YAML:
                                                # also inside a value: rm:stage:reward_model
 
 A stage is complete when its run.json says so. A stage that was interrupted is resumed from its latest
-checkpoint when it has one, so rerunning a recipe after a crash continues where it stopped.
+checkpoint when it has one, so rerunning a recipe after a crash continues where it stopped. A stage that
+raises stops the pipeline: its run.json says failed with the reason (the run owner, engine.run, writes it),
+and the pipeline prints `[n/N] NAME: failed: REASON` and shows it so on index.html.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 
 from alignkit.commands import get, make_config
 from alignkit.config import flat_fields, load_yaml
-from alignkit.engine.checkpoint import find_latest
-from alignkit.engine.outputs import is_complete, read_status
+from alignkit.engine.outputs import read_status
 from alignkit.engine.report import write_pipeline_summary
+from alignkit.engine.run import one_line, stage_action
 from alignkit.errors import AlignkitError
 from alignkit.safety.report import section as safety_section
 
@@ -130,29 +132,38 @@ def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = Non
     for number, stage in enumerate(stages, start=1):
         out = Path(stage["values"]["output_dir"])
         header = f"[{number}/{len(stages)}] {stage['name']} ({stage['method']})"
-        if is_complete(out):
+        command = get(stage["method"])
+        config_cls, run = command.load()
+        action, values, latest = stage_action(config_cls, dict(stage["values"]))
+        if action == "complete":
             print(f"{header}: complete, skipped ({out})", flush=True)
             rows[stage["name"]] = summary_row(stage["name"], out)
             continue
-        command = get(stage["method"])
-        config_cls, run = command.load()
-        values = dict(stage["values"])
-        latest = find_latest(out) if "resume" in flat_fields(config_cls) else None
-        if latest is not None:
-            values["resume"] = True
         print(f"{header}: {'resuming from ' + latest.name if latest else 'running'} -> {out}", flush=True)
         try:
             run(make_config(command, values))
-        finally:
-            rows[stage["name"]] = summary_row(stage["name"], out)
+        except BaseException as e:
+            row = rows[stage["name"]] = summary_row(stage["name"], out, e)
+            print(f"{header}: {row['status']}: {row['error']}", flush=True)
             write_pipeline_summary(root, list(rows.values()), SECTIONS)
+            raise
+        rows[stage["name"]] = summary_row(stage["name"], out)
+        write_pipeline_summary(root, list(rows.values()), SECTIONS)
     index = write_pipeline_summary(root, list(rows.values()), SECTIONS)
     print(f"pipeline {recipe.get('name', path.stem)}: all {len(stages)} stages complete; summary: {index}", flush=True)
     return root
 
 
-def summary_row(name: str, out: Path) -> dict:
-    """A stage's line on the pipeline's index.html, from its run.json."""
+def summary_row(name: str, out: Path, error: BaseException | None = None) -> dict:
+    """A stage's line on the pipeline's index.html, from its run.json; with the `error` the stage raised, a
+    stage whose run.json does not say so (it failed before its run started: bad input) is failed too."""
     status = read_status(out)
-    return {"name": name, "run_dir": str(out), "status": status.get("status", "pending"),
-            "seconds": status.get("seconds")}
+    row = {"name": name, "run_dir": str(out), "status": status.get("status", "pending"),
+           "seconds": status.get("seconds")}
+    if status.get("error"):
+        row["error"] = status["error"]
+    if error is not None:
+        if row["status"] not in ("failed", "stopped"):
+            row["status"] = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
+        row["error"] = one_line(error)
+    return row

@@ -23,12 +23,25 @@ import re
 from pathlib import Path
 
 from alignkit.annotate import accounts, service
-from alignkit.annotate.db import MAX_ID, Item, Project, User, open_database, text_problem
+from alignkit.annotate.db import (
+    MAX_ID,
+    Item,
+    Project,
+    User,
+    open_database,
+    text_problem,
+)
 from alignkit.annotate.imports import check_import_row
 from alignkit.annotate.sessions import Signer, server_secret
 from alignkit.errors import AlignkitError
 from alignkit.ratelimit import TokenBucket
-from alignkit.serving import MAX_BODY_BYTES, MAX_JSON_DEPTH, default_trusted_hosts, limit_requests, parse_json
+from alignkit.serving import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    default_trusted_hosts,
+    limit_requests,
+    parse_json,
+)
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "alignkit_session"
@@ -134,17 +147,25 @@ def create_app(db_url: str, rate: float = 20.0, burst: int = 40, max_body_bytes:
 
 
 def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> None:
+    """The pages and the API: sign-in and the session (`auth_routes`), the annotator's queue
+    (`annotator_routes`) and the admin's users, projects and exports (`admin_routes`)."""
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    kinds, deps = body_kinds(), dependencies(Session, signer, limiter)
+    auth_routes(app, kinds, deps, signer)
+    annotator_routes(app, kinds, deps)
+    admin_routes(app, kinds, deps)
+    app.state.admin_routes = [r.path for r in app.routes if getattr(r, "path", "").startswith("/api/admin/")]
+
+
+def body_kinds():
+    """The request bodies and path parameters, checked by pydantic (built here: FastAPI loads lazily)."""
+    from types import SimpleNamespace
     from typing import Annotated
 
-    from fastapi import Body, Depends, HTTPException, Request, Response
     from fastapi import Path as PathParam
-    from fastapi.responses import FileResponse, PlainTextResponse
-    from fastapi.staticfiles import StaticFiles
     from pydantic import AfterValidator, BaseModel, Field
-    from sqlalchemy import select
-
-    login_limiter = TokenBucket(rate=0.5, burst=10)  # per client address: password guessing gets slow
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def storable(value: str) -> str:
         why = text_problem("text", value)
@@ -153,8 +174,6 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
         return value
 
     Text = Annotated[str, AfterValidator(storable)]
-    Name = Annotated[str, PathParam(max_length=200)]
-    Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
     class Login(BaseModel):
         name: Text | None = Field(default=None, max_length=200)
@@ -187,6 +206,20 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
         guidelines: Text = Field(default="", max_length=100_000)
         annotators_per_item: int = Field(default=1, ge=1, le=service.MAX_ANNOTATORS_PER_ITEM)
 
+    return SimpleNamespace(Name=Annotated[str, PathParam(max_length=200)],
+                           Id=Annotated[int, PathParam(ge=1, le=MAX_ID)], Login=Login, Answer=Answer, Undo=Undo,
+                           NewUser=NewUser, NewPassword=NewPassword, OwnPassword=OwnPassword, NewProject=NewProject)
+
+
+def dependencies(Session, signer: Signer, limiter: TokenBucket | None):
+    """The routes' dependencies: a database session, the signed-in user (401, CSRF, rate limit), an admin
+    (403 otherwise), and the helpers the sign-in routes share."""
+    from types import SimpleNamespace
+
+    from fastapi import Depends, HTTPException, Request, Response
+
+    login_limiter = TokenBucket(rate=0.5, burst=10)  # per client address: password guessing gets slow
+
     def db():
         with Session() as session:
             yield session
@@ -213,14 +246,23 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
             raise HTTPException(403, "admins only")
         return user
 
-    def client_address(request: Request) -> str:
-        return request.client.host if request.client else "?"
+    def slow_logins(request: Request, what: str) -> None:
+        slow_down(login_limiter, request.client.host if request.client else "?", what)
 
     def start_session(response: Response, request: Request, user: User) -> dict:
         cookie = signer.cookie(user)
         response.set_cookie(COOKIE, cookie, max_age=signer.seconds, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
         return {"name": user.name, "role": user.role, "csrf": signer.csrf(cookie)}
+
+    return SimpleNamespace(db=db, current_user=current_user, admin=admin, slow_logins=slow_logins,
+                           start_session=start_session)
+
+
+def auth_routes(app, kinds, deps, signer: Signer) -> None:
+    """The two pages, sign-in and sign-out, who am I, and changing one's own password."""
+    from fastapi import Depends, HTTPException, Request, Response
+    from fastapi.responses import FileResponse
 
     @app.get("/", include_in_schema=False)
     def annotator_page():
@@ -231,8 +273,8 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
         return FileResponse(STATIC / "admin.html")
 
     @app.post("/api/login")
-    def login(body: Login, request: Request, response: Response, session=Depends(db)):
-        slow_down(login_limiter, client_address(request), "login attempts")
+    def login(body: kinds.Login, request: Request, response: Response, session=Depends(deps.db)):
+        deps.slow_logins(request, "login attempts")
         user = None
         if body.token:
             user = accounts.user_by_token(session, body.token)
@@ -240,34 +282,42 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
             user = accounts.user_by_password(session, body.name, body.password)
         if user is None:
             raise HTTPException(401, "wrong name, password or token")
-        return start_session(response, request, user)
+        return deps.start_session(response, request, user)
 
     @app.post("/api/logout")
-    def logout(response: Response, session=Depends(db), user: User = Depends(current_user)):
+    def logout(response: Response, session=Depends(deps.db), user: User = Depends(deps.current_user)):
         accounts.log_out(session, user)  # ends this user's sessions in every browser
         response.delete_cookie(COOKIE, path="/")
         return {"ok": True}
 
     @app.get("/api/me")
-    def me(request: Request, user: User = Depends(current_user)):
+    def me(request: Request, user: User = Depends(deps.current_user)):
         cookie = request.state.cookie
         return {"name": user.name, "role": user.role, "csrf": signer.csrf(cookie) if cookie else None}
 
     @app.post("/api/me/password")
-    def own_password(body: OwnPassword, request: Request, response: Response, session=Depends(db),
-                     user: User = Depends(current_user)):
-        slow_down(login_limiter, client_address(request), "password attempts")
+    def own_password(body: kinds.OwnPassword, request: Request, response: Response, session=Depends(deps.db),
+                     user: User = Depends(deps.current_user)):
+        deps.slow_logins(request, "password attempts")
         user = accounts.change_own_password(session, user, body.old_password, body.new_password)
-        fresh = start_session(response, request, user) if request.state.cookie else {}
+        fresh = deps.start_session(response, request, user) if request.state.cookie else {}
         return {"ok": True, **fresh}
 
+
+def annotator_routes(app, kinds, deps) -> None:
+    """The projects, the next item of one's queue, answering it, and undoing an answer."""
+    from typing import Annotated
+
+    from fastapi import Body, Depends
+    from sqlalchemy import select
+
     @app.get("/api/projects")
-    def projects(session=Depends(db), _user: User = Depends(current_user)):
+    def projects(session=Depends(deps.db), _user: User = Depends(deps.current_user)):
         return [{"name": p.name, "guidelines": p.guidelines}
                 for p in session.scalars(select(Project).order_by(Project.id))]
 
     @app.get("/api/projects/{name}/next")
-    def next_item(name: Name, session=Depends(db), user: User = Depends(current_user)):
+    def next_item(name: kinds.Name, session=Depends(deps.db), user: User = Depends(deps.current_user)):
         project = service.project_by_name(session, name)
         assignment = service.next_assignment(session, user, project)
         position = service.queue_position(session, user, project)
@@ -277,54 +327,67 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
         return {"finished": False, **service.shown_item(assignment, item, project, position)}
 
     @app.post("/api/assignments/{assignment_id}/judgment")
-    def judge(assignment_id: Id, body: Answer, session=Depends(db), user: User = Depends(current_user)):
+    def judge(assignment_id: kinds.Id, body: kinds.Answer, session=Depends(deps.db),
+              user: User = Depends(deps.current_user)):
         judgment, created = service.submit_judgment(session, user, assignment_id, body.choice, body.strength,
                                                     body.reason, body.time_spent_ms)
         return {"judgment_id": judgment.id, "created": created}
 
     @app.post("/api/projects/{name}/undo")
-    def undo(name: Name, body: Annotated[Undo, Body()], session=Depends(db), user: User = Depends(current_user)):
+    def undo(name: kinds.Name, body: Annotated[kinds.Undo, Body()], session=Depends(deps.db),
+             user: User = Depends(deps.current_user)):
         project = service.project_by_name(session, name)
         assignment_id = service.undo_judgment(session, user, project, body.judgment_id)
         return {"judgment_id": body.judgment_id, "assignment_id": assignment_id}
 
+
+def admin_routes(app, kinds, deps) -> None:
+    """Users (add, passwords, tokens, disable), projects (add, import items), progress, agreement, export."""
+    from fastapi import Depends, HTTPException, Request
+    from fastapi.responses import PlainTextResponse
+    from sqlalchemy import select
+
+    from alignkit.annotate.agreement import agreement_report
+
+    admin = Depends(deps.admin)
+
     @app.get("/api/admin/users")
-    def users(session=Depends(db), _admin: User = Depends(admin)):
+    def users(session=Depends(deps.db), _admin: User = admin):
         return [{"name": u.name, "role": u.role, "disabled": u.disabled}
                 for u in session.scalars(select(User).order_by(User.id))]
 
     @app.post("/api/admin/users")
-    def add_user(body: NewUser, session=Depends(db), _admin: User = Depends(admin)):
+    def add_user(body: kinds.NewUser, session=Depends(deps.db), _admin: User = admin):
         user, token = accounts.create_user(session, body.name, body.role, body.password)
         return {"name": user.name, "role": user.role, "token": token}
 
     @app.post("/api/admin/users/{name}/password")
-    def user_password(name: Name, body: NewPassword, session=Depends(db), _admin: User = Depends(admin)):
+    def user_password(name: kinds.Name, body: kinds.NewPassword, session=Depends(deps.db), _admin: User = admin):
         accounts.set_password(session, name, body.password)
         return {"name": name, "sessions_ended": True}
 
     @app.post("/api/admin/users/{name}/rotate-token")
-    def user_token(name: Name, session=Depends(db), _admin: User = Depends(admin)):
+    def user_token(name: kinds.Name, session=Depends(deps.db), _admin: User = admin):
         return {"name": name, "token": accounts.rotate_token(session, name), "sessions_ended": True}
 
     @app.post("/api/admin/users/{name}/disable")
-    def disable(name: Name, session=Depends(db), me: User = Depends(admin)):
+    def disable(name: kinds.Name, session=Depends(deps.db), me: User = admin):
         if name == me.name:  # an admin locking themself out by a slip; the CLI can still do it
             raise HTTPException(409, "you cannot disable yourself; another admin or `alignkit annotate "
                                      "disable-user` can")
         return {"name": name, "disabled": accounts.set_disabled(session, name, True).disabled}
 
     @app.post("/api/admin/users/{name}/enable")
-    def enable(name: Name, session=Depends(db), _admin: User = Depends(admin)):
+    def enable(name: kinds.Name, session=Depends(deps.db), _admin: User = admin):
         return {"name": name, "disabled": accounts.set_disabled(session, name, False).disabled}
 
     @app.post("/api/admin/projects")
-    def add_project(body: NewProject, session=Depends(db), _admin: User = Depends(admin)):
+    def add_project(body: kinds.NewProject, session=Depends(deps.db), _admin: User = admin):
         project = service.create_project(session, body.name, body.guidelines, body.annotators_per_item)
         return {"name": project.name, "annotators_per_item": project.annotators_per_item}
 
     @app.post("/api/admin/projects/{name}/items")
-    async def add_items(name: Name, request: Request, session=Depends(db), _admin: User = Depends(admin)):
+    async def add_items(name: kinds.Name, request: Request, session=Depends(deps.db), _admin: User = admin):
         project = service.project_by_name(session, name)
         rows, problems = parse_rows(await request.body())
         if problems:
@@ -333,23 +396,19 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
         return {"items": service.import_items(session, project, rows)}
 
     @app.get("/api/admin/projects/{name}/progress")
-    def project_progress(name: Name, session=Depends(db), _admin: User = Depends(admin)):
+    def project_progress(name: kinds.Name, session=Depends(deps.db), _admin: User = admin):
         return service.progress(session, service.project_by_name(session, name))
 
     @app.get("/api/admin/projects/{name}/agreement")
-    def agreement(name: Name, session=Depends(db), _admin: User = Depends(admin)):
-        from alignkit.annotate.agreement import agreement_report
-
+    def agreement(name: kinds.Name, session=Depends(deps.db), _admin: User = admin):
         return agreement_report(service.votes_by_item(session, service.project_by_name(session, name)))
 
     @app.get("/api/admin/projects/{name}/export")
-    def export(name: Name, votes: str = "majority", ties: str = "drop", session=Depends(db),
-               _admin: User = Depends(admin)):
+    def export(name: kinds.Name, votes: str = "majority", ties: str = "drop", session=Depends(deps.db),
+               _admin: User = admin):
         rows, _ = service.export_rows(session, service.project_by_name(session, name), votes, ties)
         return PlainTextResponse("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                  media_type="application/x-ndjson")
-
-    app.state.admin_routes = [r.path for r in app.routes if getattr(r, "path", "").startswith("/api/admin/")]
 
 
 def parse_rows(raw: bytes) -> tuple[list[dict], list[str]]:

@@ -28,6 +28,14 @@ def load_prompt_rows(names: str, max_prompts: int = 0, split: str | None = None)
     return rows
 
 
+def load_prompts(config) -> list[dict]:
+    """The prompt rows of an RL method's config (`dataset_name`, `dataset_train_split`); none is an error."""
+    rows = load_prompt_rows(config.dataset_name, split=config.dataset_train_split)
+    if not rows:
+        raise AlignkitError(f"{config.dataset_name}: no prompts")
+    return rows
+
+
 def read_pairs(path: str | Path) -> list[dict]:
     """Rows of a pairs file (a prompt and a list of at least two responses); one `path:line: field: why` line
     per malformed row."""

@@ -318,3 +318,14 @@ def truncate_masked(example: MaskedExample, max_length: int | None, prefix: list
     kept = fitted[0] + fitted[1][0]
     out = MaskedExample([example.input_ids[i] for i in kept], [mask[i] for i in kept])
     return out if any(out.loss_mask) else None
+
+
+def cut_prompt(row: dict, tokenizer, max_prompt_length: int) -> dict:
+    """Plain-text prompts longer than max_prompt_length tokens keep their last tokens (conversations are kept
+    whole: cutting one would break its chat template)."""
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        if len(ids) > max_prompt_length:
+            return {**row, "prompt": tokenizer.decode(ids[-max_prompt_length:])}
+    return row

@@ -405,7 +405,8 @@ def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[st
                            sections: Sequence[Callable[[str | os.PathLike, str], list[str]]] = ()) -> Path:
     """Write `pipeline_dir/index.html` linking each stage's report.html by relative path; return its path.
 
-    Each stage is `{"name", "run_dir", "status", "seconds"}` (seconds may be None). A stage whose report
+    Each stage is `{"name", "run_dir", "status", "seconds"}` (seconds may be None; an optional "error", the
+    one-line reason of a failed or stopped stage, is shown next to its status). A stage whose report
     does not exist yet is still linked (it appears once the stage writes it) and marked as such. Each of
     `sections` is called as `section(run_dir, stage name)` for every stage and returns HTML shown under the
     stage table (the pipeline passes `alignkit.safety.report.section`: red-team results shown, not linked);
@@ -434,9 +435,10 @@ def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[st
                 spark += f" <span class=hint>{_num(loss[1][-1])}</span>"
             else:
                 spark = '<span class=hint>no loss curve</span>'
+            error = f" <span class=hint>{_esc(stage['error'])}</span>" if stage.get("error") else ""
             rows.append(
                 f"<tr><td><a href=\"{_esc(href)}\">{_esc(stage['name'])}</a>{missing}</td>"
-                f"<td>{_status_badge(str(stage.get('status', 'unknown')))}</td><td class=num>{time}</td>"
+                f"<td>{_status_badge(str(stage.get('status', 'unknown')))}{error}</td><td class=num>{time}</td>"
                 f"<td>{spark}</td></tr>"
             )
     title = f"pipeline · {pipeline_dir.resolve().name}"

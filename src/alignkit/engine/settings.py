@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
+from alignkit.models.lora import PeftSettings  # noqa: F401  (the methods' configs read it from here)
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
@@ -90,29 +91,3 @@ class TrainSettings:
             if not ok:
                 raise AlignkitError(f"config: {name}: {why}, got {getattr(self, name)!r}")
         check_lr_scheduler(self.lr_scheduler_type)
-
-
-@dataclass
-class PeftSettings:
-    """LoRA options every trainable method shares (flat keys: use_peft, lora_r, ...)."""
-
-    use_peft: bool = False
-    """Train a LoRA adapter instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA alpha (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
-    """LoRA dropout."""
-    lora_target_modules: str = "all-linear"
-    """Modules LoRA adapts: all-linear or a comma-separated list such as q_proj,v_proj."""
-
-    def lora(self) -> dict | None:
-        """The adapter settings for `models.load`, or None for full fine-tuning."""
-        if not self.use_peft:
-            return None
-        targets = self.lora_target_modules
-        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": targets}
-
-

@@ -165,86 +165,86 @@ def run_cai_revise(config: CAIReviseConfig) -> Path:
     from alignkit.data.io import write_jsonl
     from alignkit.data.readers import load_prompt_rows
     from alignkit.data.tokenize import render_prompt
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.feedback.constitution import load_constitution
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rollout.generate import SamplingSettings, generate
 
-    config.check()
-    started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    constitution = load_constitution(config.constitution)
-    rows = load_prompt_rows(config.dataset_name, config.max_prompts, split=config.dataset_split)
-    done = _done_rows(out / ROUNDS_FILE)
-    _done_rows(out / AUDIT_FILE)  # drop a cut-off last line
-    finished = {r["index"] for r in done}
-    todo = [i for i in range(len(rows)) if i not in finished]
-    write_status(out, "running", "cai_revise", prompts=len(rows), done=len(finished))
-    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    prefix = few_shot_turns(constitution) if config.few_shot else []
-    bar = tqdm(total=len(rows), initial=len(finished), desc="cai revise", unit="prompt")
+    with run_owner(config, kind="cai_revise", model=config.model_name_or_path) as run:
+        started = time.time()
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        constitution = load_constitution(config.constitution)
+        rows = load_prompt_rows(config.dataset_name, config.max_prompts, split=config.dataset_split)
+        done = _done_rows(out / ROUNDS_FILE)
+        _done_rows(out / AUDIT_FILE)  # drop a cut-off last line
+        finished = {r["index"] for r in done}
+        todo = [i for i in range(len(rows)) if i not in finished]
+        run.start(prompts=len(rows), done=len(finished))
+        tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
+        prefix = few_shot_turns(constitution) if config.few_shot else []
+        bar = tqdm(total=len(rows), initial=len(finished), desc="cai revise", unit="prompt")
 
-    def call(inputs: list, kind: str, batch_no: int, step: int, audit: list, indices: list[int]) -> list[str]:
-        settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                    batch_size=config.batch_size, seed=config.seed * 100003 + batch_no * 101 + step)
-        answers = [gens[0].completion for gens in generate(model, tokenizer, inputs, settings, progress=False)]
-        audit += [{"index": i, "call": kind, "text": render_prompt(tokenizer, x), "output": a}
-                  for i, x, a in zip(indices, inputs, answers)]
-        return answers
+        def call(inputs: list, kind: str, batch_no: int, step: int, audit: list, indices: list[int]) -> list[str]:
+            settings = SamplingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                        batch_size=config.batch_size, seed=config.seed * 100003 + batch_no * 101 + step)
+            answers = [gens[0].completion for gens in generate(model, tokenizer, inputs, settings, progress=False)]
+            audit += [{"index": i, "call": kind, "text": render_prompt(tokenizer, x), "output": a}
+                      for i, x, a in zip(indices, inputs, answers)]
+            return answers
 
-    try:
-        for batch_no, start in enumerate(range(0, len(todo), config.batch_size)):
-            indices = todo[start:start + config.batch_size]
-            prompts = [rows[i]["prompt"] for i in indices]
-            audit: list[dict] = []
-            answers = call(prompts, "response", indices[0], 0, audit, indices)
-            records = [{"index": i, **rows[i], "response": a, "rounds": []} for i, a in zip(indices, answers)]
-            for round_no in range(config.rounds):
-                principles = [random.Random(f"{config.seed}:{i}:{round_no}").choice(constitution.critiques)
-                              for i in indices]
-                current = [r["rounds"][-1]["revision"] if r["rounds"] else r["response"] for r in records]
-                critiques = call([critique_call(prefix, p, a, c) for p, a, c in zip(prompts, current, principles)],
-                                 f"critique {round_no + 1}", indices[0], 2 * round_no + 1, audit, indices)
-                revisions = call([revision_call(prefix, p, a, c, k) for p, a, c, k in
-                                  zip(prompts, current, principles, critiques)],
-                                 f"revision {round_no + 1}", indices[0], 2 * round_no + 2, audit, indices)
-                for record, principle, critique, revision, before in zip(records, principles, critiques, revisions,
-                                                                         current):
-                    accepted = usable_revision(revision, critique)
-                    record["rounds"].append({"principle": principle.name, "critique": critique,
-                                             "revision": revision.strip() if accepted else before,
-                                             "accepted": accepted, **({} if accepted else {"rejected": revision})})
-            _append(out / AUDIT_FILE, audit)
-            _append(out / ROUNDS_FILE, records)  # last: a prompt counts as done only with its audit written
-            done += records
-            bar.update(len(indices))
-    finally:
-        bar.close()
+        try:
+            for batch_no, start in enumerate(range(0, len(todo), config.batch_size)):
+                indices = todo[start:start + config.batch_size]
+                prompts = [rows[i]["prompt"] for i in indices]
+                audit: list[dict] = []
+                answers = call(prompts, "response", indices[0], 0, audit, indices)
+                records = [{"index": i, **rows[i], "response": a, "rounds": []} for i, a in zip(indices, answers)]
+                for round_no in range(config.rounds):
+                    principles = [random.Random(f"{config.seed}:{i}:{round_no}").choice(constitution.critiques)
+                                  for i in indices]
+                    current = [r["rounds"][-1]["revision"] if r["rounds"] else r["response"] for r in records]
+                    critiques = call([critique_call(prefix, p, a, c) for p, a, c in zip(prompts, current, principles)],
+                                     f"critique {round_no + 1}", indices[0], 2 * round_no + 1, audit, indices)
+                    revisions = call([revision_call(prefix, p, a, c, k) for p, a, c, k in
+                                      zip(prompts, current, principles, critiques)],
+                                     f"revision {round_no + 1}", indices[0], 2 * round_no + 2, audit, indices)
+                    for record, principle, critique, revision, before in zip(records, principles, critiques, revisions,
+                                                                             current):
+                        accepted = usable_revision(revision, critique)
+                        record["rounds"].append({"principle": principle.name, "critique": critique,
+                                                 "revision": revision.strip() if accepted else before,
+                                                 "accepted": accepted, **({} if accepted else {"rejected": revision})})
+                _append(out / AUDIT_FILE, audit)
+                _append(out / ROUNDS_FILE, records)  # last: a prompt counts as done only with its audit written
+                done += records
+                bar.update(len(indices))
+        finally:
+            bar.close()
 
-    done.sort(key=lambda r: r["index"])
-    sft, preferences = [], []
-    for record in done:
-        final = record["rounds"][-1]["revision"] if record["rounds"] else record["response"]
-        extra = {k: v for k, v in record.items() if k not in ("index", "prompt", "response", "rounds")}
-        prompt = record["prompt"]
-        completion = [{"role": "assistant", "content": final}] if isinstance(prompt, list) else final
-        sft.append({"prompt": prompt, "completion": completion, **extra})
-        if final.strip() and record["response"].strip() and final.strip() != record["response"].strip():
-            preferences.append(preference_row(prompt, final, record["response"], None, "cai_revision", extra))
-    write_jsonl(out / "sft.jsonl", sft)
-    write_jsonl(out / "preferences.jsonl", preferences)
-    changed = sum(1 for r in done if r["rounds"] and r["rounds"][-1]["revision"].strip() != r["response"].strip())
-    rejected = sum(not rd.get("accepted", True) for r in done for rd in r["rounds"])
-    write_status(out, "complete", "cai_revise", prompts=len(done), rounds=config.rounds, revised=changed,
-                 rejected_revisions=rejected,
-                 preferences=len(preferences), constitution=constitution.name,
-                 seconds=round(time.time() - started, 1))
-    print(f"cai revise: {len(done)} prompts, {config.rounds} round(s), {changed} answers changed by revision, "
-          f"{rejected} revisions rejected (empty, parroting the critique, or looping); "
-          f"wrote {out / 'sft.jsonl'}, {out / 'preferences.jsonl'} and {out / AUDIT_FILE}", flush=True)
-    return out
+        done.sort(key=lambda r: r["index"])
+        sft, preferences = [], []
+        for record in done:
+            final = record["rounds"][-1]["revision"] if record["rounds"] else record["response"]
+            extra = {k: v for k, v in record.items() if k not in ("index", "prompt", "response", "rounds")}
+            prompt = record["prompt"]
+            completion = [{"role": "assistant", "content": final}] if isinstance(prompt, list) else final
+            sft.append({"prompt": prompt, "completion": completion, **extra})
+            if final.strip() and record["response"].strip() and final.strip() != record["response"].strip():
+                preferences.append(preference_row(prompt, final, record["response"], None, "cai_revision", extra))
+        write_jsonl(out / "sft.jsonl", sft)
+        write_jsonl(out / "preferences.jsonl", preferences)
+        changed = sum(1 for r in done if r["rounds"] and r["rounds"][-1]["revision"].strip() != r["response"].strip())
+        rejected = sum(not rd.get("accepted", True) for r in done for rd in r["rounds"])
+        run.complete(prompts=len(done), rounds=config.rounds, revised=changed,
+                     rejected_revisions=rejected,
+                     preferences=len(preferences), constitution=constitution.name,
+                     seconds=round(time.time() - started, 1))
+        print(f"cai revise: {len(done)} prompts, {config.rounds} round(s), {changed} answers changed by revision, "
+              f"{rejected} revisions rejected (empty, parroting the critique, or looping); "
+              f"wrote {out / 'sft.jsonl'}, {out / 'preferences.jsonl'} and {out / AUDIT_FILE}", flush=True)
+        return out
 
 
 @dataclass
@@ -285,39 +285,41 @@ def run_cai_label(config: CAILabelConfig) -> Path:
 
     from alignkit.data.io import write_jsonl
     from alignkit.data.readers import read_pairs
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.feedback.judge_agreement import pair_label
     from alignkit.feedback.judges import RubricJudge, make_judge, preference_rows
     from alignkit.stats import cohen_kappa
 
-    config.check()
-    started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = read_pairs(config.dataset_name)
-    judge = make_judge(config.judge, device=config.device, constitution=config.constitution, seed=config.seed)
-    preferences, stats = preference_rows(rows, judge=judge, keep_ties=True)
-    for row in preferences:
-        p = min(max(row["p_chosen"], 1e-6), 1 - 1e-6)
-        row["margin"] = round(math.log(p / (1 - p)), 4)
-    summary = {**stats, "judge": judge.name, "constitution": config.constitution}
-    if config.compare_rules:
-        rubric, _ = preference_rows(rows, judge=RubricJudge(), keep_ties=True)
-        ours = [pair_label(r["chosen"], r["rejected"], bool(r.get("tie"))) for r in preferences]
-        theirs = [pair_label(r["chosen"], r["rejected"], bool(r.get("tie"))) for r in rubric]
-        kappa = cohen_kappa(ours, theirs)
-        decided = [(a, b) for a, b in zip(ours, theirs) if b != "tie"]  # LLM judges almost never tie
-        summary.update(kappa_with_rules=None if kappa is None else round(kappa, 4),
-                       agreement_with_rules=round(sum(a == b for a, b in zip(ours, theirs)) / max(len(ours), 1), 4),
-                       rules_decided=len(decided),
-                       agreement_where_rules_decide=round(sum(a == b for a, b in decided) / max(len(decided), 1), 4))
-    kept = [r for r in preferences if config.keep_ties or not r.get("tie")]
-    write_jsonl(out / "preferences.jsonl", kept)
-    write_jsonl(out / AUDIT_FILE, getattr(judge, "audit", []))
-    write_status(out, "complete", "cai_label", **summary, seconds=round(time.time() - started, 1))
-    agreement = (f"; agreement with the rubric annotator {summary['agreement_with_rules']:.0%} (Cohen's κ "
-                 f"{summary['kappa_with_rules']}), {summary['agreement_where_rules_decide']:.0%} on the "
-                 f"{summary['rules_decided']} pairs the rubric does not tie" if config.compare_rules else "")
-    print(f"cai label ({judge.name}): {stats['comparisons']} comparisons, {len(kept)} preferences{agreement}; "
-          f"wrote {out / 'preferences.jsonl'}", flush=True)
-    return out / "preferences.jsonl"
+    with run_owner(config, kind="cai_label") as run:
+        run.start()
+        started = time.time()
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = read_pairs(config.dataset_name)
+        judge = make_judge(config.judge, device=config.device, constitution=config.constitution, seed=config.seed)
+        preferences, stats = preference_rows(rows, judge=judge, keep_ties=True)
+        for row in preferences:
+            p = min(max(row["p_chosen"], 1e-6), 1 - 1e-6)
+            row["margin"] = round(math.log(p / (1 - p)), 4)
+        summary = {**stats, "judge": judge.name, "constitution": config.constitution}
+        if config.compare_rules:
+            rubric, _ = preference_rows(rows, judge=RubricJudge(), keep_ties=True)
+            ours = [pair_label(r["chosen"], r["rejected"], bool(r.get("tie"))) for r in preferences]
+            theirs = [pair_label(r["chosen"], r["rejected"], bool(r.get("tie"))) for r in rubric]
+            kappa = cohen_kappa(ours, theirs)
+            decided = [(a, b) for a, b in zip(ours, theirs) if b != "tie"]  # LLM judges almost never tie
+            summary.update(kappa_with_rules=None if kappa is None else round(kappa, 4),
+                           agreement_with_rules=round(sum(a == b for a, b in zip(ours, theirs)) / max(len(ours), 1), 4),
+                           rules_decided=len(decided),
+                           agreement_where_rules_decide=round(sum(a == b for a, b in decided)
+                                                              / max(len(decided), 1), 4))
+        kept = [r for r in preferences if config.keep_ties or not r.get("tie")]
+        write_jsonl(out / "preferences.jsonl", kept)
+        write_jsonl(out / AUDIT_FILE, getattr(judge, "audit", []))
+        run.complete(**summary, seconds=round(time.time() - started, 1))
+        agreement = (f"; agreement with the rubric annotator {summary['agreement_with_rules']:.0%} (Cohen's κ "
+                     f"{summary['kappa_with_rules']}), {summary['agreement_where_rules_decide']:.0%} on the "
+                     f"{summary['rules_decided']} pairs the rubric does not tie" if config.compare_rules else "")
+        print(f"cai label ({judge.name}): {stats['comparisons']} comparisons, {len(kept)} preferences{agreement}; "
+              f"wrote {out / 'preferences.jsonl'}", flush=True)
+        return out / "preferences.jsonl"

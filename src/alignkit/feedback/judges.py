@@ -25,6 +25,8 @@ from alignkit.rewards.rubric import (
     is_harmful_prompt,
     score_response,
 )
+from alignkit.rewards.sources import reward_model
+from alignkit.rewards.specs import JUDGE_SPECS
 
 
 @dataclass
@@ -163,39 +165,28 @@ class RewardJudge:
         return [(sigmoid(a - b), {"reward_first": a, "reward_second": b}) for a, b in zip(scores[:n], scores[n:])]
 
 
-JUDGES_HELP = ("rules (the written rubric), rm:PATH (a reward model), rm:PATH,PATH,... (their mean), llm:MODEL "
-               "(a local LM's A/B probabilities), llm-cot:MODEL (after its reasoning, clamped to [0.4, 0.6]), "
-               "llm-score:MODEL (each reply scored alone by P(Yes) vs P(No)), "
-               "openai:URL[#MODEL] (an OpenAI-compatible completions server)")
+JUDGES_HELP = JUDGE_SPECS.listing()
 
 
 def make_judge(spec: str, device: str = "auto", constitution: str = "default", seed: int = 0):
-    """A judge from its command-line name: see JUDGES_HELP."""
-    from alignkit.errors import AlignkitError
-
-    if spec == "rules":
+    """A judge from its command-line name (`rewards.specs.JUDGE_SPECS`): see JUDGES_HELP."""
+    kind, arg = JUDGE_SPECS.parse(spec)
+    if kind == "rules":
         return RubricJudge()
-    for prefix, cot in (("llm:", False), ("llm-cot:", True)):
-        if spec.startswith(prefix) and spec[len(prefix):]:
-            from alignkit.feedback.llm_judge import LocalLLMJudge
+    if kind in ("llm", "llm-cot"):
+        from alignkit.feedback.llm_judge import LocalLLMJudge
 
-            return LocalLLMJudge(spec[len(prefix):], constitution, seed=seed, cot=cot, device=device)
-    if spec.startswith("llm-score:") and spec[10:]:
+        return LocalLLMJudge(arg, constitution, seed=seed, cot=kind == "llm-cot", device=device)
+    if kind == "llm-score":
         from alignkit.feedback.llm_judge import LocalScoreJudge
 
-        return LocalScoreJudge(spec[10:], constitution, seed=seed, device=device)
-    if spec.startswith("openai:") and spec[7:]:
+        return LocalScoreJudge(arg, constitution, seed=seed, device=device)
+    if kind == "openai":
         from alignkit.feedback.llm_judge import OpenAIJudge
 
-        url, _, model = spec[7:].partition("#")
+        url, _, model = arg.partition("#")
         return OpenAIJudge(url, model or None, constitution, seed=seed)
-    if spec.startswith("rm:") and spec[3:]:
-        from alignkit.rewards.combine import Ensemble
-        from alignkit.rewards.model import RewardModel
-
-        members = [RewardModel(path, device=device) for path in spec[3:].split(",")]
-        return RewardJudge(members[0] if len(members) == 1 else Ensemble(members), name=spec)
-    raise AlignkitError(f"judge: {spec!r} is not a judge; use {JUDGES_HELP}")
+    return RewardJudge(reward_model(arg, device), name=spec)  # rm
 
 
 def preference_rows(rows, judge=None, responses_key: str = "responses", keep_ties: bool = False):

@@ -39,20 +39,21 @@ def judge_file(config: JudgeConfig, output: str | Path | None = None) -> tuple[P
     import time
 
     from alignkit.data.io import write_jsonl
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.feedback.judges import make_judge, preference_rows
 
-    config.check()
-    started = time.time()
-    rows = read_pairs(config.dataset_name)
-    judge = make_judge(config.judge, device=config.device)
-    preferences, stats = preference_rows(rows, judge=judge, keep_ties=config.keep_ties)
-    path = Path(output) if output else Path(config.output_dir) / PREFERENCES_FILE
-    write_jsonl(path, preferences)
-    if not output:
-        write_status(config.output_dir, "complete", "judge", judge=config.judge, **stats,
-                     seconds=round(time.time() - started, 2))
-    return path, stats
+    with run_owner(config, kind="judge", record=not output) as run:
+        run.start()
+        started = time.time()
+        rows = read_pairs(config.dataset_name)
+        judge = make_judge(config.judge, device=config.device)
+        preferences, stats = preference_rows(rows, judge=judge, keep_ties=config.keep_ties)
+        path = Path(output) if output else Path(config.output_dir) / PREFERENCES_FILE
+        write_jsonl(path, preferences)
+        if not output:
+            run.complete(judge=config.judge, **stats,
+                         seconds=round(time.time() - started, 2))
+        return path, stats
 
 
 def run_judge(config: JudgeConfig) -> Path:

@@ -125,20 +125,22 @@ def run_win_rate(config: WinRateConfig) -> Path:
     import time
 
     from alignkit.data.io import write_jsonl
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.feedback.judges import make_judge
     from alignkit.files import write_text_atomic
 
-    config.check()
-    started = time.time()
-    pairs = match_answers(config.dataset_name, read_answers(config.dataset_name),
-                          config.baseline, read_answers(config.baseline))
-    summary, comparisons = win_rate(pairs, make_judge(config.judge, device=config.device))
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "comparisons.jsonl", comparisons)
-    path = out / SUMMARY_FILE
-    write_text_atomic(path, json.dumps({"a": config.dataset_name, "b": config.baseline, **summary}, indent=2) + "\n")
-    write_status(out, "complete", "win_rate", **summary, seconds=round(time.time() - started, 2))
-    print(describe(summary), flush=True)
-    return path
+    with run_owner(config, kind="win_rate") as run:
+        run.start()
+        started = time.time()
+        pairs = match_answers(config.dataset_name, read_answers(config.dataset_name),
+                              config.baseline, read_answers(config.baseline))
+        summary, comparisons = win_rate(pairs, make_judge(config.judge, device=config.device))
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "comparisons.jsonl", comparisons)
+        path = out / SUMMARY_FILE
+        record = {"a": config.dataset_name, "b": config.baseline, **summary}
+        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+        run.complete(**summary, seconds=round(time.time() - started, 2))
+        print(describe(summary), flush=True)
+        return path

@@ -27,21 +27,30 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-AGGREGATIONS = ("token-mean", "sequence-mean", "constant-length")
+
+def kl_k1(r: Tensor) -> Tensor:
+    """k1 = r: unbiased, noisy, can be negative."""
+    return r
+
+
+def kl_k2(r: Tensor) -> Tensor:
+    """k2 = r²/2: biased, low variance, never negative."""
+    return 0.5 * r.square()
+
+
+def kl_k3(r: Tensor) -> Tensor:
+    """k3 = (e^(−r) − 1) + r: unbiased, low variance, never negative."""
+    return torch.expm1(-r) + r
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 def kl_penalty(logps: Tensor, ref_logps: Tensor, estimator: str = "k1") -> Tensor:
-    """Per-token estimate of KL(π‖π_ref) from samples of π. k1 is unbiased but noisy and can be negative;
-    k3 is unbiased and never negative (low variance); k2 is biased, low variance, never negative."""
-    r = logps - ref_logps
-    if estimator == "k1":
-        return r
-    if estimator == "k2":
-        return 0.5 * r.square()
-    if estimator == "k3":
-        return torch.expm1(-r) + r
-    raise ValueError(f"kl estimator must be one of {', '.join(KL_ESTIMATORS)}, got {estimator!r}")
+    """Per-token estimate of KL(π‖π_ref) from samples of π, r = log π − log π_ref, by `KL_ESTIMATORS`."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl estimator must be one of {', '.join(KL_ESTIMATORS)}, got {estimator!r}")
+    return KL_ESTIMATORS[estimator](logps - ref_logps)
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim=None) -> Tensor:
@@ -117,6 +126,31 @@ def reinforce_pp_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: f
     return whiten(returns * mask, mask)
 
 
+def grpo_advantage(rewards: Tensor, group_size: int, kl: Tensor | None, mask: Tensor, kl_coef: float,
+                   scale: bool) -> Tensor:
+    """`group_advantages` in the shared signature of `ADVANTAGES`."""
+    return group_advantages(rewards, group_size, scale=scale)
+
+
+def rloo_advantage(rewards: Tensor, group_size: int, kl: Tensor | None, mask: Tensor, kl_coef: float,
+                   scale: bool) -> Tensor:
+    """`rloo_advantages` in the shared signature of `ADVANTAGES`."""
+    return rloo_advantages(rewards, group_size)
+
+
+def reinforce_pp_advantage(rewards: Tensor, group_size: int, kl: Tensor | None, mask: Tensor, kl_coef: float,
+                           scale: bool) -> Tensor:
+    """`reinforce_pp_advantages` in the shared signature of `ADVANTAGES` (needs the per-token KL)."""
+    if kl is None:
+        raise ValueError("reinforce_pp needs the per-token KL to a reference")
+    return reinforce_pp_advantages(rewards, kl, mask, kl_coef)
+
+
+# GRPO's advantage choices: (rewards (B,), group size, per-token KL (B, T) or None, mask, β, scale) →
+# per-sequence (B,) or per-token (B, T) advantages
+ADVANTAGES = {"grpo": grpo_advantage, "rloo": rloo_advantage, "reinforce_pp": reinforce_pp_advantage}
+
+
 def token_level_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """RLHF's per-token reward: −β·KL_t at every response token, plus the sequence's score at its last real
     token (Ziegler et al. 2019; Ouyang et al. 2022)."""
@@ -181,20 +215,30 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask
     return 0.5 * torch.maximum(plain, clipped) * mask, (clipped > plain) & mask.bool()
 
 
+def token_mean(losses: Tensor, mask: Tensor, max_length: int | None) -> Tensor:
+    """Every token in the batch weighs the same (DAPO; long answers weigh more per sequence)."""
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sequence_mean(losses: Tensor, mask: Tensor, max_length: int | None) -> Tensor:
+    """The mean over each sequence's tokens, then over sequences (GRPO's paper)."""
+    return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def constant_length(losses: Tensor, mask: Tensor, max_length: int | None) -> Tensor:
+    """Each sequence's sum over a fixed length (max_length, default T), then the mean over sequences
+    (Dr. GRPO: no length bias either way)."""
+    return ((losses * mask).sum(1) / (max_length or losses.shape[1])).mean()
+
+
+AGGREGATIONS = {"token-mean": token_mean, "sequence-mean": sequence_mean, "constant-length": constant_length}
+
+
 def aggregate(losses: Tensor, mask: Tensor, mode: str = "token-mean", max_length: int | None = None) -> Tensor:
-    """One scalar from per-token losses.
-    token-mean: every token in the batch weighs the same (DAPO; long answers weigh more per sequence);
-    sequence-mean: the mean over each sequence's tokens, then over sequences (GRPO's paper);
-    constant-length: each sequence's sum over a fixed length (max_length, default T), then the mean over
-    sequences (Dr. GRPO: no length bias either way)."""
-    mask = mask.to(losses.dtype)
-    if mode == "token-mean":
-        return (losses * mask).sum() / mask.sum().clamp(min=1)
-    if mode == "sequence-mean":
-        return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    if mode == "constant-length":
-        return ((losses * mask).sum(1) / (max_length or losses.shape[1])).mean()
-    raise ValueError(f"loss aggregation must be one of {', '.join(AGGREGATIONS)}, got {mode!r}")
+    """One scalar from per-token losses, by `AGGREGATIONS`."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"loss aggregation must be one of {', '.join(AGGREGATIONS)}, got {mode!r}")
+    return AGGREGATIONS[mode](losses, mask.to(losses.dtype), max_length)
 
 
 class AdaptiveKLController:

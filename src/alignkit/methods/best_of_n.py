@@ -17,7 +17,7 @@ from pathlib import Path
 from alignkit.data.formats import preference_row
 from alignkit.data.io import write_jsonl
 from alignkit.data.readers import load_prompt_rows
-from alignkit.engine.outputs import write_status
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError
 from alignkit.models.load import load_policy, load_tokenizer
 from alignkit.rewards.sources import reward_mix
@@ -65,45 +65,46 @@ class BestOfNConfig:
 
 def run_best_of_n(config: BestOfNConfig) -> Path:
     """Sample, score, keep the best; returns best.jsonl."""
-    config.check()
-    started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
-    rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
-                         max_new_tokens=config.sampling.max_new_tokens)
-    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
-    flat = [(row, g) for row, gens in zip(rows, outputs) for g in gens]
-    scores, _ = rewards([row["prompt"] for row, _ in flat], [g.completion for _, g in flat],
-                        [g.finish_reason for _, g in flat], [len(g.completion_ids) for _, g in flat],
-                        [row for row, _ in flat])
-    n = config.sampling.num_return_sequences
-    best_rows, preferences, rejected = [], [], 0
-    for k, row in enumerate(rows):
-        group = [(scores[k * n + j], outputs[k][j].completion) for j in range(n)]
-        ranked = sorted(group, key=lambda item: -item[0])
-        (best_score, best), (worst_score, worst) = ranked[0], ranked[-1]
-        if config.min_score is not None and best_score < config.min_score:
-            rejected += 1
-            continue
-        extra = {k2: v for k2, v in row.items() if k2 != "prompt"}
-        prompt = row["prompt"]
-        completion = [{"role": "assistant", "content": best}] if isinstance(prompt, list) else best
-        best_rows.append({"prompt": prompt, "completion": completion, "score": round(best_score, 4),
-                          "scores": [round(s, 4) for s, _ in group], **extra})
-        if best.strip() and worst.strip() and best != worst and best_score > worst_score:
-            preferences.append(preference_row(prompt, best, worst, None, f"best_of_{n}", {
-                **extra, "score_chosen": round(best_score, 4), "score_rejected": round(worst_score, 4)}))
-    write_jsonl(out / "best.jsonl", best_rows)
-    write_jsonl(out / "preferences.jsonl", preferences)
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    summary = {"prompts": len(rows), "kept": len(best_rows), "rejected": rejected, "n": n,
-               "mean_score_all": round(mean(scores), 4), "mean_score_best": round(mean([r["score"] for r in best_rows]),
-                                                                                 4)}
-    write_status(out, "complete", "best_of_n", **summary, seconds=round(time.time() - started, 1))
-    print(f"best-of-{n}: {len(rows)} prompts, mean score {summary['mean_score_all']} over all samples, "
-          f"{summary['mean_score_best']} over the kept best; {rejected} rejected; wrote {out / 'best.jsonl'}",
-          flush=True)
-    return out / "best.jsonl"
+    with run_owner(config, kind="best_of_n", model=config.model_name_or_path) as run:
+        run.start()
+        started = time.time()
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
+        rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
+                             max_new_tokens=config.sampling.max_new_tokens)
+        tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
+        outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
+        flat = [(row, g) for row, gens in zip(rows, outputs) for g in gens]
+        scores, _ = rewards([row["prompt"] for row, _ in flat], [g.completion for _, g in flat],
+                            [g.finish_reason for _, g in flat], [len(g.completion_ids) for _, g in flat],
+                            [row for row, _ in flat])
+        n = config.sampling.num_return_sequences
+        best_rows, preferences, rejected = [], [], 0
+        for k, row in enumerate(rows):
+            group = [(scores[k * n + j], outputs[k][j].completion) for j in range(n)]
+            ranked = sorted(group, key=lambda item: -item[0])
+            (best_score, best), (worst_score, worst) = ranked[0], ranked[-1]
+            if config.min_score is not None and best_score < config.min_score:
+                rejected += 1
+                continue
+            extra = {k2: v for k2, v in row.items() if k2 != "prompt"}
+            prompt = row["prompt"]
+            completion = [{"role": "assistant", "content": best}] if isinstance(prompt, list) else best
+            best_rows.append({"prompt": prompt, "completion": completion, "score": round(best_score, 4),
+                              "scores": [round(s, 4) for s, _ in group], **extra})
+            if best.strip() and worst.strip() and best != worst and best_score > worst_score:
+                preferences.append(preference_row(prompt, best, worst, None, f"best_of_{n}", {
+                    **extra, "score_chosen": round(best_score, 4), "score_rejected": round(worst_score, 4)}))
+        write_jsonl(out / "best.jsonl", best_rows)
+        write_jsonl(out / "preferences.jsonl", preferences)
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        summary = {"prompts": len(rows), "kept": len(best_rows), "rejected": rejected, "n": n,
+                   "mean_score_all": round(mean(scores), 4),
+                   "mean_score_best": round(mean([r["score"] for r in best_rows]), 4)}
+        run.complete(**summary, seconds=round(time.time() - started, 1))
+        print(f"best-of-{n}: {len(rows)} prompts, mean score {summary['mean_score_all']} over all samples, "
+              f"{summary['mean_score_best']} over the kept best; {rejected} rejected; wrote {out / 'best.jsonl'}",
+              flush=True)
+        return out / "best.jsonl"

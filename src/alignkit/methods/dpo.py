@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignkit.engine.loop import check_output_dir
-from alignkit.engine.outputs import start_run, train_and_save
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
 from alignkit.losses import preference
@@ -166,35 +165,33 @@ class LikelihoodWatch:
 def train_dpo(config: DPOConfig):
     """Train config.model_name_or_path with DPO on config.dataset_name; writes the run directory and
     returns the engine's TrainResult."""
-    config.check()
-    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
-    strategy = config.reference()
-    tokenizer, examples, eval_examples = load_pairs(config)
-    pad_id = tokenizer.pad_token_id
-    start_run("dpo", config)  # after the data is read: bad data must not leave a "running" run.json
-    reference = prepare_reference(config, strategy, examples, eval_examples, pad_id,
-                                  bucketed=config.batch_layout == "bucketed")
+    with run_owner(config, kind="dpo", model=config.model_name_or_path) as run:
+        strategy = config.reference()
+        tokenizer, examples, eval_examples = load_pairs(config)
+        pad_id = tokenizer.pad_token_id
+        run.start()  # after the data is read: bad data must not leave a "running" run.json
+        reference = prepare_reference(config, strategy, examples, eval_examples, pad_id,
+                                      bucketed=config.batch_layout == "bucketed")
 
-    torch.manual_seed(config.train.seed)
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
-                        lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    padding_free = config.batch_layout == "padding_free"
-    bucketed = config.batch_layout == "bucketed"
-    watch = LikelihoodWatch(rpo_alpha=config.rpo_alpha)
+        torch.manual_seed(config.train.seed)
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                            lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+        padding_free = config.batch_layout == "padding_free"
+        bucketed = config.batch_layout == "bucketed"
+        watch = LikelihoodWatch(rpo_alpha=config.rpo_alpha)
 
-    def collate(items):
-        return collate_dpo(items, pad_id, padding_free)
+        def collate(items):
+            return collate_dpo(items, pad_id, padding_free)
 
-    def step(model, batch):
-        loss, metrics = dpo_loss(model, batch, reference, config, bucketed)
-        watch(metrics)
-        return loss, metrics
+        def step(model, batch):
+            loss, metrics = dpo_loss(model, batch, reference, config, bucketed)
+            watch(metrics)
+            return loss, metrics
 
-    eval_fn = None
-    if eval_examples:
-        def eval_fn(model):
-            return evaluate_pairs(lambda m, b: dpo_loss(m, b, reference, config, bucketed=True), model,
-                                  eval_examples, pad_id, config.train.per_device_eval_batch_size)
+        eval_fn = None
+        if eval_examples:
+            def eval_fn(model):
+                return evaluate_pairs(lambda m, b: dpo_loss(m, b, reference, config, bucketed=True), model,
+                                      eval_examples, pad_id, config.train.per_device_eval_batch_size)
 
-    return train_and_save("dpo", config, model, tokenizer, examples, collate, step, count_fn=count_pairs,
-                          eval_fn=eval_fn)
+        return run.train(model, tokenizer, examples, collate, step, count_fn=count_pairs, eval_fn=eval_fn)

@@ -25,11 +25,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, replace
 
+from alignkit.data.readers import load_prompts
+from alignkit.data.tokenize import cut_prompt
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
 from alignkit.rollout.settings import VLLMSettings
 
-ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
 LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean", "dr_grpo": "constant-length"}
 REFERENCES = ("auto", "copy", "adapter", "none")
 
@@ -100,7 +101,7 @@ class GRPOConfig:
                    "num_generations": ("--n",)}
 
     def check(self) -> None:
-        from alignkit.losses.rl import KL_ESTIMATORS
+        from alignkit.losses.rl import ADVANTAGES, KL_ESTIMATORS
 
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the prompts (--dataset_name / --prompts FILE)")
@@ -221,12 +222,8 @@ class GroupPolicyStep:
         if self.strategy != "none":
             kl = rl.kl_penalty(logps.token_logps, self.reference_logps(policy, rollout), config.kl_estimator)
         group = config.num_generations
-        if config.advantage == "grpo":
-            advantages = rl.group_advantages(rewards, group, scale=config.scale_rewards)
-        elif config.advantage == "rloo":
-            advantages = rl.rloo_advantages(rewards, group)
-        else:
-            advantages = rl.reinforce_pp_advantages(rewards, kl.detach(), mask, config.beta)
+        advantages = rl.ADVANTAGES[config.advantage](rewards, group, None if kl is None else kl.detach(), mask,
+                                                     config.beta, config.scale_rewards)
         out = rl.clipped_policy_loss(logps.token_logps, old, advantages, mask, config.epsilon, config.epsilon_high)
         cap = config.vllm.vllm_importance_sampling_cap
         is_weights, is_stats = importance_weights(self.sampler, rollout, old, mask, cap)
@@ -253,34 +250,29 @@ class GroupPolicyStep:
         return loss * len(rollout), metrics
 
 
-def load_prompts(config: GRPOConfig) -> list[dict]:
-    from alignkit.data.readers import load_prompt_rows
-
-    rows = load_prompt_rows(config.dataset_name, split=config.dataset_train_split)
-    if not rows:
-        raise AlignkitError(f"{config.dataset_name}: no prompts")
-    return rows
-
-
 def train_grpo(config: GRPOConfig):
     """Train config.model_name_or_path on config.dataset_name's prompts with the configured rewards; writes
     the run directory and returns the engine's TrainResult."""
+    from alignkit.engine.run import run_owner
+
+    with run_owner(config, kind="grpo", model=config.model_name_or_path) as run:
+        return _train_grpo(config, run)
+
+
+def _train_grpo(config: GRPOConfig, run):
+    """train_grpo inside its run owner: read the prompts, start the run, load the models, train."""
     import torch
 
-    from alignkit.engine.loop import check_output_dir
-    from alignkit.engine.outputs import start_run, train_and_save
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rewards.sources import reward_mix
 
-    config.check()
-    check_output_dir(config.train)
     rows = load_prompts(config)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
     rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
                          missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
     if config.max_prompt_length:
-        rows = [_cut_prompt(row, tokenizer, config.max_prompt_length) for row in rows]
-    start_run("grpo", config)
+        rows = [cut_prompt(row, tokenizer, config.max_prompt_length) for row in rows]
+    run.start()
     reference_model = None
     if config.reference() == "copy":
         reference_model = load_policy(config.ref_model_name_or_path or config.model_name_or_path,
@@ -300,15 +292,5 @@ def train_grpo(config: GRPOConfig):
     def count(batch):
         return len(batch["rows"]) * config.num_generations
 
-    return train_and_save("grpo", engine_config, model, tokenizer, rows, collate, step, count_fn=count)
+    return run.train(model, tokenizer, rows, collate, step, count_fn=count, settings=engine_config.train)
 
-
-def _cut_prompt(row: dict, tokenizer, max_prompt_length: int) -> dict:
-    """Plain-text prompts longer than max_prompt_length tokens keep their last tokens (conversations are kept
-    whole: cutting one would break its chat template)."""
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        if len(ids) > max_prompt_length:
-            return {**row, "prompt": tokenizer.decode(ids[-max_prompt_length:])}
-    return row

@@ -30,8 +30,7 @@ from alignkit.data.collate import collate_responses
 from alignkit.data.formats import detect_kind, preference_to_unpaired
 from alignkit.data.io import file_format, load_rows, load_train_eval, resolve_data_path, scan
 from alignkit.data.tokenize import Tokenized, TruncationWarning, tokenize_example
-from alignkit.engine.loop import check_output_dir
-from alignkit.engine.outputs import start_run, train_and_save
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
 from alignkit.losses import preference
@@ -318,31 +317,29 @@ def warn_on_balance(examples: list[KTOExample], config: KTOConfig) -> None:
 def train_kto(config: KTOConfig):
     """Train config.model_name_or_path with KTO on config.dataset_name; writes the run directory and
     returns the engine's TrainResult."""
-    config.check()
-    check_output_dir(config.train)
-    strategy = config.reference()
-    tokenizer, examples, eval_examples = load_kto_data(config)
-    pad_id = tokenizer.pad_token_id
-    start_run("kto", config)
-    bucketed = config.batch_layout == "bucketed"
-    reference = prepare_reference(config, strategy, examples, eval_examples, pad_id, bucketed)
+    with run_owner(config, kind="kto", model=config.model_name_or_path) as run:
+        strategy = config.reference()
+        tokenizer, examples, eval_examples = load_kto_data(config)
+        pad_id = tokenizer.pad_token_id
+        run.start()
+        bucketed = config.batch_layout == "bucketed"
+        reference = prepare_reference(config, strategy, examples, eval_examples, pad_id, bucketed)
 
-    torch.manual_seed(config.train.seed)
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
-                        lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    padding_free = config.batch_layout == "padding_free"
+        torch.manual_seed(config.train.seed)
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                            lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+        padding_free = config.batch_layout == "padding_free"
 
-    def collate(items):
-        return collate_kto(items, pad_id, padding_free)
+        def collate(items):
+            return collate_kto(items, pad_id, padding_free)
 
-    def step(model, batch):
-        return kto_loss(model, batch, reference, config, bucketed)
+        def step(model, batch):
+            return kto_loss(model, batch, reference, config, bucketed)
 
-    eval_fn = None
-    if eval_examples:
-        def eval_fn(model):
-            return evaluate_kto(model, eval_examples, Reference(strategy, reference.model, bucketed=True), config,
-                                pad_id, config.train.per_device_eval_batch_size)
+        eval_fn = None
+        if eval_examples:
+            def eval_fn(model):
+                return evaluate_kto(model, eval_examples, Reference(strategy, reference.model, bucketed=True), config,
+                                    pad_id, config.train.per_device_eval_batch_size)
 
-    return train_and_save("kto", config, model, tokenizer, examples, collate, step, count_fn=count_examples,
-                          eval_fn=eval_fn)
+        return run.train(model, tokenizer, examples, collate, step, count_fn=count_examples, eval_fn=eval_fn)

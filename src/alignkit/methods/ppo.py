@@ -35,23 +35,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignkit.config import to_flat_dict
-from alignkit.data.readers import load_prompt_rows
+from alignkit.data.readers import load_prompt_rows, load_prompts
+from alignkit.data.tokenize import cut_prompt
 from alignkit.engine.checkpoint import unwrap
 from alignkit.engine.distributed import is_main_process
-from alignkit.engine.loop import TrainingStopped, check_output_dir, train
-from alignkit.engine.outputs import (
-    save_final_model,
-    start_run,
-    write_report_quietly,
-    write_status,
-)
+from alignkit.engine.outputs import save_final_model
 from alignkit.engine.phases import Rollouts
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.rollout.settings import VLLMSettings
 from alignkit.errors import AlignkitError
 from alignkit.losses import rl
-from alignkit.methods.grpo import _cut_prompt, load_prompts
 from alignkit.models.load import load_policy, load_reward_model, load_tokenizer
 from alignkit.ops.logprobs import sequence_logps
 from alignkit.ops.rewards import reward_parts
@@ -388,18 +382,22 @@ def whiten_across(xs: list, masks: list, sum_across, shift_mean: bool = True, ep
 def train_ppo(config: PPOConfig):
     """Train config.model_name_or_path with PPO on config.dataset_name's prompts; writes the run directory
     (metrics.jsonl, checkpoints, model/ with value.pt, run.json, report) and returns the engine's TrainResult."""
-    config.check()
-    check_output_dir(config.train)
+    with run_owner(config, kind="ppo", model=config.model_name_or_path) as run:
+        return _train_ppo(config, run)
+
+
+def _train_ppo(config: PPOConfig, run):
+    """train_ppo inside its run owner: read the prompts, start the run, load the models, train."""
     settings = config.train
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    rows = [_cut_prompt(row, tokenizer, 512) for row in load_prompts(config)]
+    rows = [cut_prompt(row, tokenizer, 512) for row in load_prompts(config)]
     held_out = load_prompt_rows(config.eval_dataset_name) if config.eval_dataset_name else []
-    eval_rows = [_cut_prompt(row, tokenizer, 512) for row in held_out]
+    eval_rows = [cut_prompt(row, tokenizer, 512) for row in held_out]
     if config.eval_dataset_name and not eval_rows:
         raise AlignkitError(f"{config.eval_dataset_name}: no prompts")
     rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
                          missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
-    out = start_run("ppo", config)
+    out = run.start()
     reference = None
     if config.reference() == "copy":
         reference = load_policy(config.ref_model_name_or_path or config.model_name_or_path, dtype=config.dtype,
@@ -414,22 +412,12 @@ def train_ppo(config: PPOConfig):
     hook = Rollouts(ppo.collect, ppo.minibatches, ppo.finish, epochs=config.num_ppo_epochs,
                     minibatches_per_epoch=config.num_mini_batches, policy=policy, state_dict=ppo.state_dict,
                     load_state_dict=ppo.load_state_dict)
-    try:
-        result = train(PolicyWithValue(policy, value, config.temperature), rows, lambda items: {"rows": items},
-                       ppo.loss, settings, count_fn=lambda batch: int(batch["mask"].sum()),
-                       eval_fn=(lambda model: ppo.evaluate(model, eval_rows)) if eval_rows else None,
-                       config=to_flat_dict(config), device=None if config.device == "auto" else config.device,
-                       method="ppo", rollouts=hook)
-    except BaseException as e:
-        status = "stopped" if isinstance(e, (TrainingStopped, KeyboardInterrupt)) else "failed"
-        write_status(out, status, "ppo", model=config.model_name_or_path, error=str(e) or type(e).__name__)
-        write_report_quietly(out)
-        raise
-    save_final_model(policy, tokenizer, out / "model")
-    if is_main_process():
-        torch.save(value.state_dict(), out / "model" / VALUE_FILE)
-    write_status(out, "complete", "ppo", model=config.model_name_or_path, steps=result.steps,
-                 seconds=round(result.seconds, 2), skipped_steps=result.skipped_steps, eval=result.eval_metrics,
-                 final=result.last_metrics)
-    write_report_quietly(out)
-    return result
+    def save(result) -> None:  # the policy and its value head
+        save_final_model(policy, tokenizer, out / "model")
+        if is_main_process():
+            torch.save(value.state_dict(), out / "model" / VALUE_FILE)
+
+    return run.train(PolicyWithValue(policy, value, config.temperature), tokenizer, rows,
+                     lambda items: {"rows": items}, ppo.loss, count_fn=lambda batch: int(batch["mask"].sum()),
+                     eval_fn=(lambda model: ppo.evaluate(model, eval_rows)) if eval_rows else None,
+                     rollouts=hook, save=save)

@@ -196,43 +196,40 @@ def train_reward_model(config: RewardConfig):
 
     from alignkit.data.io import load_train_eval
     from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.loop import check_output_dir
-    from alignkit.engine.outputs import start_run, train_and_save
+    from alignkit.engine.run import run_owner
     from alignkit.models.load import load_reward_model, load_tokenizer
 
-    config.check()
-    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
-    tokenizer = load_tokenizer(config.model_name_or_path)
-    train_rows, eval_rows = load_train_eval(config.dataset_name, "preference", config.eval_dataset_name,
-                                            config.dataset_train_split, config.dataset_test_split)
-    if config.prompt_subset != "all":
-        train_rows = subset_rows(train_rows, config.prompt_subset, config.dataset_name)
-        eval_rows = subset_rows(eval_rows, config.prompt_subset)
-    examples, dropped = tokenize_preferences(tokenizer, train_rows, config.max_length, config.max_prompt_length)
-    if dropped:
-        warnings.warn(f"dropped {dropped} of {len(train_rows)} pairs: a response would be empty at "
-                      f"max_length={config.max_length}", TruncationWarning, stacklevel=2)
-    pad_id = tokenizer.pad_token_id
-    padding_free = config.batch_layout == "padding_free"
-    bucketed = config.batch_layout == "bucketed"
-    center = config.center_rewards_coefficient
+    with run_owner(config, kind="reward_model", model=config.model_name_or_path) as run:
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        train_rows, eval_rows = load_train_eval(config.dataset_name, "preference", config.eval_dataset_name,
+                                                config.dataset_train_split, config.dataset_test_split)
+        if config.prompt_subset != "all":
+            train_rows = subset_rows(train_rows, config.prompt_subset, config.dataset_name)
+            eval_rows = subset_rows(eval_rows, config.prompt_subset)
+        examples, dropped = tokenize_preferences(tokenizer, train_rows, config.max_length, config.max_prompt_length)
+        if dropped:
+            warnings.warn(f"dropped {dropped} of {len(train_rows)} pairs: a response would be empty at "
+                          f"max_length={config.max_length}", TruncationWarning, stacklevel=2)
+        pad_id = tokenizer.pad_token_id
+        padding_free = config.batch_layout == "padding_free"
+        bucketed = config.batch_layout == "bucketed"
+        center = config.center_rewards_coefficient
 
-    def collate(items):
-        return collate_rewards(items, pad_id, padding_free)
+        def collate(items):
+            return collate_rewards(items, pad_id, padding_free)
 
-    def step(model, batch):
-        return reward_loss(model, batch, center, bucketed)
+        def step(model, batch):
+            return reward_loss(model, batch, center, bucketed)
 
-    eval_fn = None
-    if eval_rows:
-        eval_examples, _ = tokenize_preferences(tokenizer, eval_rows, config.max_length, config.max_prompt_length)
+        eval_fn = None
+        if eval_rows:
+            eval_examples, _ = tokenize_preferences(tokenizer, eval_rows, config.max_length, config.max_prompt_length)
 
-        def eval_fn(model):
-            return evaluate_pairs(model, eval_examples, pad_id, config.train.per_device_eval_batch_size)
+            def eval_fn(model):
+                return evaluate_pairs(model, eval_examples, pad_id, config.train.per_device_eval_batch_size)
 
-    start_run("reward_model", config)  # after the data is read: bad data must not leave a "running" run.json
-    torch.manual_seed(config.train.seed)  # the new scalar head's initialisation
-    model = load_reward_model(config.model_name_or_path, dtype=config.dtype, device=config.device,
-                              lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    return train_and_save("reward_model", config, model, tokenizer, examples, collate, step,
-                          count_fn=count_pairs, eval_fn=eval_fn)
+        run.start()  # after the data is read: bad data must not leave a "running" run.json
+        torch.manual_seed(config.train.seed)  # the new scalar head's initialisation
+        model = load_reward_model(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                                  lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+        return run.train(model, tokenizer, examples, collate, step, count_fn=count_pairs, eval_fn=eval_fn)

@@ -129,39 +129,37 @@ def train_sft(config: SFTConfig):
     from alignkit.data.collate import collate_masked, collate_packed, collate_padding_free, pack
     from alignkit.data.io import load_train_eval
     from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.loop import check_output_dir
-    from alignkit.engine.outputs import start_run, train_and_save
+    from alignkit.engine.run import run_owner
     from alignkit.models.load import load_policy, load_tokenizer
 
-    config.check()
-    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
-    tokenizer = load_tokenizer(config.model_name_or_path)
-    rows, eval_rows = load_train_eval(config.dataset_name, "sft", config.eval_dataset_name,
-                                      config.dataset_train_split, config.dataset_test_split)
-    examples, dropped = tokenize_sft(tokenizer, rows, config.max_length, config.completion_only_loss)
-    if dropped:
-        warnings.warn(f"dropped {dropped} of {len(rows)} examples: nothing left to train on at "
-                      f"max_length={config.max_length}", TruncationWarning, stacklevel=2)
-    pad_id = tokenizer.pad_token_id
-    if config.packing:
-        examples = pack(examples, config.max_length)
-        collate = lambda items: collate_packed(items, pad_id)  # noqa: E731
-    elif config.padding_free:
-        collate = lambda items: collate_padding_free(items, pad_id)  # noqa: E731
-    else:
-        collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
+    with run_owner(config, kind="sft", model=config.model_name_or_path) as run:
+        tokenizer = load_tokenizer(config.model_name_or_path)
+        rows, eval_rows = load_train_eval(config.dataset_name, "sft", config.eval_dataset_name,
+                                          config.dataset_train_split, config.dataset_test_split)
+        examples, dropped = tokenize_sft(tokenizer, rows, config.max_length, config.completion_only_loss)
+        if dropped:
+            warnings.warn(f"dropped {dropped} of {len(rows)} examples: nothing left to train on at "
+                          f"max_length={config.max_length}", TruncationWarning, stacklevel=2)
+        pad_id = tokenizer.pad_token_id
+        if config.packing:
+            examples = pack(examples, config.max_length)
+            collate = lambda items: collate_packed(items, pad_id)  # noqa: E731
+        elif config.padding_free:
+            collate = lambda items: collate_padding_free(items, pad_id)  # noqa: E731
+        else:
+            collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
 
-    eval_fn = None
-    if eval_rows:
-        eval_examples, _ = tokenize_sft(tokenizer, eval_rows, config.max_length, config.completion_only_loss)
-        eval_collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
+        eval_fn = None
+        if eval_rows:
+            eval_examples, _ = tokenize_sft(tokenizer, eval_rows, config.max_length, config.completion_only_loss)
+            eval_collate = lambda items: collate_masked(items, pad_id)  # noqa: E731
 
-        def eval_fn(model):
-            return {"eval/loss": token_mean_loss(model, eval_examples, eval_collate,
-                                                 config.train.per_device_eval_batch_size)}
+            def eval_fn(model):
+                return {"eval/loss": token_mean_loss(model, eval_examples, eval_collate,
+                                                     config.train.per_device_eval_batch_size)}
 
-    start_run("sft", config)  # after the data is read: bad data must not leave a "running" run.json
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
-                        lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    return train_and_save("sft", config, model, tokenizer, examples, collate, sft_loss,
-                          count_fn=count_trained_tokens, eval_fn=eval_fn)
+        run.start()  # after the data is read: bad data must not leave a "running" run.json
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                            lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+        return run.train(model, tokenizer, examples, collate, sft_loss, count_fn=count_trained_tokens,
+                         eval_fn=eval_fn)

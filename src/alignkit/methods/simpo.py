@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignkit.engine.loop import check_output_dir
-from alignkit.engine.outputs import start_run, train_and_save
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
 from alignkit.losses import preference
@@ -122,28 +121,25 @@ def simpo_loss(model, batch: dict, config: SimPOConfig, bucketed: bool = False):
 def train_simpo(config: SimPOConfig):
     """Train config.model_name_or_path with SimPO, CPO or ORPO; writes the run directory and returns the
     engine's TrainResult."""
-    config.check()
-    check_output_dir(config.train)  # an output_dir / --resume mistake costs no time
-    method = config.loss_type
-    tokenizer, examples, eval_examples = load_pairs(config)
-    pad_id = tokenizer.pad_token_id
-    start_run(method, config)
-    torch.manual_seed(config.train.seed)
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
-                        lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
-    padding_free, bucketed = config.batch_layout == "padding_free", config.batch_layout == "bucketed"
+    with run_owner(config, kind=config.loss_type, model=config.model_name_or_path) as run:
+        tokenizer, examples, eval_examples = load_pairs(config)
+        pad_id = tokenizer.pad_token_id
+        run.start()
+        torch.manual_seed(config.train.seed)
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
+                            lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
+        padding_free, bucketed = config.batch_layout == "padding_free", config.batch_layout == "bucketed"
 
-    def collate(items):
-        return collate_dpo(items, pad_id, padding_free)
+        def collate(items):
+            return collate_dpo(items, pad_id, padding_free)
 
-    def step(model, batch):
-        return simpo_loss(model, batch, config, bucketed)
+        def step(model, batch):
+            return simpo_loss(model, batch, config, bucketed)
 
-    eval_fn = None
-    if eval_examples:
-        def eval_fn(model):
-            return evaluate_pairs(lambda m, b: simpo_loss(m, b, config, bucketed=True), model, eval_examples,
-                                  pad_id, config.train.per_device_eval_batch_size)
+        eval_fn = None
+        if eval_examples:
+            def eval_fn(model):
+                return evaluate_pairs(lambda m, b: simpo_loss(m, b, config, bucketed=True), model, eval_examples,
+                                      pad_id, config.train.per_device_eval_batch_size)
 
-    return train_and_save(method, config, model, tokenizer, examples, collate, step, count_fn=count_pairs,
-                          eval_fn=eval_fn)
+        return run.train(model, tokenizer, examples, collate, step, count_fn=count_pairs, eval_fn=eval_fn)

@@ -6,28 +6,12 @@ A name is `embedded:smollm2-135m-instruct`, `embedded:tiny[@SEED]`, a local dire
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignkit.errors import AlignkitError
 from alignkit.models import embedded
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapter settings (peft). Only the adapter trains; checkpoints then hold only the adapter."""
-
-    r: int = 16
-    """Rank of the update matrices."""
-    alpha: int = 32
-    """Scaling numerator: the update is scaled by alpha / r."""
-    dropout: float = 0.05
-    """Dropout on the adapter's input."""
-    target_modules: Any = "all-linear"
-    """Modules to adapt: "all-linear" or a list of module names such as ["q_proj", "v_proj"]."""
-    modules_to_save: list[str] = field(default_factory=list)
-    """Modules trained in full next to the adapter (a reward model's score head is added automatically)."""
+from alignkit.models.lora import PeftSettings, apply_lora
 
 
 def resolve_path(name: str | Path) -> str:
@@ -132,7 +116,7 @@ def load_policy(
     *,
     dtype: Any = "auto",
     device: str | None = "auto",
-    lora: LoraSettings | dict | None = None,
+    lora: PeftSettings | dict | None = None,
     gradient_checkpointing: bool = False,
     attn_implementation: str | None = None,
 ):
@@ -167,7 +151,7 @@ def load_reward_model(
     *,
     dtype: Any = "auto",
     device: str | None = "auto",
-    lora: LoraSettings | dict | None = None,
+    lora: PeftSettings | dict | None = None,
     gradient_checkpointing: bool = False,
 ):
     """A sequence classifier with one output: the scalar reward (see `ops.rewards.sequence_rewards`, which
@@ -194,29 +178,3 @@ def load_reward_model(
     if lora is not None:
         model = apply_lora(model, lora, task_type="SEQ_CLS")
     return model
-
-
-def apply_lora(model, lora: LoraSettings | dict, task_type: str):
-    """Wrap `model` with a fresh LoRA adapter."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise AlignkitError("LoRA needs peft: pip install 'alignkit[lora]'") from None
-    if isinstance(lora, dict):
-        unknown = set(lora) - set(LoraSettings.__dataclass_fields__)
-        if unknown:
-            raise AlignkitError(f"lora: unknown settings {', '.join(sorted(unknown))}")
-        lora = LoraSettings(**lora)
-    modules_to_save = list(lora.modules_to_save)
-    if task_type == "SEQ_CLS" and "score" not in modules_to_save:
-        modules_to_save.append("score")
-    config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        modules_to_save=modules_to_save or None, task_type=task_type,
-    )
-    import warnings
-
-    with warnings.catch_warnings():
-        # peft still asks transformers for the deprecated is_gradient_checkpointing; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        return get_peft_model(model, config)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.rewards.rubric import RubricContext, is_harmful_prompt, score_response
+from alignkit.rewards.specs import REWARD_SPECS
 
 RewardFn = Callable[..., list]
 
@@ -73,31 +74,35 @@ def _python_function(spec: str) -> RewardFn:
     return fn
 
 
+def reward_model(paths: str, device: str = "auto"):
+    """The reward model at PATH, or the ensemble mean of PATH,PATH,... (the argument of an `rm:` spec)."""
+    from alignkit.rewards.model import RewardModel
+
+    models = [RewardModel(p.strip(), device=device) for p in paths.split(",") if p.strip()]
+    if not models:
+        raise AlignkitError(f"rm: no reward model path in {paths!r}")
+    if len(models) == 1:
+        return models[0]
+    from alignkit.rewards.combine import Ensemble
+
+    return Ensemble(models)
+
+
 def load_reward(spec: str, device: str = "auto") -> RewardFn:
     """A reward source from its spec (see the module docstring)."""
-    kind, _, arg = spec.partition(":")
-    if kind == "rm" and arg:
-        from alignkit.rewards.model import RewardModel
-
-        models = [RewardModel(p.strip(), device=device) for p in arg.split(",") if p.strip()]
-        if len(models) == 1:
-            return models[0]
-        from alignkit.rewards.combine import Ensemble
-
-        return Ensemble(models)
-    if spec == "rules":
+    kind, arg = REWARD_SPECS.parse(spec)
+    if kind == "rm":
+        return reward_model(arg, device)
+    if kind == "rules":
         return rubric_reward
-    if kind == "contains" and arg:
+    if kind == "contains":
         return contains(arg)
-    if kind == "max_words" and arg:
+    if kind == "max_words":
         try:
             return max_words(int(arg))
         except ValueError:
             raise AlignkitError(f"reward: max_words needs a whole number, got {arg!r}") from None
-    if ":" in spec:
-        return _python_function(spec)
-    raise AlignkitError(f"reward: unknown source {spec!r}; use rm:PATH, rules, module:function, file.py:function, "
-                        "contains:TEXT or max_words:N")
+    return _python_function(arg)
 
 
 def source_name(fn) -> str:

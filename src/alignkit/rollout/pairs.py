@@ -68,21 +68,22 @@ def run_generate_pairs(config: GeneratePairsConfig, output: str | Path | None = 
     import time
 
     from alignkit.data.io import write_jsonl
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.models.load import load_policy, load_tokenizer
 
-    config.check()
-    started = time.time()
-    rows = load_prompt_rows(config.dataset_name, config.max_prompts)
-    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    records = sample_pairs(model, tokenizer, rows, config, config.model_name_or_path)
-    out = Path(config.output_dir)
-    path = Path(output) if output else out / PAIRS_FILE
-    write_jsonl(path, records)
-    if not output:
-        cut = sum(r == "length" for rec in records for r in rec["finish_reasons"])
-        write_status(out, "complete", "generate_pairs", model=config.model_name_or_path, rows=len(records),
-                     responses=len(records) * config.sampling.num_return_sequences, cut_at_max_new_tokens=cut,
-                     seconds=round(time.time() - started, 2))
-    return path
+    with run_owner(config, kind="generate_pairs", record=not output, model=config.model_name_or_path) as run:
+        run.start()
+        started = time.time()
+        rows = load_prompt_rows(config.dataset_name, config.max_prompts)
+        tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
+        records = sample_pairs(model, tokenizer, rows, config, config.model_name_or_path)
+        out = Path(config.output_dir)
+        path = Path(output) if output else out / PAIRS_FILE
+        write_jsonl(path, records)
+        if not output:
+            cut = sum(r == "length" for rec in records for r in rec["finish_reasons"])
+            run.complete(model=config.model_name_or_path, rows=len(records),
+                         responses=len(records) * config.sampling.num_return_sequences, cut_at_max_new_tokens=cut,
+                         seconds=round(time.time() - started, 2))
+        return path

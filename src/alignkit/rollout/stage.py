@@ -43,27 +43,28 @@ def run_generate(config: GenerateConfig) -> Path:
 
     from alignkit.data.io import write_jsonl
     from alignkit.data.readers import load_prompt_rows
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rollout.generate import as_records, generate
 
-    config.check()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
-    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
-    records = as_records(rows, outputs)
-    path = out / "generations.jsonl"
-    write_jsonl(path, records)
-    if config.show:
-        for record in records:
-            prompt = record["prompt"]
-            question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-            cut = "" if record["finish_reason"] == "stop" else " [...]"
-            print(f"Q: {question}\nA: {record['completion']}{cut}\n", flush=True)
-    write_status(out, "complete", "generate", model=config.model_name_or_path, rows=len(records),
-                 seconds=round(time.time() - started, 2))
-    return path
+    with run_owner(config, kind="generate", model=config.model_name_or_path) as run:
+        run.start()
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
+        tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
+        model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
+        outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
+        records = as_records(rows, outputs)
+        path = out / "generations.jsonl"
+        write_jsonl(path, records)
+        if config.show:
+            for record in records:
+                prompt = record["prompt"]
+                question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+                cut = "" if record["finish_reason"] == "stop" else " [...]"
+                print(f"Q: {question}\nA: {record['completion']}{cut}\n", flush=True)
+        run.complete(model=config.model_name_or_path, rows=len(records),
+                     seconds=round(time.time() - started, 2))
+        return path

@@ -30,18 +30,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alignkit.errors import AlignkitError, DataError
+from alignkit.errors import AlignkitError
 from alignkit.files import write_atomic, write_text_atomic
+from alignkit.safety.guard_data import ROLES, builtin_rows, load_guard_rows
+from alignkit.safety.guard_fit import (
+    choose_threshold,
+    fit_head,
+    fit_temperature,
+    folds,
+    make_head,
+    prf,
+)
 
-ROLES = ("prompt", "response")
 UNSAFE = "unsafe"
 WEIGHTS = "guard.safetensors"
 META = "guard.json"
@@ -102,189 +108,6 @@ def format_llama_guard(verdict: Verdict, taxonomy=None) -> str:
 
     taxonomy = taxonomy or load_taxonomy()
     return "unsafe\n" + ",".join(taxonomy.code(c) for c in verdict.categories)
-
-
-# ----------------------------------------------------------------------------------------------------
-# data
-
-
-def prompt_text(prompt) -> str:
-    """A prompt as text: a string as is, a conversation as its user turns joined by newlines."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(m["content"] for m in prompt if m.get("role") == "user")
-
-
-def builtin_rows(split: str) -> list[dict]:
-    """The built-in guard data of one split as {"text", "role", "categories"} rows.
-
-    Harmful prompts carry their hazard; benign look-alikes and helpful prompts are safe; the response set
-    (guard_responses.jsonl) holds refusals, benign answers and elided placeholder compliance."""
-    from alignkit.data.builtin import builtin_path
-
-    def read(name):
-        with open(builtin_path(name), encoding="utf-8") as f:
-            return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == split]
-
-    rows = [{"text": prompt_text(r["prompt"]), "role": "prompt", "categories": [r["hazard"]]}
-            for r in read("harmful.jsonl")]
-    rows += [{"text": prompt_text(r["prompt"]), "role": "prompt", "categories": []}
-             for name in ("benign_risky.jsonl", "helpful.jsonl") for r in read(name)]
-    rows += [{"text": r["text"], "role": r["role"], "categories": list(r["categories"])}
-             for r in read("guard_responses.jsonl")]
-    return rows
-
-
-def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
-    """Rows of an extra JSONL file, checked; DataError with one `path:line: field: why` per problem. A row may
-    also be an `alignkit redteam` transcript, which becomes the rows `transcript_rows` makes of it."""
-    from alignkit.data.io import Problem, scan
-
-    rows, problems = [], []
-    for line, row in scan(path):
-        if isinstance(row, Problem):
-            problems.append(row.format(str(path)))
-            continue
-        where = f"{path}:{line}"
-        if not isinstance(row, dict):
-            problems.append(f"{where}: row: expected an object with text, role, categories")
-            continue
-        for candidate in transcript_rows(row) if "attack" in row and "conversation" in row else [row]:
-            problem = _row_problem(candidate, known)
-            if problem:
-                problems.append(f"{where}: {problem}")
-            else:
-                rows.append({"text": candidate["text"], "role": candidate.get("role", "prompt"),
-                             "categories": list(dict.fromkeys(candidate["categories"]))})
-    if not rows and not problems:
-        problems.append(f"{path}: file: no rows")
-    if problems:
-        raise DataError(problems)
-    return rows
-
-
-def _row_problem(row: dict, known: list[str]) -> str | None:
-    text, role, cats = row.get("text"), row.get("role", "prompt"), row.get("categories")
-    if not isinstance(text, str) or not text.strip():
-        return "text: expected a non-empty string"
-    if role not in ROLES:
-        return f"role: expected prompt or response, got {role!r}"
-    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
-        return "categories: expected a list of hazard ids ([] for safe)"
-    bad = next((c for c in cats if c not in known), None)
-    if bad is not None:
-        return f"categories: {bad!r} is not a hazard id of the taxonomy (docs/guard.md)"
-    return None
-
-
-def transcript_rows(row: dict) -> list[dict]:
-    """Guard rows from one red-team transcript (safety/redteam.py): the attacked request as it reached the
-    model (its last user message) is a prompt of the request's hazard; a refused reply is a safe response; a
-    successful attack's reply is a response of that hazard (as the run's harm judge labelled it: check those
-    labels before training on them); a reply that neither refused nor was judged harmful is left out."""
-    hazard = row.get("hazard")
-    users = [m["content"] for m in row["conversation"] if m.get("role") == "user"]
-    out = [{"text": users[-1], "role": "prompt", "categories": [hazard]}] if users and hazard else []
-    reply = row.get("decoded") or row.get("reply") or ""
-    if reply.strip() and row.get("refused"):
-        out.append({"text": reply, "role": "response", "categories": []})
-    elif reply.strip() and row.get("success") and hazard:
-        out.append({"text": reply, "role": "response", "categories": [hazard]})
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# the head and its training
-
-
-def _make_head(input_dim: int, hidden_size: int, outputs: int):
-    import torch
-
-    if hidden_size == 0:
-        return torch.nn.Linear(input_dim, outputs)
-    return torch.nn.Sequential(torch.nn.Linear(input_dim, hidden_size), torch.nn.GELU(),
-                               torch.nn.Linear(hidden_size, outputs))
-
-
-def fit_head(features, targets, hidden_size: int, epochs: int, learning_rate: float, weight_decay: float,
-             seed: int):
-    """A head fitted full-batch with AdamW on binary cross-entropy: features [n, d], targets [n, k] in {0, 1}."""
-    import torch
-
-    torch.manual_seed(seed)
-    head = _make_head(features.shape[1], hidden_size, targets.shape[1])
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(features), targets)
-        loss.backward()
-        optimizer.step()
-    return head.eval().requires_grad_(False)
-
-
-def fit_temperature(logits, targets) -> float:
-    """The T minimising the mean binary cross-entropy of sigmoid(logits / T) (a log-spaced grid, 0.05..20)."""
-    import torch
-
-    best_t, best_loss = 1.0, math.inf
-    for i in range(401):
-        t = math.exp(math.log(0.05) + i * (math.log(20.0) - math.log(0.05)) / 400)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits / t, targets).item()
-        if loss < best_loss - 1e-12:
-            best_t, best_loss = t, loss
-    return best_t
-
-
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
-def choose_threshold(scores: list[float], labels: list[int], target_precision: float | None = None) -> float:
-    """The threshold (predict positive when score >= it) that maximises F1 on these validation scores.
-
-    Candidates are the distinct scores; ties go to the higher one (fewer false alarms). The threshold returned
-    sits halfway between the chosen score and the next lower one, so it does not rest on a single example.
-    With `target_precision`: the lowest candidate whose precision reaches it (most recall), else the F1 best.
-    With no positive example there is nothing to choose from and the threshold is 0.5."""
-    if not any(labels):
-        return 0.5
-    distinct = sorted(set(scores), reverse=True)
-    results = []  # (score, precision, f1)
-    for s in distinct:
-        tp = sum(1 for x, y in zip(scores, labels) if x >= s and y)
-        fp = sum(1 for x, y in zip(scores, labels) if x >= s and not y)
-        fn = sum(1 for x, y in zip(scores, labels) if x < s and y)
-        precision, _, f1 = _prf(tp, fp, fn)
-        results.append((s, precision, f1))
-    chosen = None
-    if target_precision is not None:
-        reaching = [s for s, precision, _ in results if precision >= target_precision]
-        chosen = min(reaching) if reaching else None
-    if chosen is None:
-        best = max(f1 for _, _, f1 in results)
-        chosen = next(s for s, _, f1 in results if f1 == best)  # distinct is descending: the highest of ties
-    lower = [s for s in distinct if s < chosen]
-    return (chosen + lower[0]) / 2 if lower else chosen
-
-
-def _folds(rows: list[dict], k: int, seed: int) -> list[int]:
-    """A fold per row, stratified by (role, categories) so each fold sees every kind of row it can."""
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault((r["role"], tuple(sorted(r["categories"]))), []).append(i)
-    rng = random.Random(seed)
-    fold = [0] * len(rows)
-    offset = 0
-    for key in sorted(groups):
-        members = groups[key]
-        rng.shuffle(members)
-        for j, i in enumerate(members):
-            fold[i] = (offset + j) % k
-        offset += len(members)  # continue the round-robin so small groups do not all land in fold 0
-    return fold
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,7 +173,7 @@ class GuardClassifier:
         fit = dict(hidden_size=config.hidden_size, epochs=config.epochs, learning_rate=config.learning_rate,
                    weight_decay=config.weight_decay, seed=config.seed)
 
-        fold = torch.tensor(_folds(rows, config.calibration_folds, config.seed))
+        fold = torch.tensor(folds(rows, config.calibration_folds, config.seed))
         held_out = torch.zeros_like(targets)
         for k in range(config.calibration_folds):
             test = fold == k
@@ -418,11 +241,11 @@ class GuardClassifier:
             tp = sum(c in g and c in p for g, p in zip(gold, pred))
             fp = sum(c not in g and c in p for g, p in zip(gold, pred))
             fn = sum(c in g and c not in p for g, p in zip(gold, pred))
-            precision, recall, f1 = _prf(tp, fp, fn)
+            precision, recall, f1 = prf(tp, fp, fn)
             per_category[c] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
             totals = [totals[0] + tp, totals[1] + fp, totals[2] + fn]
         supported = [m for m in per_category.values() if m["support"]]
-        micro = dict(zip(("precision", "recall", "f1"), _prf(*totals)))
+        micro = dict(zip(("precision", "recall", "f1"), prf(*totals)))
         macro = {k: (sum(m[k] for m in supported) / len(supported) if supported else 0.0)
                  for k in ("precision", "recall", "f1")}
 
@@ -470,7 +293,7 @@ class GuardClassifier:
                                 f"{meta.get('format_version')!r}")
         if hashlib.sha256((d / WEIGHTS).read_bytes()).hexdigest() != meta.get("weights_sha256"):
             raise AlignkitError(f"{d / WEIGHTS}: guard: weights do not match {META} (a partial or mixed save?)")
-        head = _make_head(settings["input_dim"], settings["hidden_size"], len(categories) + 1)
+        head = make_head(settings["input_dim"], settings["hidden_size"], len(categories) + 1)
         head.load_state_dict(load_file(str(d / WEIGHTS)))
         return cls(head.eval().requires_grad_(False), categories, temperature, thresholds, settings,
                    encoder, taxonomy, meta.get("info"))
@@ -498,7 +321,7 @@ def _binary(gold: list[bool], flagged: list[bool]) -> dict:
     fp = sum(f and not g for g, f in zip(gold, flagged))
     fn = sum(g and not f for g, f in zip(gold, flagged))
     tn = len(gold) - tp - fp - fn
-    precision, recall, f1 = _prf(tp, fp, fn)
+    precision, recall, f1 = prf(tp, fp, fn)
     return {"precision": precision, "recall": recall, "f1": f1,
             "accuracy": (tp + tn) / len(gold) if gold else 0.0,
             "false_positive_rate": fp / (fp + tn) if fp + tn else 0.0,

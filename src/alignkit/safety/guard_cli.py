@@ -30,7 +30,7 @@ def cmd_train(args) -> int:
 
 def _row_text(row, role: str | None, where: str) -> tuple[str, str]:
     """(text, role) of an input row: `text`, or a prompt (string or conversation), or a response/completion."""
-    from alignkit.safety.guard import ROLES, prompt_text
+    from alignkit.safety.guard_data import ROLES, prompt_text
 
     if not isinstance(row, dict):
         raise DataError([f"{where}: row: expected an object with a text, prompt or response field"])
@@ -108,7 +108,8 @@ def cmd_classify(args) -> int:
 
 def add_commands(sub) -> None:
     """Add `train` and `classify` to the `alignkit guard` group (pass the group's sub-commands object)."""
-    from alignkit.safety.guard import ROLES, GuardConfig
+    from alignkit.safety.guard import GuardConfig
+    from alignkit.safety.guard_data import ROLES
 
     p = sub.add_parser("train", help="train a guard on the built-in data (plus --data files) and evaluate it",
                        description="Train the guard head on the built-in train split and any extra JSONL files "

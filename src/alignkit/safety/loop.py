@@ -177,15 +177,23 @@ def stage_values(config: SafetyLoopConfig, model: str, run_dir: Path) -> dict:
             "max_length": 512, "per_device_train_batch_size": config.per_device_train_batch_size,
             "gradient_checkpointing": config.gradient_checkpointing,
             "logging_steps": 2, "save_steps": 20, "seed": config.seed, "output_dir": str(run_dir),
-            "device": config.device, "resume": (run_dir / "checkpoints" / "latest").exists()}
+            "device": config.device}
+
+
+def run_step(config_cls, run, values: dict) -> None:
+    """One step of the loop as a pipeline stage (engine.run.stage_action, as `alignkit pipeline` runs them):
+    skipped when its run.json is complete, resumed from its latest checkpoint when one was cut off."""
+    from alignkit.config import build_config
+    from alignkit.engine.run import stage_action
+
+    action, values, _ = stage_action(config_cls, values)
+    if action != "complete":
+        run(build_config(config_cls, values))
 
 
 def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
     """Train on the mix into `out` and return the trained model. sft+dpo runs SFT into out/sft first and
     then DPO from that model into `out`, so DPO's reference is the SFT model; a finished SFT is not rerun."""
-    from alignkit.config import build_config
-    from alignkit.engine.outputs import is_complete
-
     def common(model: str, run_dir: Path) -> dict:
         return {**stage_values(config, model, run_dir), "lora_dropout": 0.0, "lr_scheduler_type": "cosine"}
 
@@ -194,27 +202,24 @@ def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
         from alignkit.methods.sft import SFTConfig, train_sft
 
         sft_dir = out if config.train_method == "sft" else out / "sft"
-        if not is_complete(sft_dir):
-            train_sft(build_config(SFTConfig, {**common(model, sft_dir),
-                                               "dataset_name": str(data_dir / "safety_sft.jsonl")}))
+        run_step(SFTConfig, train_sft, {**common(model, sft_dir), "dataset_name": str(data_dir / "safety_sft.jsonl")})
         model = str(sft_dir / "model")
     if config.train_method in ("dpo", "sft+dpo"):
         from alignkit.methods.dpo import DPOConfig, train_dpo
 
-        train_dpo(build_config(DPOConfig, {**common(model, out), "beta": 0.1, "rpo_alpha": config.rpo_alpha,
-                                           "dataset_name": str(data_dir / "safety_preferences.jsonl")}))
+        run_step(DPOConfig, train_dpo, {**common(model, out), "beta": 0.1, "rpo_alpha": config.rpo_alpha,
+                                        "dataset_name": str(data_dir / "safety_preferences.jsonl")})
     return out / "model"
 
 
 def train_safety_rm(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
     """A Bradley–Terry safety RM on the loop's safety-relevant pairs (refusal over harmful reply, answer over
     refusal for look-alikes), from the policy's own weights; returns the model directory."""
-    from alignkit.config import build_config
     from alignkit.methods.reward_model import RewardConfig, train_reward_model
 
-    train_reward_model(build_config(RewardConfig, {
+    run_step(RewardConfig, train_reward_model, {
         **stage_values(config, config.model_name_or_path, out), "prompt_subset": "safety",
-        "dataset_name": str(data_dir / "safety_preferences.jsonl")}))
+        "dataset_name": str(data_dir / "safety_preferences.jsonl")})
     return out / "model"
 
 
@@ -295,59 +300,58 @@ def plot_before_after(summary: dict, path: Path) -> None:
 
 def run_safety_loop(config: SafetyLoopConfig) -> Path:
     """Run the four steps (each skipped when complete); returns safety_loop.json."""
+    from alignkit.config import to_flat_dict
     from alignkit.data.io import write_jsonl
     from alignkit.engine.outputs import is_complete as _complete
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.files import write_text_atomic
 
-    config.check()
-    started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_status(out, "running", "safety_loop")
-    steps = {name: out / name for name in ("before", "collect", "data", "train", "after")}
-    if not _complete(steps["before"]):
-        run_redteam(config.redteam_config(config.model_name_or_path, config.test_split, steps["before"]))
-    if not _complete(steps["collect"]):
+    with run_owner(config, kind="safety_loop", model=config.model_name_or_path) as run:
+        started = time.time()
+        out = run.start()
+        steps = {name: out / name for name in ("before", "collect", "data", "train", "after")}
+        run_step(RedTeamConfig, run_redteam,
+                 to_flat_dict(config.redteam_config(config.model_name_or_path, config.test_split, steps["before"])))
         benign = ",".join(n for n in (config.benign_dataset_name, config.train_benign_dataset_name,
                                       config.helpful_dataset_name) if n)
-        run_redteam(config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign))
-    sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed,
-                                             config.refusal_pairs_per_request)
-    if not sft:  # every SFT row has its preference pair, so this covers DPO too
-        raise AlignkitError(f"{steps['collect']}: no training data: the policy refused every attack and no benign "
-                            "answer was kept; nothing to learn")
-    steps["data"].mkdir(exist_ok=True)
-    write_jsonl(steps["data"] / "safety_sft.jsonl", sft)
-    write_jsonl(steps["data"] / "safety_preferences.jsonl", prefs)
-    trained = steps["train"] / "model"
-    if not _complete(steps["train"]):
-        trained = train_step(config, steps["data"], steps["train"])
-    if not _complete(steps["after"]):
-        run_redteam(config.redteam_config(str(trained), config.test_split, steps["after"]))
-    before = json.loads((steps["before"] / RESULTS).read_text())
-    after = json.loads((steps["after"] / RESULTS).read_text())
-    summary = {"model": config.model_name_or_path, "trained_model": str(trained), "train_method": config.train_method,
-               "data": counts, **compare(before, after)}
-    if config.safety_rm:
-        rm_dir = out / "safety_rm"
-        if not _complete(rm_dir):
-            train_safety_rm(config, steps["data"], rm_dir)
-        verdict = rm_dir / "verdict.json"  # kept, so a rerun of a finished loop scores nothing again
-        if not verdict.exists():
-            scores = rm_verdict(rm_dir / "model", steps["before"], steps["after"], config.device)
-            write_text_atomic(verdict, json.dumps(scores, indent=2) + "\n")
-        summary["safety_rm"] = json.loads(verdict.read_text())
-    path = out / "safety_loop.json"
-    write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
-    plot_before_after(summary, out / "before_after.png")
-    from alignkit.safety.report import write_safety_report
+        run_step(RedTeamConfig, run_redteam, to_flat_dict(
+            config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign)))
+        sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed,
+                                                 config.refusal_pairs_per_request)
+        if not sft:  # every SFT row has its preference pair, so this covers DPO too
+            raise AlignkitError(f"{steps['collect']}: no training data: the policy refused every attack and no benign "
+                                "answer was kept; nothing to learn")
+        steps["data"].mkdir(exist_ok=True)
+        write_jsonl(steps["data"] / "safety_sft.jsonl", sft)
+        write_jsonl(steps["data"] / "safety_preferences.jsonl", prefs)
+        trained = steps["train"] / "model"
+        if not _complete(steps["train"]):
+            trained = train_step(config, steps["data"], steps["train"])
+        run_step(RedTeamConfig, run_redteam,
+                 to_flat_dict(config.redteam_config(str(trained), config.test_split, steps["after"])))
+        before = json.loads((steps["before"] / RESULTS).read_text())
+        after = json.loads((steps["after"] / RESULTS).read_text())
+        summary = {"model": config.model_name_or_path, "trained_model": str(trained),
+                   "train_method": config.train_method, "data": counts, **compare(before, after)}
+        if config.safety_rm:
+            rm_dir = out / "safety_rm"
+            if not _complete(rm_dir):  # a complete RM is not even opened
+                train_safety_rm(config, steps["data"], rm_dir)
+            verdict = rm_dir / "verdict.json"  # kept, so a rerun of a finished loop scores nothing again
+            if not verdict.exists():
+                scores = rm_verdict(rm_dir / "model", steps["before"], steps["after"], config.device)
+                write_text_atomic(verdict, json.dumps(scores, indent=2) + "\n")
+            summary["safety_rm"] = json.loads(verdict.read_text())
+        path = out / "safety_loop.json"
+        write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+        plot_before_after(summary, out / "before_after.png")
+        from alignkit.safety.report import write_safety_report
 
-    write_safety_report(out, f"safety loop · {config.model_name_or_path}")
-    write_status(out, "complete", "safety_loop", asr_change=summary["asr_change"],
-                 over_refusal_change=summary["over_refusal_change"], seconds=round(time.time() - started, 2))
-    print(describe(summary), flush=True)
-    return path
+        write_safety_report(out, f"safety loop · {config.model_name_or_path}")
+        run.complete(asr_change=summary["asr_change"], over_refusal_change=summary["over_refusal_change"],
+                     seconds=round(time.time() - started, 2))
+        print(describe(summary), flush=True)
+        return path
 
 
 def describe(summary: dict) -> str:

@@ -302,74 +302,74 @@ def run_redteam(config: RedTeamConfig) -> Path:
     from tqdm.auto import tqdm
 
     from alignkit.data.readers import load_prompt_rows
-    from alignkit.engine.outputs import write_status
+    from alignkit.engine.run import run_owner
     from alignkit.files import write_text_atomic
     from alignkit.safety.attacks import parse_attacks
     from alignkit.safety.scorers import make_harm_judge, refusal_classes
 
-    config.check()
-    started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    split = config.dataset_split or None
-    rows = load_prompt_rows(config.dataset_name, config.max_prompts, split=split)
-    missing = [i for i, r in enumerate(rows) if not r.get("hazard")]
-    if missing:
-        raise AlignkitError(f"{config.dataset_name}: row {missing[0] + 1}: hazard: every harmful request needs "
-                            "a hazard category (see `alignkit guard taxonomy`)")
-    rows = [{**r, "index": i} for i, r in enumerate(rows)]
-    benign_rows = (load_prompt_rows(config.benign_dataset_name, config.max_prompts, split=split)
-                   if config.benign_dataset_name else [])
-    attacks = parse_attacks(config.attacks)
-    write_status(out, "running", "redteam", requests=len(rows), attacks=len(attacks))
+    with run_owner(config, kind="redteam", model=config.model_name_or_path) as run:
+        started = time.time()
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        split = config.dataset_split or None
+        rows = load_prompt_rows(config.dataset_name, config.max_prompts, split=split)
+        missing = [i for i, r in enumerate(rows) if not r.get("hazard")]
+        if missing:
+            raise AlignkitError(f"{config.dataset_name}: row {missing[0] + 1}: hazard: every harmful request needs "
+                                "a hazard category (see `alignkit guard taxonomy`)")
+        rows = [{**r, "index": i} for i, r in enumerate(rows)]
+        benign_rows = (load_prompt_rows(config.benign_dataset_name, config.max_prompts, split=split)
+                       if config.benign_dataset_name else [])
+        attacks = parse_attacks(config.attacks)
+        run.start(requests=len(rows), attacks=len(attacks))
 
-    done = _load_done(out / TRANSCRIPTS)
-    finished = {t["attack"] for t in done}
-    respond = None
-    bar = tqdm(total=len(attacks), initial=len(finished & {a.name for a in attacks}), desc="redteam", unit="attack")
-    for attack in attacks:
-        if attack.name in finished:
-            continue
-        respond = respond or make_responder(config)
-        bar.set_postfix(attack=attack.name)
-        batch = []
-        for start in range(0, len(rows), config.batch_size):
-            batch += attack_one(attack, rows[start:start + config.batch_size], respond, config.seed,
-                                config.batch_size)
-        _append(out / TRANSCRIPTS, batch)  # an attack is the unit of resume
-        done += batch
-        bar.update(1)
-    bar.close()
-    benign = _load_done(out / BENIGN)
-    if benign_rows and not benign:
-        respond = respond or make_responder(config)
-        replies = []
-        for start in range(0, len(benign_rows), config.batch_size):
-            replies += respond([r["prompt"] for r in benign_rows[start:start + config.batch_size]])
-        from alignkit.safety.attacks import request_text
+        done = _load_done(out / TRANSCRIPTS)
+        finished = {t["attack"] for t in done}
+        respond = None
+        bar = tqdm(total=len(attacks), initial=len(finished & {a.name for a in attacks}), desc="redteam", unit="attack")
+        for attack in attacks:
+            if attack.name in finished:
+                continue
+            respond = respond or make_responder(config)
+            bar.set_postfix(attack=attack.name)
+            batch = []
+            for start in range(0, len(rows), config.batch_size):
+                batch += attack_one(attack, rows[start:start + config.batch_size], respond, config.seed,
+                                    config.batch_size)
+            _append(out / TRANSCRIPTS, batch)  # an attack is the unit of resume
+            done += batch
+            bar.update(1)
+        bar.close()
+        benign = _load_done(out / BENIGN)
+        if benign_rows and not benign:
+            respond = respond or make_responder(config)
+            replies = []
+            for start in range(0, len(benign_rows), config.batch_size):
+                replies += respond([r["prompt"] for r in benign_rows[start:start + config.batch_size]])
+            from alignkit.safety.attacks import request_text
 
-        benign = [{"request": request_text(r["prompt"]), "looks_like": r.get("looks_like"), "kind": r.get("kind"),
-                   "reply": reply} for r, reply in zip(benign_rows, replies)]
-        _append(out / BENIGN, benign)
+            benign = [{"request": request_text(r["prompt"]), "looks_like": r.get("looks_like"), "kind": r.get("kind"),
+                       "reply": reply} for r, reply in zip(benign_rows, replies)]
+            _append(out / BENIGN, benign)
 
-    wanted = {a.name for a in attacks}
-    transcripts = [t for t in done if t["attack"] in wanted]
-    score(transcripts, make_harm_judge(config.harm_judge, config.device), config.refusal_scorer)
-    for row, cls in zip(benign, refusal_classes([b["reply"] for b in benign], config.refusal_scorer)):
-        row["class"] = cls
-    write_text_atomic(out / TRANSCRIPTS, "".join(json.dumps(t) + "\n" for t in transcripts))
-    write_text_atomic(out / BENIGN, "".join(json.dumps(b) + "\n" for b in benign))
-    results = {"model": config.model_name_or_path, "harm_judge": config.harm_judge,
-               "refusal_scorer": config.refusal_scorer, **summarise(transcripts, benign)}
-    write_text_atomic(out / RESULTS, json.dumps(results, indent=2) + "\n")
-    write_text_atomic(out / "report.md", report_markdown(results))
-    plot_heatmap(results, out / "asr_heatmap.png")
-    from alignkit.safety.report import write_safety_report
+        wanted = {a.name for a in attacks}
+        transcripts = [t for t in done if t["attack"] in wanted]
+        score(transcripts, make_harm_judge(config.harm_judge, config.device), config.refusal_scorer)
+        for row, cls in zip(benign, refusal_classes([b["reply"] for b in benign], config.refusal_scorer)):
+            row["class"] = cls
+        write_text_atomic(out / TRANSCRIPTS, "".join(json.dumps(t) + "\n" for t in transcripts))
+        write_text_atomic(out / BENIGN, "".join(json.dumps(b) + "\n" for b in benign))
+        results = {"model": config.model_name_or_path, "harm_judge": config.harm_judge,
+                   "refusal_scorer": config.refusal_scorer, **summarise(transcripts, benign)}
+        write_text_atomic(out / RESULTS, json.dumps(results, indent=2) + "\n")
+        write_text_atomic(out / "report.md", report_markdown(results))
+        plot_heatmap(results, out / "asr_heatmap.png")
+        from alignkit.safety.report import write_safety_report
 
-    write_safety_report(out, f"red team · {config.model_name_or_path}")
-    overall = results["asr"]["overall"]
-    write_status(out, "complete", "redteam", asr=overall["rate"], n=overall["n"],
-                 over_refusal=(results.get("over_refusal") or {}).get("any", {}).get("rate"),
-                 seconds=round(time.time() - started, 2))
-    print(report_markdown(results), flush=True)
-    return out / RESULTS
+        write_safety_report(out, f"red team · {config.model_name_or_path}")
+        overall = results["asr"]["overall"]
+        run.complete(asr=overall["rate"], n=overall["n"],
+                     over_refusal=(results.get("over_refusal") or {}).get("any", {}).get("rate"),
+                     seconds=round(time.time() - started, 2))
+        print(report_markdown(results), flush=True)
+        return out / RESULTS

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
+from alignkit.rewards.specs import HARM_JUDGE_SPECS
 
 REFUSAL_CLASSES = ("full_compliance", "full_refusal", "partial_refusal")
 REFUSAL_SCORERS = ("rules", "classifier", "both")
@@ -39,18 +40,17 @@ def refusal_classes(replies: list[str], scorer: str = "rules") -> list[str]:
 
 def make_harm_judge(spec: str, device: str = "cpu") -> Callable[[list[str]], list[HarmVerdict]]:
     """A function from replies to HarmVerdicts, named by `spec` (see the module docstring)."""
-    if spec == "none":
+    kind, directory = HARM_JUDGE_SPECS.parse(spec)
+    if kind == "none":
         return lambda replies: [HarmVerdict(True, [], 1.0) for _ in replies]
-    if spec == "guard" or spec.startswith("guard:"):
-        from alignkit.safety.guard import GuardClassifier, default_guard
+    from alignkit.safety.guard import GuardClassifier, default_guard
 
-        guard = default_guard() if spec == "guard" else GuardClassifier.load(spec.split(":", 1)[1])
+    guard = GuardClassifier.load(directory) if directory else default_guard()
 
-        def judge(replies: list[str]) -> list[HarmVerdict]:
-            verdicts = guard.classify(replies, role="response")
-            return [HarmVerdict(not v.safe, list(v.categories), max(v.scores.values(), default=0.0))
-                    for v in verdicts]
+    def judge(replies: list[str]) -> list[HarmVerdict]:
+        verdicts = guard.classify(replies, role="response")
+        return [HarmVerdict(not v.safe, list(v.categories), max(v.scores.values(), default=0.0))
+                for v in verdicts]
 
-        return judge
-    raise AlignkitError(f"harm_judge: expected guard, guard:DIR or none, got {spec!r}")
+    return judge
 
