@@ -106,22 +106,17 @@ def cmd_rotate_token(args) -> int:
     return 0
 
 
-def cmd_disable_user(args) -> int:
-    from alignkit.annotate.accounts import set_disabled
+def switch_user(disabled: bool):
+    """The disable-user / enable-user command: one function, the switch's direction fixed."""
+    def run(args) -> int:
+        from alignkit.annotate.accounts import set_disabled
 
-    with _session(args) as session:
-        set_disabled(session, args.name, True)
-    print(f"{args.name}: disabled (every token, session and login refused)", file=sys.stderr)
-    return 0
-
-
-def cmd_enable_user(args) -> int:
-    from alignkit.annotate.accounts import set_disabled
-
-    with _session(args) as session:
-        set_disabled(session, args.name, False)
-    print(f"{args.name}: enabled", file=sys.stderr)
-    return 0
+        with _session(args) as session:
+            set_disabled(session, args.name, disabled)
+        print(f"{args.name}: " + ("disabled (every token, session and login refused)" if disabled else "enabled"),
+              file=sys.stderr)
+        return 0
+    return run
 
 
 def cmd_create_project(args) -> int:
@@ -223,9 +218,9 @@ def add_commands(annotate) -> None:
     option(p, "--name", required=True, help="user name")
     p = command("rotate-token", cmd_rotate_token, "give a user a new access token (printed once); ends their sessions")
     option(p, "--name", required=True, help="user name")
-    p = command("disable-user", cmd_disable_user, "refuse a user's token, sessions and logins from now on")
+    p = command("disable-user", switch_user(True), "refuse a user's token, sessions and logins from now on")
     option(p, "--name", required=True, help="user name")
-    p = command("enable-user", cmd_enable_user, "let a disabled user in again")
+    p = command("enable-user", switch_user(False), "let a disabled user in again")
     option(p, "--name", required=True, help="user name")
 
     p = command("create-project", cmd_create_project, "create a project")
