@@ -111,3 +111,30 @@ def test_the_pipeline_shows_a_failed_stage_with_its_reason(tmp_path, capsys):
     assert f"[1/1] answers (generate): failed: {status['error']}" in out
     index = (tmp_path / "run" / "index.html").read_text()
     assert "failed" in index and "none.jsonl" in index
+
+
+def test_a_command_line_run_checks_its_config_once(tmp_path, monkeypatch, make_marker_pairs):
+    """The CLI checks the config as it builds it (a bad option costs no model load); the run owner does not
+    check the same values again, but does check a config changed after it was built."""
+    from alignkit.cli import main
+    from alignkit.config import checked
+    from alignkit.methods.simpo import SimPOConfig
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_marker_pairs(8)))
+    calls = {"n": 0}
+    real = SimPOConfig.check
+
+    def counted(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(SimPOConfig, "check", counted)
+    assert main(["simpo", "--model", "embedded:tiny", "--data", str(path), "--output_dir", str(tmp_path / "run"),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2"]) == 0
+    assert calls["n"] == 1
+    config = checked(SimPOConfig(model_name_or_path="embedded:tiny", dataset_name=str(path)))
+    config.train.learning_rate = -1.0  # changed after the check: checked again, and refused
+    with pytest.raises(AlignkitError, match="learning_rate"):
+        checked(config)
+    assert calls["n"] == 3

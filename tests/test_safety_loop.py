@@ -204,3 +204,32 @@ def test_collect_answers_the_extra_look_alikes_and_the_held_out_red_team_does_no
         run_safety_loop(SafetyLoopConfig(output_dir=str(tmp_path / "loop")))
     assert seen == [("test", "builtin:benign_risky.jsonl"),
                     ("train", "builtin:benign_risky.jsonl,builtin:benign_risky_train.jsonl,builtin:helpful.jsonl")]
+
+
+def test_the_loop_runs_as_stages_and_shows_a_failed_step_with_its_reason(tmp_path, monkeypatch, capsys):
+    """Every step is a stage of the shared runner (engine.stages): a policy that refused every attack leaves
+    nothing to learn, so the data step fails; its run.json and the loop's say why, and so do the progress
+    line and the loop's index.html."""
+    from alignkit.engine.outputs import read_status
+    from alignkit.engine.run import run_owner
+
+    def refuses_everything(config):
+        with run_owner(config, kind="redteam") as run:
+            out = run.start()
+            row = {"hazard": "weapons", "refused": True, "reply": "No.", "conversation": [], "request": "x"}
+            (out / "transcripts.jsonl").write_text(json.dumps(row) + "\n")
+            (out / "benign.jsonl").write_text("")
+            return out
+
+    monkeypatch.setattr(loop, "run_redteam", refuses_everything)
+    with pytest.raises(AlignkitError, match="no training data"):
+        run_safety_loop(_config(tmp_path))
+    out = tmp_path / "loop"
+    assert read_status(out / "before")["status"] == "complete" and read_status(out / "collect")["status"] == "complete"
+    data = read_status(out / "data")
+    assert data["status"] == "failed" and "no training data" in data["error"]
+    assert read_status(out)["status"] == "failed"
+    printed = capsys.readouterr().out
+    assert "[3/5] data (safety_data): failed:" in printed and "[4/5]" not in printed
+    index = (out / "index.html").read_text()
+    assert "before" in index and "no training data" in index

@@ -10,7 +10,6 @@ bad input); set ALIGNKIT_DEBUG=1 to see the traceback of an unexpected failure.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import warnings
@@ -21,7 +20,6 @@ from alignkit.engine.launch import add_options as add_launch_options
 from alignkit.engine.launch import relaunch
 from alignkit.errors import AlignkitError, DataError
 from alignkit.options import EXIT_BAD_INPUT, Parser, add_arguments, config_from_args, option
-
 
 # argparse destinations of the CLI's own; a config field of one of these names could not be set
 RESERVED = ("func", "command", "command_spec", "config", "output", "num_processes", "accelerate_config")
@@ -116,21 +114,11 @@ def _train(command: Command, config, run) -> None:
 
 def _generate(config, run, args) -> None:
     """`alignkit generate`: the completions to a file (-o) or stdout, no run directory."""
-    from alignkit.data.io import write_jsonl
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import as_records, generate
-    from alignkit.data.readers import load_prompt_rows
+    path = run(config, args.output or "-")
+    if path is not None:
+        from alignkit.data.io import read_jsonl_file
 
-    rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
-    tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    records = as_records(rows, generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling))
-    if args.output:
-        write_jsonl(args.output, records)
-        print(f"wrote {len(records)} completions to {args.output}", file=sys.stderr)
-    else:
-        for record in records:
-            print(json.dumps(record, ensure_ascii=False))
+        print(f"wrote {len(read_jsonl_file(path))} completions to {path}", file=sys.stderr)
 
 
 def _generate_pairs(config, run, args) -> None:

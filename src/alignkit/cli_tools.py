@@ -176,7 +176,8 @@ def add_pipeline(p) -> None:
 
 def cmd_report(args) -> int:
     from alignkit.engine.report import write_pipeline_summary, write_report
-    from alignkit.pipeline import SECTIONS, summary_row
+    from alignkit.engine.stages import summary_row
+    from alignkit.pipeline import SECTIONS
 
     root = Path(args.run_dir)
     if not root.is_dir():

@@ -194,5 +194,5 @@ def under(*path: str) -> list[Command]:
 
 
 def make_config(command: Command, values: dict):
-    """The command's config from recipe or stage values, over the command's own defaults."""
+    """The command's config from recipe or stage values, over the command's own defaults (checked)."""
     return build_config(command.load()[0], {**command.defaults, **values})

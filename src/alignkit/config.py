@@ -120,7 +120,8 @@ def coerce(name: str, value: Any, kind) -> Any:
 
 
 def build_config(cls, values: dict[str, Any] | None = None, recipe: str | Path | None = None):
-    """An instance of `cls` from a YAML recipe's keys, then `values` on top (command-line overrides)."""
+    """An instance of `cls` from a YAML recipe's keys, then `values` on top (command-line overrides),
+    checked (`checked`), so a bad option is one line before anything loads."""
     merged: dict[str, Any] = {}
     if recipe is not None:
         merged.update(load_yaml(recipe))
@@ -139,7 +140,19 @@ def build_config(cls, values: dict[str, Any] | None = None, recipe: str | Path |
         for part in path[:-1]:
             target = target.setdefault(part, {})
         target[path[-1]] = coerce(key, value, kind)
-    return _instantiate(cls, nested)
+    return checked(_instantiate(cls, nested))
+
+
+def checked(config):
+    """`config` after its `check()`, which runs once per set of values: the CLI and the pipeline check a
+    config when they build it and the run owner (engine.run) checks it again only if it changed since."""
+    if not hasattr(config, "check"):
+        return config
+    state = repr(to_flat_dict(config))
+    if getattr(config, "_checked_values", None) != state:
+        config.check()
+        object.__setattr__(config, "_checked_values", state)
+    return config
 
 
 def _instantiate(cls, values: dict, default=None):
@@ -153,10 +166,7 @@ def _instantiate(cls, values: dict, default=None):
                 base = getattr(default, f.name) if default is not None else _default(f)
                 v = _instantiate(hints[f.name], v, base)
             kwargs[f.name] = v
-    config = dataclasses.replace(default, **kwargs) if default is not None else cls(**kwargs)
-    if hasattr(config, "check"):
-        config.check()
-    return config
+    return dataclasses.replace(default, **kwargs) if default is not None else cls(**kwargs)
 
 
 def to_flat_dict(config) -> dict[str, Any]:

@@ -14,10 +14,11 @@ A recipe is YAML:
         config: {model_name_or_path: stage:sft}    # stage:NAME is that stage's output (model/, a .jsonl),
                                                # also inside a value: rm:stage:reward_model
 
-A stage is complete when its run.json says so. A stage that was interrupted is resumed from its latest
-checkpoint when it has one, so rerunning a recipe after a crash continues where it stopped. A stage that
-raises stops the pipeline: its run.json says failed with the reason (the run owner, engine.run, writes it),
-and the pipeline prints `[n/N] NAME: failed: REASON` and shows it so on index.html.
+The stages run through engine.stages.run_stages (as the safety loop's steps do): a stage is complete when
+its run.json says so and is skipped; a stage that was interrupted is resumed from its latest checkpoint when
+it has one, so rerunning a recipe after a crash continues where it stopped. A stage that raises stops the
+pipeline: its run.json says failed with the reason (the run owner, engine.run, writes it), and the pipeline
+prints `[n/N] NAME: failed: REASON` and shows it so on index.html.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from typing import Any
 
 from alignkit.commands import get, make_config
 from alignkit.config import flat_fields, load_yaml
-from alignkit.engine.outputs import read_status
-from alignkit.engine.report import write_pipeline_summary
-from alignkit.engine.run import one_line, stage_action
+from alignkit.engine.stages import Stage, run_stages
 from alignkit.errors import AlignkitError
 from alignkit.safety.report import section as safety_section
 
@@ -122,48 +121,19 @@ def _resolve_stage_refs(value: str, dirs: dict, where: str) -> str:
 
 
 def run_pipeline(recipe_path: str | Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Run every stage not yet complete; returns the pipeline directory (with index.html)."""
+    """Run every stage not yet complete (engine.stages.run_stages); returns the pipeline directory (with
+    index.html)."""
     path = resolve_recipe(recipe_path)
     recipe = load_recipe(path)
-    stages = plan(recipe, str(path), overrides)
     root = pipeline_root(recipe, overrides)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = {s["name"]: summary_row(s["name"], Path(s["values"]["output_dir"])) for s in stages}
-    for number, stage in enumerate(stages, start=1):
-        out = Path(stage["values"]["output_dir"])
-        header = f"[{number}/{len(stages)}] {stage['name']} ({stage['method']})"
-        command = get(stage["method"])
-        config_cls, run = command.load()
-        action, values, latest = stage_action(config_cls, dict(stage["values"]))
-        if action == "complete":
-            print(f"{header}: complete, skipped ({out})", flush=True)
-            rows[stage["name"]] = summary_row(stage["name"], out)
-            continue
-        print(f"{header}: {'resuming from ' + latest.name if latest else 'running'} -> {out}", flush=True)
-        try:
-            run(make_config(command, values))
-        except BaseException as e:
-            row = rows[stage["name"]] = summary_row(stage["name"], out, e)
-            print(f"{header}: {row['status']}: {row['error']}", flush=True)
-            write_pipeline_summary(root, list(rows.values()), SECTIONS)
-            raise
-        rows[stage["name"]] = summary_row(stage["name"], out)
-        write_pipeline_summary(root, list(rows.values()), SECTIONS)
-    index = write_pipeline_summary(root, list(rows.values()), SECTIONS)
-    print(f"pipeline {recipe.get('name', path.stem)}: all {len(stages)} stages complete; summary: {index}", flush=True)
+    stages = [registry_stage(s) for s in plan(recipe, str(path), overrides)]
+    run_stages(stages, root, SECTIONS, make_config=lambda stage, values: make_config(get(stage.method), values))
+    print(f"pipeline {recipe.get('name', path.stem)}: all {len(stages)} stages complete; "
+          f"summary: {root / 'index.html'}", flush=True)
     return root
 
 
-def summary_row(name: str, out: Path, error: BaseException | None = None) -> dict:
-    """A stage's line on the pipeline's index.html, from its run.json; with the `error` the stage raised, a
-    stage whose run.json does not say so (it failed before its run started: bad input) is failed too."""
-    status = read_status(out)
-    row = {"name": name, "run_dir": str(out), "status": status.get("status", "pending"),
-           "seconds": status.get("seconds")}
-    if status.get("error"):
-        row["error"] = status["error"]
-    if error is not None:
-        if row["status"] not in ("failed", "stopped"):
-            row["status"] = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
-        row["error"] = one_line(error)
-    return row
+def registry_stage(planned: dict) -> Stage:
+    """A planned stage as the runner's Stage, its config class and run function from the command registry."""
+    config_cls, run = method_parts(planned["method"])
+    return Stage(planned["name"], planned["method"], config_cls, run, planned["values"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from alignkit.errors import AlignkitError, DataError
 from alignkit.options import EXIT_BAD_INPUT, Parser, option
@@ -120,8 +121,6 @@ def switch_user(disabled: bool):
 
 
 def cmd_create_project(args) -> int:
-    from pathlib import Path
-
     from alignkit.annotate.service import create_project
 
     guidelines = Path(args.guidelines_file).read_text() if args.guidelines_file else args.guidelines

@@ -22,6 +22,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from alignkit.annotate import service
+from alignkit.annotate.db import Judgment, open_database
+
 
 @dataclass
 class LoadResult:
@@ -36,9 +39,6 @@ class LoadResult:
 
 def prepare(db: str, annotators: int, judgments: int, project: str = "load") -> list[str]:
     """Users load0..loadN-1 and a project of annotators × judgments items; returns their tokens."""
-    from alignkit.annotate import service
-    from alignkit.annotate.db import open_database
-
     _, Session = open_database(db)
     with Session() as session:
         tokens = [service.create_user(session, f"load{i}", "annotator")[1] for i in range(annotators)]
@@ -124,8 +124,6 @@ def start_server(db: str, port: int) -> subprocess.Popen:
 def stored_judgments(db: str) -> list[tuple[int, int, int]]:
     """(judgment id, assignment id, item id) of every stored judgment."""
     from sqlalchemy import select
-
-    from alignkit.annotate.db import Judgment, open_database
 
     _, Session = open_database(db)
     with Session() as session:

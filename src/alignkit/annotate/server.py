@@ -21,8 +21,11 @@ password changes are limited per client address (bursts of 10, then one every 2 
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated
 
 from alignkit.annotate import accounts, service
+from alignkit.annotate.agreement import agreement_report
 from alignkit.annotate.db import (
     MAX_ID,
     Item,
@@ -161,9 +164,6 @@ def add_routes(app, Session, signer: Signer, limiter: TokenBucket | None) -> Non
 
 def body_kinds():
     """The request bodies and path parameters, checked by pydantic (built here: FastAPI loads lazily)."""
-    from types import SimpleNamespace
-    from typing import Annotated
-
     from fastapi import Path as PathParam
     from pydantic import AfterValidator, BaseModel, Field
 
@@ -214,8 +214,6 @@ def body_kinds():
 def dependencies(Session, signer: Signer, limiter: TokenBucket | None):
     """The routes' dependencies: a database session, the signed-in user (401, CSRF, rate limit), an admin
     (403 otherwise), and the helpers the sign-in routes share."""
-    from types import SimpleNamespace
-
     from fastapi import Depends, HTTPException, Request, Response
 
     login_limiter = TokenBucket(rate=0.5, burst=10)  # per client address: password guessing gets slow
@@ -306,8 +304,6 @@ def auth_routes(app, kinds, deps, signer: Signer) -> None:
 
 def annotator_routes(app, kinds, deps) -> None:
     """The projects, the next item of one's queue, answering it, and undoing an answer."""
-    from typing import Annotated
-
     from fastapi import Body, Depends
     from sqlalchemy import select
 
@@ -346,8 +342,6 @@ def admin_routes(app, kinds, deps) -> None:
     from fastapi import Depends, HTTPException, Request
     from fastapi.responses import PlainTextResponse
     from sqlalchemy import select
-
-    from alignkit.annotate.agreement import agreement_report
 
     admin = Depends(deps.admin)
 

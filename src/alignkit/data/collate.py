@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignkit.data.tokenize import Tokenized, TokenizedPair
+from alignkit.data.tokenize import MaskedExample, Tokenized, TokenizedPair
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right", multiple_of: int = 1):
@@ -81,8 +81,6 @@ def pack(examples, max_length: int) -> list:
 
 def concatenate(examples) -> "PackedExample":
     """One row holding `examples` back to back, position ids restarting at each (see `pack`)."""
-    from alignkit.data.tokenize import MaskedExample
-
     ids, mask, positions = [], [], []
     for e in examples:
         ids += e.input_ids
@@ -127,8 +125,6 @@ def collate_responses(examples: Sequence[Tokenized], pad_id: int, padding_free: 
 
     if not padding_free:
         return collate(examples, pad_id)
-    from alignkit.data.tokenize import MaskedExample
-
     masked = [MaskedExample(e.input_ids, [0] * len(e.prompt_ids) + [1] * len(e.completion_ids)) for e in examples]
     batch = collate_padding_free(masked, pad_id)
     batch["sequence_lengths"] = torch.tensor([len(e.input_ids) for e in examples])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.builtin import HERE, builtin_path
 from alignkit.data.formats import KINDS, Problem, check_row, detect_kind, type_name
 from alignkit.errors import AlignkitError, DataError
 from alignkit.files import write_atomic
@@ -157,8 +158,6 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     text = str(path)
     if not text.startswith(BUILTIN):
         return Path(path)
-    from alignkit.data.builtin import HERE, builtin_path
-
     p = builtin_path(text[len(BUILTIN):])
     if not p.is_file():
         names = ", ".join(BUILTIN + f.name for f in sorted(HERE.glob("*.jsonl")))

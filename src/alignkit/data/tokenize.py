@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from alignkit.data.formats import explicit_prompt, split_sft
 from alignkit.errors import AlignkitError
 
 
@@ -225,8 +226,6 @@ def tokenize_rows(tokenizer, rows: list[dict], kind: str, *, max_length: int | N
 
     preference rows give `TokenizedPair`s; sft, unpaired and prompt+completion rows give `Tokenized`.
     """
-    from alignkit.data.formats import explicit_prompt, split_sft
-
     out, dropped = [], 0
     limits = {"max_length": max_length, "max_prompt_length": max_prompt_length}
     for row in rows:

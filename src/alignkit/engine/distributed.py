@@ -14,10 +14,12 @@ how the accelerator is built on CPU, and how checkpoints gather sharded state.
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any
 
+from alignkit.engine.checkpoint import rng_state
 from alignkit.processes import is_main_process, rank, world_size  # noqa: F401 (the engine's users read them here)
 
 
@@ -69,8 +71,6 @@ def _close_at_exit() -> None:
     can abort the process ("terminate called without an active exception") after a successful run."""
     if _closing:
         return
-    import atexit
-
     import torch.distributed
 
     def close():
@@ -140,8 +140,6 @@ def by_position(optimizer_state: dict, names: list[str]) -> dict:
 def checkpoint_parts(accelerator, model, optimizer, names: list[str]) -> tuple[Any, dict | None, list]:
     """(full model state dict or None, optimizer state keyed by name, every rank's RNG state) for a checkpoint.
     Collective: every process calls it; the dicts are complete on rank 0 only."""
-    from alignkit.engine.checkpoint import rng_state
-
     inner = getattr(optimizer, "optimizer", optimizer)
     if accelerator.num_processes == 1:
         return None, by_name(inner.state_dict(), names), [rng_state()]

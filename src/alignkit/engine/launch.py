@@ -10,7 +10,9 @@ launcher (torchrun) starts the N processes and the engine builds a gloo accelera
 
 from __future__ import annotations
 
+import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +25,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 
 def add_options(parser, option) -> None:
     """The two launch options every training command takes (absent unless given)."""
-    import argparse
-
     option(parser, "--num_processes", type=int, default=argparse.SUPPRESS, metavar="N",
            help="train on N processes (GPUs, or CPU processes over gloo) through accelerate launch "
                 "(default with --accelerate_config: every visible GPU, or 1 on CPU)")
@@ -63,8 +63,6 @@ def strip_options(argv: list[str]) -> list[str]:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -25,7 +25,9 @@ state (engine.distributed), so resume is exact under DDP and FSDP and also works
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from alignkit.engine.phases import Rollouts, sample_seed
 from alignkit.engine.runlog import MetricsLog, peak_memory_mb
 from alignkit.engine.settings import TrainSettings
 from alignkit.errors import AlignkitError
+
 
 class TrainingStopped(AlignkitError):
     """The run stopped before max_steps (non-finite losses); a checkpoint of the last good state exists."""
@@ -136,12 +139,8 @@ def check_output_dir(settings: TrainSettings) -> Path | None:
 
 
 def _make_accelerator(settings: TrainSettings, device: str | None, rollouts: bool = False, method: str = "train"):
-    import os
-
     kwargs: dict[str, Any] = {}
     if settings.report_to != "none":
-        import importlib.util
-
         if importlib.util.find_spec(settings.report_to) is None:
             raise AlignkitError(f"report_to {settings.report_to}: the tracker is not installed; "
                                 f"pip install {settings.report_to} (or pip install 'alignkit[tracking]')")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
+from alignkit.config import save_yaml, to_flat_dict
 from alignkit.engine.checkpoint import save_model, unwrap
 from alignkit.engine.distributed import is_main_process
+from alignkit.engine.loop import TrainingStopped, check_output_dir, train
+from alignkit.engine.report import write_report
 from alignkit.files import write_text_atomic
 
 STATUS_FILE = "run.json"
@@ -38,8 +43,6 @@ def save_final_model(model, tokenizer, path: str | Path, state_dict: dict | None
     """Write a model that transformers and vLLM load as is. With LoRA the adapter is merged into a copy
     of the weights, and the adapter alone is kept next to it as adapter/. `state_dict` is the full state
     gathered from sharded processes (FSDP, ZeRO-3); only rank 0 writes (others return None)."""
-    import copy
-
     if not is_main_process():
         return None
     path = Path(path)
@@ -72,12 +75,8 @@ def _merge_from_adapter(model, adapter_dir: Path, out: Path) -> None:
 
 def write_report_quietly(out: str | Path) -> Path | None:
     """Write report.html (rank 0); a plotting failure must never lose a finished run, so it only warns."""
-    import warnings
-
     if not is_main_process():
         return None
-
-    from alignkit.engine.report import write_report
 
     try:
         return write_report(out)
@@ -88,9 +87,6 @@ def write_report_quietly(out: str | Path) -> Path | None:
 
 def start_run(method: str, config) -> Path:
     """Check the config and output_dir (before anything slow), write config.yaml and a running run.json."""
-    from alignkit.config import save_yaml, to_flat_dict
-    from alignkit.engine.loop import check_output_dir
-
     config.check()
     check_output_dir(config.train)
     out = Path(config.train.output_dir)
@@ -107,9 +103,6 @@ def train_and_save(method: str, config, model, tokenizer, examples, collate, ste
     A run that stops or fails is marked so in run.json (with the reason) and still gets its report; the
     checkpoints already written stay for --resume.
     """
-    from alignkit.config import to_flat_dict
-    from alignkit.engine.loop import TrainingStopped, train
-
     out = Path(config.train.output_dir)
     try:
         result = train(model, examples, collate, step_fn, config.train, count_fn=count_fn, eval_fn=eval_fn,

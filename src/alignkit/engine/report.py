@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from alignkit.errors import AlignkitError
 from alignkit.files import write_text_atomic
 
@@ -112,8 +114,6 @@ def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    import yaml
-
     if not path.exists():
         return None, f"{path.name} not found"
     try:

@@ -1,7 +1,7 @@
 """The run owner: every method and every stage, training or not, runs inside one.
 
     with run_owner(config, kind="dpo") as run:    # checks the config (once) and the output dir; writes nothing
-        examples = load_pairs(config)              # bad data raises here: nothing is written, no run.json
+        tokenizer, examples, eval_examples = load_pairs(config)  # bad data raises here: no run.json
         run.start()                                # config.yaml, run.json {"status": "running"}
         model = load_policy(...)
         return run.train(model, tokenizer, examples, collate, step, count_fn=count_pairs)
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from alignkit.config import flat_fields, save_yaml, to_flat_dict
+from alignkit.config import checked, flat_fields, save_yaml, to_flat_dict
 from alignkit.engine.checkpoint import find_latest
 from alignkit.engine.distributed import is_main_process
 from alignkit.engine.loop import TrainingStopped, check_output_dir, train
@@ -107,7 +107,7 @@ def run_owner(config, output_dir: str | Path | None = None, *, kind: str, record
     config (one with `.train`) also has its output dir checked against --resume/--overwrite before anything
     slow. `output_dir` defaults to config.train.output_dir or config.output_dir; `base` goes into every
     run.json (e.g. model=...)."""
-    config.check()
+    checked(config)  # a no-op when the CLI or the pipeline checked these very values already
     settings = getattr(config, "train", None)
     if settings is not None and hasattr(settings, "output_dir"):
         check_output_dir(settings)  # an output_dir / --resume mistake costs no time

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from alignkit.engine.distributed import is_main_process
 from alignkit.files import write_text_atomic
 
 
@@ -51,8 +52,6 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, truncate_after: int = 0, accelerator=None, main: bool | None = None):
         """`main`: whether this process writes (default: the accelerator's main process, else rank 0)."""
-        from alignkit.engine.distributed import is_main_process
-
         self.path = Path(path)
         self.accelerator = accelerator
         if main is None:

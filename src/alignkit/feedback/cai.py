@@ -26,11 +26,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.formats import preference_row
+from alignkit.data.io import write_jsonl
+from alignkit.data.readers import load_prompt_rows, read_pairs
+from alignkit.data.tokenize import render_prompt
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError
+from alignkit.feedback.constitution import load_constitution
+from alignkit.feedback.judge_agreement import pair_label
+from alignkit.feedback.judges import RubricJudge, make_judge, preference_rows
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rollout.generate import SamplingSettings, generate
+from alignkit.stats import cohen_kappa
 
 ROUNDS_FILE, AUDIT_FILE = "rounds.jsonl", "audit.jsonl"
 
@@ -71,8 +84,6 @@ class CAIReviseConfig:
     CLI_ALIASES = {"model_name_or_path": ("--model",), "dataset_name": ("--prompts", "--data")}
 
     def check(self) -> None:
-        from alignkit.feedback.constitution import load_constitution
-
         for name in ("rounds", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
@@ -146,8 +157,6 @@ def _done_rows(path: Path) -> list[dict]:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
-    import os
-
     with open(path, "a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -157,18 +166,7 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 def run_cai_revise(config: CAIReviseConfig) -> Path:
     """Phase 1; returns the output directory."""
-    import time
-
     from tqdm.auto import tqdm
-
-    from alignkit.data.formats import preference_row
-    from alignkit.data.io import write_jsonl
-    from alignkit.data.readers import load_prompt_rows
-    from alignkit.data.tokenize import render_prompt
-    from alignkit.engine.run import run_owner
-    from alignkit.feedback.constitution import load_constitution
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import SamplingSettings, generate
 
     with run_owner(config, kind="cai_revise", model=config.model_name_or_path) as run:
         started = time.time()
@@ -281,15 +279,6 @@ class CAILabelConfig:
 
 def run_cai_label(config: CAILabelConfig) -> Path:
     """Phase 2; returns preferences.jsonl."""
-    import time
-
-    from alignkit.data.io import write_jsonl
-    from alignkit.data.readers import read_pairs
-    from alignkit.engine.run import run_owner
-    from alignkit.feedback.judge_agreement import pair_label
-    from alignkit.feedback.judges import RubricJudge, make_judge, preference_rows
-    from alignkit.stats import cohen_kappa
-
     with run_owner(config, kind="cai_label") as run:
         run.start()
         started = time.time()

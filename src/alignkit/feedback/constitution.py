@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from alignkit.errors import AlignkitError
 
 PACKAGED = Path(__file__).parent / "constitutions"
@@ -43,8 +45,6 @@ def packaged_names() -> list[str]:
 
 def load_constitution(spec: str = "default") -> Constitution:
     """A packaged constitution by name, or a YAML file; one clear line for anything malformed."""
-    import yaml
-
     path = Path(spec) if Path(spec).is_file() else PACKAGED / f"{spec}.yaml"
     if not path.is_file():
         raise AlignkitError(f"{spec}: constitution: no such file or packaged name (packaged: "

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 
+from alignkit.data.formats import explicit_prompt
+from alignkit.feedback.judges import judge_pairs
+from alignkit.stats import cohen_kappa
+
 
 def pair_label(winner_text, loser_text, tie: bool = False) -> str:
     if tie:
@@ -21,10 +25,6 @@ def pair_label(winner_text, loser_text, tie: bool = False) -> str:
 def judge_agreement(judge, rows: list[dict]) -> dict:
     """rows: preference rows {"prompt", "chosen", "rejected", optional "tie"} (conversational turns or
     strings). Returns pairs, agreement (share of equal labels), Cohen's κ, and the judge's own labels."""
-    from alignkit.data.formats import explicit_prompt
-    from alignkit.feedback.judges import judge_pairs
-    from alignkit.stats import cohen_kappa
-
     rows = [explicit_prompt(r) for r in rows]
     text = [(r["chosen"][-1]["content"] if isinstance(r["chosen"], list) else r["chosen"],
              r["rejected"][-1]["content"] if isinstance(r["rejected"], list) else r["rejected"]) for r in rows]

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from alignkit.data.formats import preference_row
 from alignkit.errors import DataError
+from alignkit.feedback.llm_judge import LocalLLMJudge, LocalScoreJudge, OpenAIJudge
 from alignkit.rewards.rubric import (
     RULES,
     RubricContext,
@@ -174,16 +175,10 @@ def make_judge(spec: str, device: str = "auto", constitution: str = "default", s
     if kind == "rules":
         return RubricJudge()
     if kind in ("llm", "llm-cot"):
-        from alignkit.feedback.llm_judge import LocalLLMJudge
-
         return LocalLLMJudge(arg, constitution, seed=seed, cot=kind == "llm-cot", device=device)
     if kind == "llm-score":
-        from alignkit.feedback.llm_judge import LocalScoreJudge
-
         return LocalScoreJudge(arg, constitution, seed=seed, device=device)
     if kind == "openai":
-        from alignkit.feedback.llm_judge import OpenAIJudge
-
         url, _, model = arg.partition("#")
         return OpenAIJudge(url, model or None, constitution, seed=seed)
     return RewardJudge(reward_model(arg, device), name=spec)  # rm

@@ -23,9 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import urllib.error
+import urllib.request
 
 from alignkit.errors import AlignkitError
 from alignkit.feedback.constitution import Constitution, load_constitution
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rollout.generate import SamplingSettings
+from alignkit.rollout.sampler import sample_groups
 
 COT_CLAMP = (0.4, 0.6)
 OPTIONS = ("A", "B")
@@ -83,8 +88,6 @@ class LocalLLMJudge(_PrincipledJudge):
     def __init__(self, model: str, constitution: Constitution | str = "default", seed: int = 0, cot: bool = False,
                  device: str = "auto", batch_size: int = 8, max_length: int = 1024, cot_tokens: int = 96):
         super().__init__(constitution, seed, cot)
-        from alignkit.models.load import load_policy, load_tokenizer
-
         self.name = f"llm:{model}" + (":cot" if cot else "")
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_policy(model, device=device).eval()
@@ -130,9 +133,6 @@ class LocalLLMJudge(_PrincipledJudge):
         return out
 
     def _reason(self, texts: list[str]) -> list[str]:
-        from alignkit.rollout.generate import SamplingSettings
-        from alignkit.rollout.sampler import sample_groups
-
         greedy = SamplingSettings(max_new_tokens=self.cot_tokens, temperature=0.0, batch_size=self.batch_size)
         ids = [self.tokenizer(t, add_special_tokens=False).input_ids[-self.max_length:] for t in texts]
         rows = sample_groups(self.model, ids, 1, greedy, [self.tokenizer.eos_token_id], self.tokenizer.pad_token_id)
@@ -225,9 +225,6 @@ class OpenAIJudge(_PrincipledJudge):
         self.audit: list[dict] = []
 
     def _post(self, payload: dict) -> dict:
-        import urllib.error
-        import urllib.request
-
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.io import write_jsonl
 from alignkit.data.readers import read_pairs
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError
+from alignkit.feedback.judges import make_judge, preference_rows
 
 PREFERENCES_FILE = "preferences.jsonl"
 
@@ -36,12 +40,6 @@ class JudgeConfig:
 def judge_file(config: JudgeConfig, output: str | Path | None = None) -> tuple[Path, dict]:
     """Judge config.dataset_name; write preferences (to `output`, else output_dir/preferences.jsonl and
     run.json); return the file and the counts."""
-    import time
-
-    from alignkit.data.io import write_jsonl
-    from alignkit.engine.run import run_owner
-    from alignkit.feedback.judges import make_judge, preference_rows
-
     with run_owner(config, kind="judge", record=not output) as run:
         run.start()
         started = time.time()

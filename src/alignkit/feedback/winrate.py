@@ -11,10 +11,17 @@ Writes output_dir/win_rate.json (the summary) and output_dir/comparisons.jsonl (
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.formats import Problem
+from alignkit.data.io import scan, write_jsonl
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError, DataError
+from alignkit.feedback.judges import FINISH_FIRST, FINISH_SECOND, judge_pairs, make_judge
+from alignkit.files import write_text_atomic
+from alignkit.stats import wilson_interval
 
 SUMMARY_FILE = "win_rate.json"
 
@@ -43,9 +50,6 @@ class WinRateConfig:
 
 def read_answers(path: str | Path) -> list[tuple[int, dict]]:
     """(line, row) of a generations file; one `path:line: field: why` line per malformed row."""
-    from alignkit.data.formats import Problem
-    from alignkit.data.io import scan
-
     rows, problems = [], []
     for line, row in scan(path):
         if isinstance(row, Problem):
@@ -89,9 +93,6 @@ def match_answers(a_path, a_rows: list[tuple[int, dict]], b_path, b_rows: list[t
 
 def win_rate(pairs: list, judge) -> tuple[dict, list[dict]]:
     """(summary, one comparison row per pair) of A against B under `judge`."""
-    from alignkit.feedback.judges import FINISH_FIRST, FINISH_SECOND, judge_pairs
-    from alignkit.stats import wilson_interval
-
     skip = {"prompt", "completion", "finish_reason"}
     rows = [{**{k: v for k, v in a.items() if k not in skip},
              FINISH_FIRST: a.get("finish_reason"), FINISH_SECOND: b.get("finish_reason")} for a, b in pairs]
@@ -122,13 +123,6 @@ def describe(summary: dict, a: str = "A", b: str = "B") -> str:
 def run_win_rate(config: WinRateConfig) -> Path:
     """Judge A against B, write win_rate.json and comparisons.jsonl, mark the stage complete; returns the
     summary file."""
-    import time
-
-    from alignkit.data.io import write_jsonl
-    from alignkit.engine.run import run_owner
-    from alignkit.feedback.judges import make_judge
-    from alignkit.files import write_text_atomic
-
     with run_owner(config, kind="win_rate") as run:
         run.start()
         started = time.time()

@@ -27,8 +27,16 @@ from dataclasses import dataclass, field, replace
 
 from alignkit.data.readers import load_prompts
 from alignkit.data.tokenize import cut_prompt
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
+from alignkit.losses import rl
+from alignkit.losses.rl import ADVANTAGES, KL_ESTIMATORS
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.ops.prefix import group_logps
+from alignkit.rewards.sources import reward_mix
+from alignkit.rollout.generate import SamplingSettings
+from alignkit.rollout.rl import importance_weights, sample_rollout
 from alignkit.rollout.settings import VLLMSettings
 
 LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean", "dr_grpo": "constant-length"}
@@ -101,8 +109,6 @@ class GRPOConfig:
                    "num_generations": ("--n",)}
 
     def check(self) -> None:
-        from alignkit.losses.rl import ADVANTAGES, KL_ESTIMATORS
-
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the prompts (--dataset_name / --prompts FILE)")
         for name, value, allowed in (("advantage", self.advantage, ADVANTAGES), ("loss_type", self.loss_type,
@@ -164,8 +170,6 @@ class GroupPolicyStep:
     """One training step: sample, score, advantages, clipped loss. Called by the engine per micro-batch."""
 
     def __init__(self, config: GRPOConfig, tokenizer, rewards, reference_model=None, sampler=None):
-        from alignkit.rollout.generate import SamplingSettings
-
         self.config, self.tokenizer, self.rewards = config, tokenizer, rewards
         self.reference_model = reference_model
         self.sampler = sampler  # None: the torch sampler on the policy itself
@@ -187,17 +191,12 @@ class GroupPolicyStep:
 
     def logps(self, model, rollout):
         """Per-token log-probs of the rollout's completions, each prompt computed once (`ops.prefix`)."""
-        from alignkit.ops.prefix import group_logps
-
         group = rollout.group_size
         return group_logps(model, rollout.prompt_ids[::group], rollout.completion_ids, self.tokenizer.pad_token_id,
                            temperature=self.config.temperature)
 
     def __call__(self, model, batch: dict):
         import torch
-
-        from alignkit.losses import rl
-        from alignkit.rollout.rl import importance_weights, sample_rollout
 
         config = self.config
         policy = getattr(model, "module", model)
@@ -253,8 +252,6 @@ class GroupPolicyStep:
 def train_grpo(config: GRPOConfig):
     """Train config.model_name_or_path on config.dataset_name's prompts with the configured rewards; writes
     the run directory and returns the engine's TrainResult."""
-    from alignkit.engine.run import run_owner
-
     with run_owner(config, kind="grpo", model=config.model_name_or_path) as run:
         return _train_grpo(config, run)
 
@@ -262,9 +259,6 @@ def train_grpo(config: GRPOConfig):
 def _train_grpo(config: GRPOConfig, run):
     """train_grpo inside its run owner: read the prompts, start the run, load the models, train."""
     import torch
-
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rewards.sources import reward_mix
 
     rows = load_prompts(config)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")

@@ -14,10 +14,21 @@ Deliberate differences from TRL's RewardTrainer:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+from alignkit.data.collate import collate_sequences
+from alignkit.data.formats import explicit_prompt
+from alignkit.data.io import load_train_eval
+from alignkit.data.tokenize import TruncationWarning, tokenize_pair
+from alignkit.engine.distributed import world_size
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
+from alignkit.losses.reward import bradley_terry_loss
+from alignkit.models.load import load_reward_model, load_tokenizer
+from alignkit.ops.rewards import sequence_rewards
+from alignkit.rewards.combine import is_safety_prompt
 
 BATCH_LAYOUTS = ("bucketed", "padded", "padding_free")
 PROMPT_SUBSETS = ("all", "safety", "helpfulness")
@@ -91,9 +102,6 @@ class RewardExample:
 def tokenize_preferences(tokenizer, rows: list[dict], max_length: int | None,
                          max_prompt_length: int | None = None) -> tuple[list[RewardExample], int]:
     """RewardExamples for preference rows, and how many were dropped (truncation would empty a response)."""
-    from alignkit.data.formats import explicit_prompt
-    from alignkit.data.tokenize import tokenize_pair
-
     out, dropped = [], 0
     for row in rows:
         row = explicit_prompt(row)
@@ -113,8 +121,6 @@ def collate_rewards(examples: list[RewardExample], pad_id: int, padding_free: bo
     example has one (missing margins count as 0)."""
     import torch
 
-    from alignkit.data.collate import collate_sequences
-
     batch = collate_sequences([e.chosen_ids for e in examples] + [e.rejected_ids for e in examples], pad_id,
                               padding_free)
     if any(e.margin is not None for e in examples):
@@ -124,10 +130,6 @@ def collate_rewards(examples: list[RewardExample], pad_id: int, padding_free: bo
 
 def reward_loss(model, batch: dict, center_coef: float = 0.0, bucketed: bool = False):
     """(summed Bradley–Terry loss of the batch's pairs, metrics with TRL's names)."""
-    from alignkit.engine.distributed import world_size
-    from alignkit.losses.reward import bradley_terry_loss
-    from alignkit.ops.rewards import sequence_rewards
-
     # several processes must run equally many forward passes; length groups differ between ranks
     rewards = sequence_rewards(model, batch, bucketed=bucketed and world_size() == 1)
     chosen, rejected = rewards.chunk(2)
@@ -153,9 +155,6 @@ def evaluate_pairs(model, examples: list[RewardExample], pad_id: int, batch_size
     """Held-out eval/loss, eval/accuracy (ties count half), eval/margin and reward statistics."""
     import torch
 
-    from alignkit.losses.reward import bradley_terry_loss
-    from alignkit.ops.rewards import sequence_rewards
-
     device = next(model.parameters()).device
     losses, accuracy, margins, all_rewards = [], [], [], []
     with torch.no_grad():
@@ -178,8 +177,6 @@ def evaluate_pairs(model, examples: list[RewardExample], pad_id: int, batch_size
 
 def subset_rows(rows: list[dict], subset: str, name: str | None = None) -> list[dict]:
     """The rows whose prompts are safety-relevant (subset "safety") or not ("helpfulness")."""
-    from alignkit.rewards.combine import is_safety_prompt
-
     kept = [r for r in rows if is_safety_prompt(r) == (subset == "safety")]
     if name is not None and not kept:
         raise AlignkitError(f"{name}: prompt_subset: no {subset} rows (safety-relevant rows carry a safety, hazard "
@@ -190,14 +187,7 @@ def subset_rows(rows: list[dict], subset: str, name: str | None = None) -> list[
 def train_reward_model(config: RewardConfig):
     """Train a reward model on config.dataset_name; writes the run directory (model/ loads with
     AutoModelForSequenceClassification) and returns the engine's TrainResult."""
-    import warnings
-
     import torch
-
-    from alignkit.data.io import load_train_eval
-    from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.run import run_owner
-    from alignkit.models.load import load_reward_model, load_tokenizer
 
     with run_owner(config, kind="reward_model", model=config.model_name_or_path) as run:
         tokenizer = load_tokenizer(config.model_name_or_path)

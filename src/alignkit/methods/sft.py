@@ -13,10 +13,24 @@ Deviations from TRL's SFTTrainer, on purpose: the loss is normalised over the ac
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+from alignkit.data.collate import collate_masked, collate_packed, collate_padding_free, pack
+from alignkit.data.io import load_train_eval
+from alignkit.data.tokenize import (
+    MaskedExample,
+    TruncationWarning,
+    encode_conversation,
+    encode_pair_ids,
+    special_prefix,
+    truncate_masked,
+)
+from alignkit.engine.run import run_owner
 from alignkit.engine.settings import PeftSettings, TrainSettings
 from alignkit.errors import AlignkitError
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.ops.logprobs import score_mask, sequence_logps
 
 
 @dataclass
@@ -67,9 +81,6 @@ class SFTConfig:
 
 def tokenize_sft(tokenizer, rows: list[dict], max_length: int, completion_only_loss: bool = True) -> tuple[list, int]:
     """MaskedExamples for sft rows, and how many were dropped because truncation left nothing to train."""
-    from alignkit.data.tokenize import (MaskedExample, encode_conversation, encode_pair_ids, special_prefix,
-                                        truncate_masked)
-
     prefix = special_prefix(tokenizer)
     out, dropped = [], 0
     for row in rows:
@@ -93,16 +104,12 @@ def tokenize_sft(tokenizer, rows: list[dict], max_length: int, completion_only_l
 
 def sft_loss(model, batch: dict):
     """(summed negative log-likelihood of the trained tokens, metrics) for one micro-batch."""
-    from alignkit.ops.logprobs import sequence_logps
-
     logps = sequence_logps(model, batch, uniform_grad=True)  # the loss is a plain sum of token log-probs
     n = logps.count.sum().clamp(min=1)
     return -logps.sum.sum(), {"mean_token_logp": (logps.sum.sum() / n).item()}
 
 
 def count_trained_tokens(batch: dict) -> int:
-    from alignkit.ops.logprobs import score_mask
-
     return int(score_mask(batch).sum())
 
 
@@ -124,14 +131,6 @@ def token_mean_loss(model, examples: list, collate, batch_size: int) -> float:
 def train_sft(config: SFTConfig):
     """Fine-tune config.model_name_or_path on config.dataset_name; writes the run directory and returns
     the engine's TrainResult."""
-    import warnings
-
-    from alignkit.data.collate import collate_masked, collate_packed, collate_padding_free, pack
-    from alignkit.data.io import load_train_eval
-    from alignkit.data.tokenize import TruncationWarning
-    from alignkit.engine.run import run_owner
-    from alignkit.models.load import load_policy, load_tokenizer
-
     with run_owner(config, kind="sft", model=config.model_name_or_path) as run:
         tokenizer = load_tokenizer(config.model_name_or_path)
         rows, eval_rows = load_train_eval(config.dataset_name, "sft", config.eval_dataset_name,

@@ -14,11 +14,13 @@ never leaves a half checkpoint behind.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from alignkit.data.builtin import builtin_path
 from alignkit.errors import AlignkitError
 
 PREFIX = "embedded:"
@@ -142,10 +144,6 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 12 42 100. Questions about science, cooking, tra
 
 def tiny_corpus() -> list[str]:
     """Text the tiny tokenizer's merges are learned from. Changing it changes the tokenizer: bump BUILD_VERSION."""
-    import json
-
-    from alignkit.data.builtin import builtin_path
-
     with open(builtin_path("prompts.jsonl"), encoding="utf-8") as f:
         prompts = [json.loads(line)["prompt"][0]["content"] for line in f if line.strip()]
     return [TINY_TEXT, *prompts]

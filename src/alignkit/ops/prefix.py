@@ -17,9 +17,14 @@ nothing to share) the plain full-row forward runs and its result is moved into t
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import torch
 from torch import Tensor
 
+from alignkit.data.collate import collate, pad
+from alignkit.data.tokenize import Tokenized
 from alignkit.ops.logprobs import (
     SequenceLogProbs,
     _plain_linear_head,
@@ -36,8 +41,6 @@ def group_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[in
     Returns token_logps (P·G, Lc) float32 and mask (P·G, Lc) bool, Lc the longest completion; a
     completion's token j sits at column j.
     """
-    from alignkit.data.collate import pad
-
     if not prompt_ids or len(completion_ids) % len(prompt_ids):
         raise ValueError(f"{len(completion_ids)} completions for {len(prompt_ids)} prompts: not G per prompt")
     group = len(completion_ids) // len(prompt_ids)
@@ -86,8 +89,6 @@ def group_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[in
 def cache_argument(model) -> str:
     """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.2x on,
     `past_key_values` before (a PEFT wrapper is looked through)."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
@@ -95,8 +96,6 @@ def cache_argument(model) -> str:
 def checkpointing(model) -> bool:
     """Whether activation (gradient) checkpointing is on: then a training-mode forward keeps no cache.
     (transformers renamed is_gradient_checkpointing to is_activation_checkpointing in 5.2x.)"""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return bool(getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)))
@@ -108,9 +107,6 @@ def _place(mask: Tensor, flat: Tensor) -> Tensor:
 
 def _full_rows(model, prompt_ids, completion_ids, completions, mask, pad_id, temperature, chunk_size):
     """The plain path: every (prompt + completion) row through the model, then completion columns only."""
-    from alignkit.data.collate import collate
-    from alignkit.data.tokenize import Tokenized
-
     device = completions.device
     batch = {k: v.to(device) for k, v in collate(
         [Tokenized(prompt_ids[i // (len(completion_ids) // len(prompt_ids))], c)

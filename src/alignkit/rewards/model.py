@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from alignkit.data.collate import collate_sequences
+from alignkit.data.tokenize import encode_pair_ids, special_prefix, truncate
+from alignkit.models.load import load_reward_model, load_tokenizer
+from alignkit.ops.rewards import sequence_rewards
+
 
 class RewardModel:
     """Scores prompt/response pairs with a reward model saved by `alignkit rm` (or any one-label
@@ -12,8 +17,6 @@ class RewardModel:
 
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
                  max_length: int | None = 1024):
-        from alignkit.models.load import load_reward_model, load_tokenizer
-
         self.path = str(path)
         self.tokenizer = load_tokenizer(path)
         self.model = load_reward_model(path, device=device, dtype=dtype).eval()
@@ -21,8 +24,6 @@ class RewardModel:
         self.max_length = max_length
 
     def encode(self, prompt: Any, completion: Any) -> list[int]:
-        from alignkit.data.tokenize import encode_pair_ids, special_prefix, truncate
-
         prompt_ids, answer_ids = encode_pair_ids(self.tokenizer, prompt, completion)
         fitted = truncate(prompt_ids, [answer_ids], max_length=self.max_length, prefix=special_prefix(self.tokenizer))
         if fitted is None:  # a prompt alone fills max_length: score its end, as a trainer would have cut it
@@ -31,9 +32,6 @@ class RewardModel:
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float]:
         import torch
-
-        from alignkit.data.collate import collate_sequences
-        from alignkit.ops.rewards import sequence_rewards
 
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")

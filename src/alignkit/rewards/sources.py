@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.rewards.combine import Ensemble
+from alignkit.rewards.model import RewardModel
 from alignkit.rewards.rubric import RubricContext, is_harmful_prompt, score_response
 from alignkit.rewards.specs import REWARD_SPECS
 
@@ -76,15 +79,11 @@ def _python_function(spec: str) -> RewardFn:
 
 def reward_model(paths: str, device: str = "auto"):
     """The reward model at PATH, or the ensemble mean of PATH,PATH,... (the argument of an `rm:` spec)."""
-    from alignkit.rewards.model import RewardModel
-
     models = [RewardModel(p.strip(), device=device) for p in paths.split(",") if p.strip()]
     if not models:
         raise AlignkitError(f"rm: no reward model path in {paths!r}")
     if len(models) == 1:
         return models[0]
-    from alignkit.rewards.combine import Ensemble
-
     return Ensemble(models)
 
 
@@ -133,8 +132,6 @@ class RewardMix:
 
     def __call__(self, prompts: list, completions: list[str], finish_reasons: list[str] | None = None,
                  lengths: list[int] | None = None, rows: list[dict] | None = None) -> tuple[list[float], dict]:
-        import math
-
         rows = rows or [{} for _ in prompts]
         keys = {k for row in rows for k in row if k != "prompt"}
         columns = {k: [row.get(k) for row in rows] for k in keys}

@@ -7,11 +7,12 @@ left-padded, and the results are returned in the caller's order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from alignkit.data.tokenize import encode_prompt
 from alignkit.errors import AlignkitError
+from alignkit.rollout.sampler import TorchSampler
 
 
 @dataclass
@@ -72,12 +73,8 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
     state is restored, draws the same samples). sampler: where the tokens come from (default
     `rollout.sampler.sample_groups` on `model`; `rollout.vllm_engine.VLLMSampler` on a GPU).
     """
-    from dataclasses import replace
-
     import torch
     from tqdm.auto import tqdm
-
-    from alignkit.rollout.sampler import TorchSampler
 
     sampler = sampler or TorchSampler(model)
     settings = settings or SamplingSettings()

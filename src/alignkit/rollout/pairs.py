@@ -7,12 +7,16 @@ preference data.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignkit.data.io import write_jsonl
 from alignkit.data.readers import load_prompt_rows
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError
-from alignkit.rollout.generate import SamplingSettings
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rollout.generate import SamplingSettings, generate
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -56,8 +60,6 @@ class GeneratePairsConfig:
 
 def sample_pairs(model, tokenizer, rows: list[dict], config: GeneratePairsConfig, model_name: str) -> list[dict]:
     """One output row per prompt row with config.sampling.num_return_sequences sampled responses."""
-    from alignkit.rollout.generate import generate
-
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
     return [{**row, "responses": [g.completion for g in gens], "finish_reasons": [g.finish_reason for g in gens],
              "model": model_name} for row, gens in zip(rows, outputs)]
@@ -65,12 +67,6 @@ def sample_pairs(model, tokenizer, rows: list[dict], config: GeneratePairsConfig
 
 def run_generate_pairs(config: GeneratePairsConfig, output: str | Path | None = None) -> Path:
     """Sample and write pairs.jsonl (or `output`) atomically; mark the stage complete; return the file."""
-    import time
-
-    from alignkit.data.io import write_jsonl
-    from alignkit.engine.run import run_owner
-    from alignkit.models.load import load_policy, load_tokenizer
-
     with run_owner(config, kind="generate_pairs", record=not output, model=config.model_name_or_path) as run:
         run.start()
         started = time.time()

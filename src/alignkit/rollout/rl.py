@@ -10,8 +10,13 @@ forward pass and temperature it uses for the loss (`ops.logprobs.sequence_logps`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from alignkit.data.collate import collate
+from alignkit.data.tokenize import Tokenized, encode_prompt
+from alignkit.losses.rl import truncated_is_weights
+from alignkit.rollout.generate import generate
 
 
 @dataclass
@@ -36,9 +41,6 @@ class Rollout:
     def batch(self, pad_id: int, indices: list[int] | None = None) -> dict:
         """Right-padded input_ids, attention_mask and completion_mask of the samples at `indices` (all by
         default)."""
-        from alignkit.data.collate import collate
-        from alignkit.data.tokenize import Tokenized
-
         indices = range(len(self)) if indices is None else indices
         return collate([Tokenized(self.prompt_ids[i], self.completion_ids[i]) for i in indices], pad_id)
 
@@ -47,11 +49,6 @@ def sample_rollout(model, tokenizer, rows: list[dict], settings, group_size: int
                    progress: bool = False, sampler=None) -> Rollout:
     """`group_size` sampled responses to each row's prompt (settings: `rollout.generate.SamplingSettings`;
     its num_return_sequences is replaced by group_size; sampler: see `rollout.generate.generate`)."""
-    from dataclasses import replace
-
-    from alignkit.data.tokenize import encode_prompt
-    from alignkit.rollout.generate import generate
-
     settings = replace(settings, num_return_sequences=group_size)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], settings, progress=progress, reseed=False,
                        sampler=sampler)
@@ -89,8 +86,6 @@ def importance_weights(sampler, rollout: Rollout, logps, mask, cap: float):
     sampled, and their statistics under `vllm/` names; ones and no statistics for the torch sampler (which is
     the trainer) or when cap is 0."""
     import torch
-
-    from alignkit.losses.rl import truncated_is_weights
 
     behaviour = sampler_logps(sampler, rollout, mask) if cap > 0 else None
     if behaviour is None:

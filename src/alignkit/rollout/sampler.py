@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from alignkit.data.collate import pad
+from alignkit.ops.prefix import cache_argument
+
 
 def filter_logits(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """(N, V) float32 logits with temperature applied and tokens outside top-k / the top-p nucleus at -inf."""
@@ -55,8 +58,6 @@ def sample_groups(model, prompt_ids: list[list[int]], group: int, settings, stop
     """`group` sampled token rows per prompt (row i continues prompt i // group), settings.max_new_tokens
     long: after a row's first stop token come pad_id fillers (`rollout.generate._finish` cuts them).
     settings: `rollout.generate.SamplingSettings` (batch_size counts prompts per prefill)."""
-    from alignkit.ops.prefix import cache_argument
-
     was_training = model.training
     model.eval()
     keyword = cache_argument(model)
@@ -73,8 +74,6 @@ def sample_groups(model, prompt_ids: list[list[int]], group: int, settings, stop
 
 def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword) -> list[list[int]]:
     from transformers import DynamicCache
-
-    from alignkit.data.collate import pad
 
     device = next(model.parameters()).device
     ids = pad(prompt_ids, pad_id, side="left").to(device)

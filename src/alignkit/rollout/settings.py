@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
+from alignkit.models.load import resolve_path
+from alignkit.rollout.vllm_engine import VLLMSampler
 
 
 @dataclass
@@ -40,8 +42,5 @@ class VLLMSettings:
         if not self.use_vllm:
             return None
         # imported here: the engine module pulls in torch, and reading these settings (--help) must stay light
-        from alignkit.models.load import resolve_path
-        from alignkit.rollout.vllm_engine import VLLMSampler
-
         return VLLMSampler(resolve_path(model_name_or_path), gpu_memory_utilization=self.vllm_gpu_memory_utilization,
                            enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=dtype, seed=seed)

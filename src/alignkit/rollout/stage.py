@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignkit.data.io import write_jsonl
+from alignkit.data.readers import load_prompt_rows
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError
-from alignkit.rollout.generate import SamplingSettings
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rollout.generate import SamplingSettings, as_records, generate
+
+STDOUT = "-"
 
 
 @dataclass
@@ -37,34 +45,35 @@ class GenerateConfig:
         self.sampling.check()
 
 
-def run_generate(config: GenerateConfig) -> Path:
-    """Sample, write generations.jsonl atomically, mark the stage complete; returns the file."""
-    import time
-
-    from alignkit.data.io import write_jsonl
-    from alignkit.data.readers import load_prompt_rows
-    from alignkit.engine.run import run_owner
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import as_records, generate
-
-    with run_owner(config, kind="generate", model=config.model_name_or_path) as run:
+def run_generate(config: GenerateConfig, output: str | Path | None = None) -> Path | None:
+    """Sample and write generations.jsonl atomically, marking the stage complete; returns the file.
+    With `output` (the CLI's -o FILE, or "-" for stdout) the rows go there instead and no run directory is
+    written (run.json nor config.yaml); stdout returns None."""
+    with run_owner(config, kind="generate", record=output is None, model=config.model_name_or_path) as run:
         run.start()
-        out = Path(config.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         started = time.time()
         rows = load_prompt_rows(config.dataset_name, split=config.dataset_split)
         tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
         model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device)
-        outputs = generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling)
-        records = as_records(rows, outputs)
-        path = out / "generations.jsonl"
-        write_jsonl(path, records)
-        if config.show:
+        records = as_records(rows, generate(model, tokenizer, [r["prompt"] for r in rows], config.sampling))
+        if output == STDOUT:
             for record in records:
-                prompt = record["prompt"]
-                question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-                cut = "" if record["finish_reason"] == "stop" else " [...]"
-                print(f"Q: {question}\nA: {record['completion']}{cut}\n", flush=True)
-        run.complete(model=config.model_name_or_path, rows=len(records),
-                     seconds=round(time.time() - started, 2))
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            return None
+        path = Path(output) if output is not None else Path(config.output_dir) / "generations.jsonl"
+        write_jsonl(path, records)
+        if output is None:
+            if config.show:
+                show(records)
+            run.complete(model=config.model_name_or_path, rows=len(records),
+                         seconds=round(time.time() - started, 2))
         return path
+
+
+def show(records: list[dict]) -> None:
+    """Each prompt's last turn with its answer ([...] where the answer was cut at max_new_tokens)."""
+    for record in records:
+        prompt = record["prompt"]
+        question = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        cut = "" if record["finish_reason"] == "stop" else " [...]"
+        print(f"Q: {question}\nA: {record['completion']}{cut}\n", flush=True)

@@ -36,8 +36,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alignkit.data.builtin import builtin_path
 from alignkit.errors import AlignkitError
 from alignkit.files import write_atomic, write_text_atomic
+from alignkit.models.embedded import cache_dir
+from alignkit.safety.encoder import get_encoder
 from alignkit.safety.guard_data import ROLES, builtin_rows, load_guard_rows
 from alignkit.safety.guard_fit import (
     choose_threshold,
@@ -47,6 +50,7 @@ from alignkit.safety.guard_fit import (
     make_head,
     prf,
 )
+from alignkit.safety.taxonomy import PACKAGED, load_taxonomy
 
 UNSAFE = "unsafe"
 WEIGHTS = "guard.safetensors"
@@ -104,8 +108,6 @@ def format_llama_guard(verdict: Verdict, taxonomy=None) -> str:
     """`safe`, or `unsafe` and the comma-separated S-codes of the categories on a second line."""
     if verdict.safe:
         return "safe"
-    from alignkit.safety.taxonomy import load_taxonomy
-
     taxonomy = taxonomy or load_taxonomy()
     return "unsafe\n" + ",".join(taxonomy.code(c) for c in verdict.categories)
 
@@ -129,16 +131,12 @@ class GuardClassifier:
     @property
     def encoder(self):
         if self._encoder is None:
-            from alignkit.safety.encoder import get_encoder
-
             self._encoder = get_encoder(self.settings["encoder"])
         return self._encoder
 
     @property
     def taxonomy(self):
         if self._taxonomy is None:
-            from alignkit.safety.taxonomy import load_taxonomy
-
             self._taxonomy = load_taxonomy(self.settings.get("taxonomy"))
         return self._taxonomy
 
@@ -152,12 +150,8 @@ class GuardClassifier:
         config = config or GuardConfig()
         config.check()
         if taxonomy is None:
-            from alignkit.safety.taxonomy import load_taxonomy
-
             taxonomy = load_taxonomy(config.taxonomy)
         if encoder is None:
-            from alignkit.safety.encoder import get_encoder
-
             encoder = get_encoder(config.encoder)
         present = {c for r in rows for c in r["categories"]}
         unknown = sorted(present - set(taxonomy.ids))
@@ -329,9 +323,6 @@ def _binary(gold: list[bool], flagged: list[bool]) -> dict:
 
 
 def _builtin_fingerprint() -> str:
-    from alignkit.data.builtin import builtin_path
-    from alignkit.safety.taxonomy import PACKAGED
-
     digest = hashlib.sha256(f"v{DEFAULT_GUARD_VERSION} {json.dumps(asdict(GuardConfig()))}".encode())
     for p in (*(builtin_path(n) for n in ("harmful.jsonl", "benign_risky.jsonl", "helpful.jsonl",
                                           "guard_responses.jsonl")), PACKAGED):
@@ -348,8 +339,6 @@ def default_guard() -> GuardClassifier:
     global _DEFAULT
     if _DEFAULT is not None:
         return _DEFAULT
-    from alignkit.models.embedded import cache_dir
-
     target = cache_dir() / "guard" / f"default-{_builtin_fingerprint()}"
     if not (target / META).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -369,8 +358,6 @@ def default_guard() -> GuardClassifier:
 
 def format_eval(report: dict, taxonomy=None) -> str:
     """A plain-text table of a report from `evaluate`."""
-    from alignkit.safety.taxonomy import load_taxonomy
-
     taxonomy = taxonomy or load_taxonomy()
     lines = [f"{'code':<5} {'category':<20} {'P':>6} {'R':>6} {'F1':>6} {'n':>4}"]
     for c, m in report["categories"].items():
@@ -389,8 +376,6 @@ def format_eval(report: dict, taxonomy=None) -> str:
 def train_guard(config: GuardConfig) -> tuple[GuardClassifier, dict]:
     """Train on the built-in train split plus `config.data`, save to `config.output_dir`, evaluate on the
     built-in held-out test split and write eval.json next to the guard."""
-    from alignkit.safety.taxonomy import load_taxonomy
-
     config.check()
     if not config.output_dir:
         raise AlignkitError("guard train: --output_dir is required")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from alignkit.data.builtin import builtin_path
+from alignkit.data.io import Problem, scan
 from alignkit.errors import DataError
 
 ROLES = ("prompt", "response")
@@ -23,8 +25,6 @@ def builtin_rows(split: str) -> list[dict]:
 
     Harmful prompts carry their hazard; benign look-alikes and helpful prompts are safe; the response set
     (guard_responses.jsonl) holds refusals, benign answers and elided placeholder compliance."""
-    from alignkit.data.builtin import builtin_path
-
     def read(name):
         with open(builtin_path(name), encoding="utf-8") as f:
             return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == split]
@@ -41,8 +41,6 @@ def builtin_rows(split: str) -> list[dict]:
 def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:
     """Rows of an extra JSONL file, checked; DataError with one `path:line: field: why` per problem. A row may
     also be an `alignkit redteam` transcript, which becomes the rows `transcript_rows` makes of it."""
-    from alignkit.data.io import Problem, scan
-
     rows, problems = [], []
     for line, row in scan(path):
         if isinstance(row, Problem):

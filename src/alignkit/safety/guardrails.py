@@ -35,11 +35,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
+from alignkit.config import build_config
 from alignkit.errors import AlignkitError
 from alignkit.ratelimit import TokenBucket
 from alignkit.safety.filters import PII_KINDS, DenyList, luhn_valid, redact_pii  # noqa: F401 (re-exported)
 from alignkit.safety.openai_request import joined_conversation, message_texts
 from alignkit.safety.openai_texts import RequestError, Text
+from alignkit.safety.taxonomy import load_taxonomy
 
 STAGES = ("input", "output")
 SCOPES = ("last_user", "conversation")
@@ -109,8 +111,6 @@ class GuardrailsConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "GuardrailsConfig":
-        from alignkit.config import build_config
-
         config = build_config(cls, recipe=path)
         config.check()  # build_config only checks when a key was set; an empty file is checked here too
         return config
@@ -148,8 +148,6 @@ GENERIC_REFUSAL = {
 @functools.lru_cache(maxsize=1)
 def _taxonomy_refusals() -> dict[str, str]:
     """Hazard id and code (S1…) → the taxonomy's refusal text."""
-    from alignkit.safety.taxonomy import load_taxonomy
-
     return {key: h.refusal for h in load_taxonomy().hazards for key in (h.id, h.code)}
 
 

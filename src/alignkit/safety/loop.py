@@ -11,8 +11,10 @@
    (`sft+dpo`): SFT teaches the refusal, and DPO's answer-over-refusal pairs take it back from benign prompts.
 4. `after/`: red-team the trained policy on the held-out split, exactly as in step 1.
 
-Each step is skipped when its output is complete, so a killed loop resumes. `safety_loop.json` holds both
-measurements and their differences; `before_after.png` plots them.
+Each step is a stage run by engine.stages.run_stages, as `alignkit pipeline` runs a recipe's stages: skipped
+when its run.json says complete, resumed from a checkpoint, recorded failed with the reason when it raises,
+and listed on the loop's index.html. `safety_loop.json` holds both measurements and their differences;
+`before_after.png` plots them.
 """
 
 from __future__ import annotations
@@ -23,9 +25,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.config import to_flat_dict
+from alignkit.data.io import write_jsonl
+from alignkit.engine.outputs import read_status
+from alignkit.engine.run import run_owner
+from alignkit.engine.stages import Stage, run_stages
 from alignkit.errors import AlignkitError
+from alignkit.files import write_text_atomic
+from alignkit.methods.dpo import DPOConfig, train_dpo
+from alignkit.methods.reward_model import RewardConfig, train_reward_model
+from alignkit.methods.sft import SFTConfig, train_sft
+from alignkit.rewards.model import RewardModel
 from alignkit.safety.redteam import DEFAULT_ATTACKS, RESULTS, RedTeamConfig, run_redteam
-from alignkit.stats import format_rate
+from alignkit.safety.report import section, write_safety_report
+from alignkit.safety.taxonomy import load_taxonomy
+from alignkit.stats import format_rate, rate
 
 METHODS = ("sft", "dpo", "sft+dpo")
 
@@ -117,8 +131,6 @@ class SafetyLoopConfig:
 
 def refusal_text(hazard: str | None) -> str:
     """The taxonomy's helpful refusal for a hazard (a general one when the hazard is unknown)."""
-    from alignkit.safety.taxonomy import load_taxonomy
-
     taxonomy = load_taxonomy()
     if hazard not in taxonomy.ids:
         return ("I can't help with that, because it could put people at risk. If there is a safe goal behind "
@@ -180,55 +192,102 @@ def stage_values(config: SafetyLoopConfig, model: str, run_dir: Path) -> dict:
             "device": config.device}
 
 
-def run_step(config_cls, run, values: dict) -> None:
-    """One step of the loop as a pipeline stage (engine.run.stage_action, as `alignkit pipeline` runs them):
-    skipped when its run.json is complete, resumed from its latest checkpoint when one was cut off."""
-    from alignkit.config import build_config
-    from alignkit.engine.run import stage_action
+def train_stages(config: SafetyLoopConfig, data_dir: Path, out: Path) -> list[Stage]:
+    """Training on the mix into `out` (out/model is the trained policy): SFT, DPO, or SFT into out/sft and
+    then DPO from that model into `out`, so DPO's reference is the SFT model."""
+    def values(model: str, run_dir: Path, data: str) -> dict:
+        return {**stage_values(config, model, run_dir), "lora_dropout": 0.0, "lr_scheduler_type": "cosine",
+                "dataset_name": str(data_dir / data)}
 
-    action, values, _ = stage_action(config_cls, values)
-    if action != "complete":
-        run(build_config(config_cls, values))
+    stages, model = [], config.model_name_or_path
+    if config.train_method in ("sft", "sft+dpo"):
+        sft_dir = out if config.train_method == "sft" else out / "sft"
+        name = "train" if config.train_method == "sft" else "train-sft"
+        stages.append(Stage(name, "sft", SFTConfig, train_sft, values(model, sft_dir, "safety_sft.jsonl")))
+        model = str(sft_dir / "model")
+    if config.train_method in ("dpo", "sft+dpo"):
+        stages.append(Stage("train", "dpo", DPOConfig, train_dpo, {
+            **values(model, out, "safety_preferences.jsonl"), "beta": 0.1, "rpo_alpha": config.rpo_alpha}))
+    return stages
 
 
 def train_step(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
-    """Train on the mix into `out` and return the trained model. sft+dpo runs SFT into out/sft first and
-    then DPO from that model into `out`, so DPO's reference is the SFT model; a finished SFT is not rerun."""
-    def common(model: str, run_dir: Path) -> dict:
-        return {**stage_values(config, model, run_dir), "lora_dropout": 0.0, "lr_scheduler_type": "cosine"}
-
-    model = config.model_name_or_path
-    if config.train_method in ("sft", "sft+dpo"):
-        from alignkit.methods.sft import SFTConfig, train_sft
-
-        sft_dir = out if config.train_method == "sft" else out / "sft"
-        run_step(SFTConfig, train_sft, {**common(model, sft_dir), "dataset_name": str(data_dir / "safety_sft.jsonl")})
-        model = str(sft_dir / "model")
-    if config.train_method in ("dpo", "sft+dpo"):
-        from alignkit.methods.dpo import DPOConfig, train_dpo
-
-        run_step(DPOConfig, train_dpo, {**common(model, out), "beta": 0.1, "rpo_alpha": config.rpo_alpha,
-                                        "dataset_name": str(data_dir / "safety_preferences.jsonl")})
+    """Only the loop's training on a data directory it made (safety_sft.jsonl, safety_preferences.jsonl), into
+    `out`; returns the trained model. A finished stage is not rerun."""
+    run_stages(train_stages(config, data_dir, out), root=None)
     return out / "model"
+
+
+def safety_rm_stage(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Stage:
+    """A Bradley–Terry safety RM on the loop's safety-relevant pairs (refusal over harmful reply, answer over
+    refusal for look-alikes), from the policy's own weights, into out/model."""
+    return Stage("safety_rm", "reward_model", RewardConfig, train_reward_model, {
+        **stage_values(config, config.model_name_or_path, out), "prompt_subset": "safety",
+        "dataset_name": str(data_dir / "safety_preferences.jsonl")})
 
 
 def train_safety_rm(config: SafetyLoopConfig, data_dir: Path, out: Path) -> Path:
-    """A Bradley–Terry safety RM on the loop's safety-relevant pairs (refusal over harmful reply, answer over
-    refusal for look-alikes), from the policy's own weights; returns the model directory."""
-    from alignkit.methods.reward_model import RewardConfig, train_reward_model
-
-    run_step(RewardConfig, train_reward_model, {
-        **stage_values(config, config.model_name_or_path, out), "prompt_subset": "safety",
-        "dataset_name": str(data_dir / "safety_preferences.jsonl")})
+    """The safety RM stage alone; returns the model directory."""
+    run_stages([safety_rm_stage(config, data_dir, out)], root=None)
     return out / "model"
+
+
+@dataclass
+class SafetyDataConfig:
+    """The loop's data step: safety_sft.jsonl and safety_preferences.jsonl from the collect step's transcripts."""
+
+    collect_dir: str = ""
+    """The collect step's red-team directory (transcripts.jsonl, benign.jsonl)."""
+    benign_weight: int = 2
+    refusal_pairs_per_request: int = 0
+    seed: int = 0
+    output_dir: str = ""
+    """Directory for the two files and run.json (whose `counts` the loop's summary reports)."""
+
+    def check(self) -> None:
+        if not self.collect_dir or not self.output_dir:
+            raise AlignkitError("config: collect_dir and output_dir: both are needed")
+
+
+def run_safety_data(config: SafetyDataConfig) -> Path:
+    """Write the training mix; fails (nothing to learn) when the policy refused every attack and no benign
+    answer was kept."""
+    with run_owner(config, kind="safety_data") as run:
+        out = run.start()
+        sft, prefs, counts = build_training_data(Path(config.collect_dir), config.benign_weight, config.seed,
+                                                 config.refusal_pairs_per_request)
+        if not sft:  # every SFT row has its preference pair, so this covers DPO too
+            raise AlignkitError(f"{config.collect_dir}: no training data: the policy refused every attack and no "
+                                "benign answer was kept; nothing to learn")
+        write_jsonl(out / "safety_sft.jsonl", sft)
+        write_jsonl(out / "safety_preferences.jsonl", prefs)
+        run.complete(counts=counts)
+        return out
+
+
+def loop_stages(config: SafetyLoopConfig, out: Path) -> list[Stage]:
+    """The loop's steps as stages: before, collect, data, training, after, and the safety RM when asked."""
+    def redteam(name: str, model: str, split: str, benign: str | None = None) -> Stage:
+        return Stage(name, "redteam", RedTeamConfig, run_redteam,
+                     to_flat_dict(config.redteam_config(model, split, out / name, benign)))
+
+    policy = config.model_name_or_path
+    benign = ",".join(n for n in (config.benign_dataset_name, config.train_benign_dataset_name,
+                                  config.helpful_dataset_name) if n)
+    data = Stage("data", "safety_data", SafetyDataConfig, run_safety_data, {
+        "collect_dir": str(out / "collect"), "benign_weight": config.benign_weight, "seed": config.seed,
+        "refusal_pairs_per_request": config.refusal_pairs_per_request, "output_dir": str(out / "data")})
+    stages = [redteam("before", policy, config.test_split), redteam("collect", policy, config.train_split, benign),
+              data, *train_stages(config, out / "data", out / "train"),
+              redteam("after", str(out / "train" / "model"), config.test_split)]
+    if config.safety_rm:
+        stages.append(safety_rm_stage(config, out / "data", out / "safety_rm"))
+    return stages
 
 
 def rm_verdict(rm_dir: Path, before: Path, after: Path, device: str = "auto") -> dict:
     """Score each held-out reply before and after with the safety RM: mean scores, and how often the RM
     prefers the after reply to the before reply for the same attacked request (or benign look-alike)."""
-    from alignkit.rewards.model import RewardModel
-    from alignkit.stats import rate
-
     rm = RewardModel(str(rm_dir), device=device, max_length=512)
 
     def scored(run: Path, name: str, key) -> dict:
@@ -299,54 +358,26 @@ def plot_before_after(summary: dict, path: Path) -> None:
 
 
 def run_safety_loop(config: SafetyLoopConfig) -> Path:
-    """Run the four steps (each skipped when complete); returns safety_loop.json."""
-    from alignkit.config import to_flat_dict
-    from alignkit.data.io import write_jsonl
-    from alignkit.engine.outputs import is_complete as _complete
-    from alignkit.engine.run import run_owner
-    from alignkit.files import write_text_atomic
-
+    """Run the loop's stages (each skipped when complete), then compare; returns safety_loop.json."""
     with run_owner(config, kind="safety_loop", model=config.model_name_or_path) as run:
         started = time.time()
         out = run.start()
-        steps = {name: out / name for name in ("before", "collect", "data", "train", "after")}
-        run_step(RedTeamConfig, run_redteam,
-                 to_flat_dict(config.redteam_config(config.model_name_or_path, config.test_split, steps["before"])))
-        benign = ",".join(n for n in (config.benign_dataset_name, config.train_benign_dataset_name,
-                                      config.helpful_dataset_name) if n)
-        run_step(RedTeamConfig, run_redteam, to_flat_dict(
-            config.redteam_config(config.model_name_or_path, config.train_split, steps["collect"], benign)))
-        sft, prefs, counts = build_training_data(steps["collect"], config.benign_weight, config.seed,
-                                                 config.refusal_pairs_per_request)
-        if not sft:  # every SFT row has its preference pair, so this covers DPO too
-            raise AlignkitError(f"{steps['collect']}: no training data: the policy refused every attack and no benign "
-                                "answer was kept; nothing to learn")
-        steps["data"].mkdir(exist_ok=True)
-        write_jsonl(steps["data"] / "safety_sft.jsonl", sft)
-        write_jsonl(steps["data"] / "safety_preferences.jsonl", prefs)
-        trained = steps["train"] / "model"
-        if not _complete(steps["train"]):
-            trained = train_step(config, steps["data"], steps["train"])
-        run_step(RedTeamConfig, run_redteam,
-                 to_flat_dict(config.redteam_config(str(trained), config.test_split, steps["after"])))
-        before = json.loads((steps["before"] / RESULTS).read_text())
-        after = json.loads((steps["after"] / RESULTS).read_text())
+        run_stages(loop_stages(config, out), out, sections=(section,))
+        trained = out / "train" / "model"
+        before = json.loads((out / "before" / RESULTS).read_text())
+        after = json.loads((out / "after" / RESULTS).read_text())
         summary = {"model": config.model_name_or_path, "trained_model": str(trained),
-                   "train_method": config.train_method, "data": counts, **compare(before, after)}
+                   "train_method": config.train_method, "data": read_status(out / "data")["counts"],
+                   **compare(before, after)}
         if config.safety_rm:
-            rm_dir = out / "safety_rm"
-            if not _complete(rm_dir):  # a complete RM is not even opened
-                train_safety_rm(config, steps["data"], rm_dir)
-            verdict = rm_dir / "verdict.json"  # kept, so a rerun of a finished loop scores nothing again
+            verdict = out / "safety_rm" / "verdict.json"  # kept, so a rerun of a finished loop scores nothing again
             if not verdict.exists():
-                scores = rm_verdict(rm_dir / "model", steps["before"], steps["after"], config.device)
+                scores = rm_verdict(out / "safety_rm" / "model", out / "before", out / "after", config.device)
                 write_text_atomic(verdict, json.dumps(scores, indent=2) + "\n")
             summary["safety_rm"] = json.loads(verdict.read_text())
         path = out / "safety_loop.json"
         write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
         plot_before_after(summary, out / "before_after.png")
-        from alignkit.safety.report import write_safety_report
-
         write_safety_report(out, f"safety loop · {config.model_name_or_path}")
         run.complete(asr_change=summary["asr_change"], over_refusal_change=summary["over_refusal_change"],
                      seconds=round(time.time() - started, 2))

@@ -18,12 +18,24 @@ is resumable per attack: a killed run keeps the attacks it finished.
 from __future__ import annotations
 
 import json
+import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.readers import load_prompt_rows
+from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError
+from alignkit.files import write_text_atomic
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rewards.refusal import is_refusal
+from alignkit.rollout.generate import SamplingSettings, generate
+from alignkit.safety.attacks import InteractiveAttack, attack_rng, parse_attacks, request_text, run_interactive
+from alignkit.safety.report import write_safety_report
+from alignkit.safety.scorers import REFUSAL_SCORERS, make_harm_judge, refusal_classes
 from alignkit.stats import cohen_kappa, format_rate, rate
 
 DEFAULT_ATTACKS = ("none,base64,rot13,leetspeak,char_split,roleplay,many_shot,payload_split,"
@@ -72,9 +84,6 @@ class RedTeamConfig:
                    "benign_dataset_name": ("--benign",)}
 
     def check(self) -> None:
-        from alignkit.safety.attacks import parse_attacks
-        from alignkit.safety.scorers import REFUSAL_SCORERS
-
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
@@ -91,9 +100,6 @@ class RedTeamConfig:
 # --- the policy behind one function: conversations in, replies out ---------------------------------------
 
 def local_responder(config: RedTeamConfig) -> Respond:
-    from alignkit.models.load import load_policy, load_tokenizer
-    from alignkit.rollout.generate import SamplingSettings, generate
-
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device).eval()
     calls = {"n": 0}
@@ -109,9 +115,6 @@ def local_responder(config: RedTeamConfig) -> Respond:
 
 def http_responder(spec: str, max_new_tokens: int, temperature: float, timeout: float = 120.0) -> Respond:
     """`openai:URL[#MODEL]`: POST /v1/chat/completions, one request per conversation."""
-    import urllib.error
-    import urllib.request
-
     url, _, model = spec.removeprefix("openai:").partition("#")
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1") + "/chat/completions"
 
@@ -143,9 +146,6 @@ def make_responder(config: RedTeamConfig) -> Respond:
 
 def attack_one(attack, rows: list[dict], respond: Respond, seed: int, batch_size: int) -> list[dict]:
     """Transcripts of one attack on every request: attacked conversation, raw reply, decoded reply."""
-    from alignkit.rewards.refusal import is_refusal
-    from alignkit.safety.attacks import InteractiveAttack, attack_rng, request_text
-
     rngs = [attack_rng(seed, request_text(r["prompt"]), attack.name) for r in rows]
     if isinstance(attack, InteractiveAttack):
         transcripts = run_interactive_batched(attack, [r["prompt"] for r in rows], respond, rngs, batch_size,
@@ -161,8 +161,6 @@ def attack_one(attack, rows: list[dict], respond: Respond, seed: int, batch_size
 
 
 def run_interactive_batched(attack, requests, respond: Respond, rngs, batch_size, is_refusal) -> list[list[dict]]:
-    from alignkit.safety.attacks import run_interactive
-
     out = []
     for start in range(0, len(requests), batch_size):
         out += run_interactive(attack, requests[start:start + batch_size], respond, rngs[start:start + batch_size],
@@ -185,8 +183,6 @@ def _load_done(path: Path) -> list[dict]:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
-    import os
-
     with path.open("a") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in rows)
         handle.flush()
@@ -277,8 +273,6 @@ def plot_heatmap(results: dict, path: Path, title: str = "Attack success rate") 
 
 def score(rows: list[dict], harm_judge, refusal_scorer: str) -> None:
     """Adds refused / harmful / success (and the per-scorer refusal reads when both are used) in place."""
-    from alignkit.safety.scorers import refusal_classes
-
     texts = [r["decoded"] for r in rows]
     classes = refusal_classes(texts, refusal_scorer)
     verdicts = harm_judge(texts)
@@ -300,12 +294,6 @@ def score(rows: list[dict], harm_judge, refusal_scorer: str) -> None:
 def run_redteam(config: RedTeamConfig) -> Path:
     """Attack, score, summarise; returns the results file."""
     from tqdm.auto import tqdm
-
-    from alignkit.data.readers import load_prompt_rows
-    from alignkit.engine.run import run_owner
-    from alignkit.files import write_text_atomic
-    from alignkit.safety.attacks import parse_attacks
-    from alignkit.safety.scorers import make_harm_judge, refusal_classes
 
     with run_owner(config, kind="redteam", model=config.model_name_or_path) as run:
         started = time.time()
@@ -346,8 +334,6 @@ def run_redteam(config: RedTeamConfig) -> Path:
             replies = []
             for start in range(0, len(benign_rows), config.batch_size):
                 replies += respond([r["prompt"] for r in benign_rows[start:start + config.batch_size]])
-            from alignkit.safety.attacks import request_text
-
             benign = [{"request": request_text(r["prompt"]), "looks_like": r.get("looks_like"), "kind": r.get("kind"),
                        "reply": reply} for r, reply in zip(benign_rows, replies)]
             _append(out / BENIGN, benign)
@@ -364,8 +350,6 @@ def run_redteam(config: RedTeamConfig) -> Path:
         write_text_atomic(out / RESULTS, json.dumps(results, indent=2) + "\n")
         write_text_atomic(out / "report.md", report_markdown(results))
         plot_heatmap(results, out / "asr_heatmap.png")
-        from alignkit.safety.report import write_safety_report
-
         write_safety_report(out, f"red team · {config.model_name_or_path}")
         overall = results["asr"]["overall"]
         run.complete(asr=overall["rate"], n=overall["n"],

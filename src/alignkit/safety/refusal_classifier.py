@@ -21,7 +21,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from alignkit.data.builtin import builtin_path
 from alignkit.errors import AlignkitError
+from alignkit.rewards.refusal import is_refusal
+from alignkit.safety.encoder import get_encoder
+from alignkit.stats import cohen_kappa
 
 LABELS = ("full_compliance", "full_refusal", "partial_refusal")
 METHODS = ("rules", "classifier", "both")
@@ -29,8 +33,6 @@ METHODS = ("rules", "classifier", "both")
 
 def builtin_refusal_rows(split: str | None = None) -> list[dict]:
     """The built-in labelled responses: {"response", "label", "split"} rows (all splits when split is None)."""
-    from alignkit.data.builtin import builtin_path
-
     with open(builtin_path("refusal_responses.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [r for r in rows if split is None or r["split"] == split]
@@ -54,8 +56,6 @@ class RefusalClassifier:
         if bad:
             raise AlignkitError(f"refusal classifier: label: {bad[0]!r} is not one of {', '.join(LABELS)}")
         if encoder is None:
-            from alignkit.safety.encoder import get_encoder
-
             encoder = get_encoder()
         x = encoder.encode([r["response"] for r in rows])
         y = torch.tensor([LABELS.index(r["label"]) for r in rows])
@@ -106,8 +106,6 @@ class RefusalScorer:
         return self._classifier
 
     def classify(self, responses: list[str]) -> list[str]:
-        from alignkit.rewards.refusal import is_refusal
-
         rules = ["full_refusal" if is_refusal(r) else "full_compliance" for r in responses]
         if self.method == "rules":
             return rules
@@ -126,8 +124,6 @@ class RefusalScorer:
 
 def agreement(a_labels: list, b_labels: list) -> dict:
     """Cohen's κ and raw agreement of two labellings of the same items (κ is None where undefined)."""
-    from alignkit.stats import cohen_kappa
-
     if len(a_labels) != len(b_labels):
         raise AlignkitError(f"agreement: the labellings differ in length ({len(a_labels)} vs {len(b_labels)})")
     kappa = cohen_kappa(list(a_labels), list(b_labels))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
 from alignkit.rewards.specs import HARM_JUDGE_SPECS
+from alignkit.safety.guard import GuardClassifier, default_guard
+from alignkit.safety.refusal_classifier import RefusalScorer
 
 REFUSAL_CLASSES = ("full_compliance", "full_refusal", "partial_refusal")
 REFUSAL_SCORERS = ("rules", "classifier", "both")
@@ -31,8 +33,6 @@ class HarmVerdict:
 
 def refusal_classes(replies: list[str], scorer: str = "rules") -> list[str]:
     """One of REFUSAL_CLASSES per reply."""
-    from alignkit.safety.refusal_classifier import RefusalScorer
-
     if scorer not in REFUSAL_SCORERS:
         raise AlignkitError(f"refusal_scorer: must be one of {', '.join(REFUSAL_SCORERS)}, got {scorer!r}")
     return RefusalScorer(scorer).classify(replies)
@@ -43,8 +43,6 @@ def make_harm_judge(spec: str, device: str = "cpu") -> Callable[[list[str]], lis
     kind, directory = HARM_JUDGE_SPECS.parse(spec)
     if kind == "none":
         return lambda replies: [HarmVerdict(True, [], 1.0) for _ in replies]
-    from alignkit.safety.guard import GuardClassifier, default_guard
-
     guard = GuardClassifier.load(directory) if directory else default_guard()
 
     def judge(replies: list[str]) -> list[HarmVerdict]:

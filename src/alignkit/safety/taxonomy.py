@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from alignkit.errors import AlignkitError
 
 PACKAGED = Path(__file__).with_name("hazards.yaml")
@@ -58,8 +60,6 @@ class Taxonomy:
 
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     """The packaged taxonomy, or the one in `path`; AlignkitError with one line for the first malformed entry."""
-    import yaml
-
     p = Path(path) if path is not None else PACKAGED
     if not p.is_file():
         raise AlignkitError(f"{p}: file: taxonomy does not exist")
