@@ -9,10 +9,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-from alignkit.config import save_yaml, to_flat_dict
 from alignkit.engine.checkpoint import save_model, unwrap
 from alignkit.engine.distributed import is_main_process
-from alignkit.engine.loop import TrainingStopped, check_output_dir, train
 from alignkit.engine.report import write_report
 from alignkit.files import write_text_atomic
 
@@ -83,39 +81,3 @@ def write_report_quietly(out: str | Path) -> Path | None:
     except Exception as e:  # noqa: BLE001  (matplotlib or a malformed metric: the run itself is fine)
         warnings.warn(f"could not write {Path(out) / 'report.html'}: {e}", stacklevel=2)
         return None
-
-
-def start_run(method: str, config) -> Path:
-    """Check the config and output_dir (before anything slow), write config.yaml and a running run.json."""
-    config.check()
-    check_output_dir(config.train)
-    out = Path(config.train.output_dir)
-    if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(out / "config.yaml", {"method": method, **to_flat_dict(config)})
-    write_status(out, "running", method, model=config.model_name_or_path)
-    return out
-
-
-def train_and_save(method: str, config, model, tokenizer, examples, collate, step_fn, *, count_fn, eval_fn=None):
-    """Run the engine loop, then save the final model, mark run.json complete and write the report.
-
-    A run that stops or fails is marked so in run.json (with the reason) and still gets its report; the
-    checkpoints already written stay for --resume.
-    """
-    out = Path(config.train.output_dir)
-    try:
-        result = train(model, examples, collate, step_fn, config.train, count_fn=count_fn, eval_fn=eval_fn,
-                       config=to_flat_dict(config), device=None if config.device == "auto" else config.device,
-                       method=method)
-    except BaseException as e:
-        status = "stopped" if isinstance(e, (TrainingStopped, KeyboardInterrupt)) else "failed"
-        write_status(out, status, method, model=config.model_name_or_path, error=str(e) or type(e).__name__)
-        write_report_quietly(out)
-        raise
-    save_final_model(model, tokenizer, out / "model", state_dict=result.full_state_dict)
-    write_status(out, "complete", method, model=config.model_name_or_path, steps=result.steps,
-                 seconds=round(result.seconds, 2), skipped_steps=result.skipped_steps,
-                 eval=result.eval_metrics, final=result.last_metrics)
-    write_report_quietly(out)
-    return result
