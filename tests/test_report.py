@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from alignkit.engine.report import read_curves, write_pipeline_summary, write_report
+from alignkit.engine.report import read_curves, write_report
+from alignkit.engine.summary import write_pipeline_summary
 from alignkit.errors import AlignkitError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

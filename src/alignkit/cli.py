@@ -17,7 +17,7 @@ import warnings
 from alignkit import __version__
 from alignkit.commands import COMMANDS, ORDER, TOOLS, Command, under
 from alignkit.engine.launch import add_options as add_launch_options
-from alignkit.engine.launch import relaunch
+from alignkit.engine.launch import hide_deepspeed_unless_chosen, relaunch
 from alignkit.errors import AlignkitError, DataError
 from alignkit.options import EXIT_BAD_INPUT, Parser, add_arguments, config_from_args, option
 
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     _one_line_warnings()
+    hide_deepspeed_unless_chosen()
     # --num_processes / --accelerate_config: the same command again, on N processes (engine/launch.py)
     launch = {k: vars(args).pop(k) for k in ("num_processes", "accelerate_config") if k in vars(args)}
     try:

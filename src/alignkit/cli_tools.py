@@ -175,8 +175,9 @@ def add_pipeline(p) -> None:
 
 
 def cmd_report(args) -> int:
-    from alignkit.engine.report import write_pipeline_summary, write_report
+    from alignkit.engine.report import write_report
     from alignkit.engine.stages import summary_row
+    from alignkit.engine.summary import write_pipeline_summary
     from alignkit.pipeline import SECTIONS
 
     root = Path(args.run_dir)

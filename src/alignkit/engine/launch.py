@@ -91,3 +91,13 @@ def relaunch(argv: list[str], num_processes: int | None, accelerate_config: str 
     command = launch_command(argv, num_processes, accelerate_config)
     print(f"alignkit: launching {command[6]} processes with {Path(command[4]).name}", file=sys.stderr)
     return subprocess.call(command)
+
+
+def hide_deepspeed_unless_chosen() -> None:
+    """Keep DeepSpeed out of a process whose launch did not choose it. Installed, it is imported by
+    accelerate whenever transformers saves a model (to unwrap a DeepSpeedEngine), which costs 0.2 s and, on
+    a machine without a GPU, logs "Setting accelerator to CPU. If you have GPU...". `accelerate launch` with
+    a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED=true; otherwise a None entry in sys.modules makes
+    `importlib.util.find_spec("deepspeed")` answer None, so every "is DeepSpeed available" check says no."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        sys.modules.setdefault("deepspeed", None)

@@ -1,4 +1,4 @@
-"""HTML reports: one page per run (`write_report`) and one index page per pipeline (`write_pipeline_summary`).
+"""HTML reports: one page per run (`write_report`); a pipeline's index page is engine/summary.py.
 
 A report is a single self-contained file: plots are PNGs inlined as base64 data URIs, CSS is inline and
 there are no scripts or external resources, so it can be attached to an issue or opened from a copied run
@@ -219,7 +219,7 @@ def _plot_group(group: _Group, curves: dict[str, tuple[list[int], list[float]]],
     return _png(fig)
 
 
-def _sparkline(steps: list[int], values: list[float]) -> str:
+def sparkline(steps: list[int], values: list[float]) -> str:
     from matplotlib.figure import Figure
 
     # Twice the pixels it is shown at, so it stays sharp on high-density screens.
@@ -256,11 +256,11 @@ word-break:break-all}
 """
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: float) -> str:
+def num(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return f"{int(value):,}"
     if abs(value) >= 1e4:
@@ -270,7 +270,7 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     m, s = divmod(int(round(seconds)), 60)
@@ -278,12 +278,12 @@ def _duration(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
-def _img(b64: str, alt: str, extra: str = "") -> str:
-    return f'<img src="data:image/png;base64,{b64}" alt="{_esc(alt)}"{extra}>'
+def img(b64: str, alt: str, extra: str = "") -> str:
+    return f'<img src="data:image/png;base64,{b64}" alt="{esc(alt)}"{extra}>'
 
 
-def _status_badge(status: str) -> str:
-    return f'<span class="badge {STATUS_CLASS.get(status, "")}">{_esc(status)}</span>'
+def status_badge(status: str) -> str:
+    return f'<span class="badge {STATUS_CLASS.get(status, "")}">{esc(status)}</span>'
 
 
 def _config_value(value: Any) -> str:
@@ -298,9 +298,9 @@ def _summary_rows(curves: dict[str, tuple[list[int], list[float]]]) -> list[str]
         steps, values = curves[name]
         i_min = min(range(len(values)), key=values.__getitem__)
         rows.append(
-            f"<tr><td>{_esc(name)}</td><td class=num>{_num(values[0])}</td><td class=num>{_num(values[-1])}</td>"
-            f"<td class=num>{_num(values[i_min])}</td><td class=num>{steps[i_min]}</td>"
-            f"<td class=num>{_num(max(values))}</td>"
+            f"<tr><td>{esc(name)}</td><td class=num>{num(values[0])}</td><td class=num>{num(values[-1])}</td>"
+            f"<td class=num>{num(values[i_min])}</td><td class=num>{steps[i_min]}</td>"
+            f"<td class=num>{num(max(values))}</td>"
             f"<td class=num>{steps[-1]}</td><td class=num>{len(values)}</td></tr>"
         )
     return rows
@@ -310,7 +310,7 @@ def html_page(title: str, body: list[str]) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
 
@@ -348,21 +348,21 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> Path:
     title = title or (f"{method} · {run_dir.resolve().name}" if method else run_dir.resolve().name)
     status = str(run.get("status", "unknown"))
     last_step = max((s[-1] for s, _ in curves.values()), default=None)
-    meta = [f"<span>status {_status_badge(status)}</span>"]
+    meta = [f"<span>status {status_badge(status)}</span>"]
     steps = run.get("steps", last_step)
     if steps is not None:
-        meta.append(f"<span>steps <b>{_esc(steps)}</b></span>")
+        meta.append(f"<span>steps <b>{esc(steps)}</b></span>")
     if isinstance(run.get("seconds"), (int, float)) and not isinstance(run.get("seconds"), bool):
-        meta.append(f"<span>wall time <b>{_duration(float(run['seconds']))}</b></span>")
+        meta.append(f"<span>wall time <b>{duration(float(run['seconds']))}</b></span>")
     if "epoch" in curves:
-        meta.append(f"<span>epoch <b>{_num(curves['epoch'][1][-1])}</b></span>")
+        meta.append(f"<span>epoch <b>{num(curves['epoch'][1][-1])}</b></span>")
     # Anything else the engine put in run.json (an error message, the output directory) is shown as is.
     extra = {k: v for k, v in run.items() if k not in ("status", "method", "steps", "seconds")}
-    meta += [f"<span>{_esc(k)} <b>{_esc(_config_value(v))}</b></span>" for k, v in extra.items()]
+    meta += [f"<span>{esc(k)} <b>{esc(_config_value(v))}</b></span>" for k, v in extra.items()]
 
-    body = [f"<h1>{_esc(title)}</h1>", f"<div class=meta>{''.join(meta)}</div>"]
+    body = [f"<h1>{esc(title)}</h1>", f"<div class=meta>{''.join(meta)}</div>"]
     if notes:
-        body.append("<div class=notes>" + "<br>".join(_esc(n) for n in notes) + "</div>")
+        body.append("<div class=notes>" + "<br>".join(esc(n) for n in notes) + "</div>")
 
     summary = _summary_rows(curves)
     if summary:
@@ -377,15 +377,15 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> Path:
         body.append("<h2>Metrics</h2>")
         body.append(f"<p class=hint>x axis: optimizer step. Above {SMOOTH_MIN_POINTS} points the raw curve is "
                     "drawn light and an exponential moving average dark; eval points are red markers.</p>")
-        wide = [_img(b64, g.title) for g, b64 in images if g.title == "loss"]
+        wide = [img(b64, g.title) for g, b64 in images if g.title == "loss"]
         if wide:
             body.append(f"<div class=wide>{wide[0]}</div>")
-        body.append("<div class=grid>" + "".join(_img(b64, g.title) for g, b64 in images if g.title != "loss")
+        body.append("<div class=grid>" + "".join(img(b64, g.title) for g, b64 in images if g.title != "loss")
                     + "</div>")
 
     if config:
         body.append("<h2>Config</h2><table class=config>")
-        body += [f"<tr><td>{_esc(k)}</td><td>{_esc(_config_value(v))}</td></tr>" for k, v in config.items()]
+        body += [f"<tr><td>{esc(k)}</td><td>{esc(_config_value(v))}</td></tr>" for k, v in config.items()]
         body.append("</table>")
 
     path = run_dir / "report.html"
@@ -393,61 +393,9 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> Path:
     return path
 
 
-def _relative_href(target: Path, start: Path) -> str:
+def relative_href(target: Path, start: Path) -> str:
     try:
         rel = os.path.relpath(target, start)
     except ValueError:  # different drives on Windows: no relative path exists
         return target.as_uri()
     return urllib.parse.quote(Path(rel).as_posix())
-
-
-def write_pipeline_summary(pipeline_dir: str | os.PathLike, stages: list[dict[str, Any]],
-                           sections: Sequence[Callable[[str | os.PathLike, str], list[str]]] = ()) -> Path:
-    """Write `pipeline_dir/index.html` linking each stage's report.html by relative path; return its path.
-
-    Each stage is `{"name", "run_dir", "status", "seconds"}` (seconds may be None; an optional "error", the
-    one-line reason of a failed or stopped stage, is shown next to its status). A stage whose report
-    does not exist yet is still linked (it appears once the stage writes it) and marked as such. Each of
-    `sections` is called as `section(run_dir, stage name)` for every stage and returns HTML shown under the
-    stage table (the pipeline passes `alignkit.safety.report.section`: red-team results shown, not linked);
-    the engine takes them as arguments because it sits below the packages that write them.
-    """
-    import matplotlib
-
-    pipeline_dir = Path(pipeline_dir)
-    pipeline_dir.mkdir(parents=True, exist_ok=True)
-    rows, total = [], 0.0
-    with matplotlib.rc_context({"figure.facecolor": "white"}):
-        for stage in stages:
-            run_dir = Path(stage["run_dir"])
-            report = run_dir / "report.html"
-            href = _relative_href(report.resolve(), pipeline_dir.resolve())
-            missing = "" if report.exists() else ' <span class=hint>(not written yet)</span>'
-            seconds = stage.get("seconds")
-            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
-                total += seconds
-                time = _duration(float(seconds))
-            else:
-                time = "–"
-            loss = read_curves(run_dir / "metrics.jsonl").curves.get("loss")
-            if loss and len(loss[1]) >= 2:
-                spark = _img(_sparkline(*loss), f"{stage['name']} loss", ' width="180" height="45"')
-                spark += f" <span class=hint>{_num(loss[1][-1])}</span>"
-            else:
-                spark = '<span class=hint>no loss curve</span>'
-            error = f" <span class=hint>{_esc(stage['error'])}</span>" if stage.get("error") else ""
-            rows.append(
-                f"<tr><td><a href=\"{_esc(href)}\">{_esc(stage['name'])}</a>{missing}</td>"
-                f"<td>{_status_badge(str(stage.get('status', 'unknown')))}{error}</td><td class=num>{time}</td>"
-                f"<td>{spark}</td></tr>"
-            )
-    title = f"pipeline · {pipeline_dir.resolve().name}"
-    meta = f"<span>{len(stages)} stage(s)</span><span>total time <b>{_duration(total)}</b></span>"
-    body = [f"<h1>{_esc(title)}</h1>", f"<div class=meta>{meta}</div>",
-            "<table><tr><th>stage</th><th>status</th><th>time</th><th>loss</th></tr>", *rows, "</table>"]
-    for stage in stages:
-        for section in sections:
-            body += section(stage["run_dir"], stage["name"])
-    path = pipeline_dir / "index.html"
-    write_text_atomic(path, html_page(title, body))
-    return path

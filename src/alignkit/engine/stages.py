@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from alignkit.config import build_config
 from alignkit.engine.outputs import read_status
-from alignkit.engine.report import write_pipeline_summary
+from alignkit.engine.summary import write_pipeline_summary
 from alignkit.engine.run import one_line, stage_action
 
 
@@ -45,7 +45,7 @@ def run_stages(stages: Sequence[Stage], root: str | Path | None, sections: Seque
                make_config: Callable[[Stage, dict], Any] | None = None) -> list[dict]:
     """Run every stage not yet complete (see the module docstring); returns the index rows.
     `make_config(stage, values)` builds a stage's config (default: `build_config(stage.config_cls, values)`); `sections` are passed to root/index.html
-    (engine.report.write_pipeline_summary); root None writes no index page."""
+    (engine.summary.write_pipeline_summary); root None writes no index page."""
     def summarise() -> None:
         if root is not None:
             write_pipeline_summary(root, list(rows.values()), sections)

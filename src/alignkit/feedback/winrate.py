@@ -18,6 +18,7 @@ from pathlib import Path
 from alignkit.data.formats import Problem
 from alignkit.data.io import scan, write_jsonl
 from alignkit.engine.run import run_owner
+from alignkit.engine.summary import headline
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.judges import FINISH_FIRST, FINISH_SECOND, judge_pairs, make_judge
 from alignkit.files import write_text_atomic
@@ -135,6 +136,9 @@ def run_win_rate(config: WinRateConfig) -> Path:
         path = out / SUMMARY_FILE
         record = {"a": config.dataset_name, "b": config.baseline, **summary}
         write_text_atomic(path, json.dumps(record, indent=2) + "\n")
-        run.complete(**summary, seconds=round(time.time() - started, 2))
+        low, high = summary["interval_95"]
+        label = f"win rate of {Path(config.dataset_name).parent.name} over {Path(config.baseline).parent.name}"
+        run.complete(**summary, seconds=round(time.time() - started, 2),
+                     headline=[headline(label, summary["win_rate"], low, high, percent=True)])
         print(describe(summary), flush=True)
         return path

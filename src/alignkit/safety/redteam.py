@@ -28,6 +28,7 @@ from pathlib import Path
 
 from alignkit.data.readers import load_prompt_rows
 from alignkit.engine.run import run_owner
+from alignkit.engine.summary import headline
 from alignkit.errors import AlignkitError
 from alignkit.files import write_text_atomic
 from alignkit.models.load import load_policy, load_tokenizer
@@ -352,8 +353,13 @@ def run_redteam(config: RedTeamConfig) -> Path:
         plot_heatmap(results, out / "asr_heatmap.png")
         write_safety_report(out, f"red team · {config.model_name_or_path}")
         overall = results["asr"]["overall"]
-        run.complete(asr=overall["rate"], n=overall["n"],
-                     over_refusal=(results.get("over_refusal") or {}).get("any", {}).get("rate"),
-                     seconds=round(time.time() - started, 2))
+        over_refusal = (results.get("over_refusal") or {}).get("any") or {}
+        headlines = [headline(f"attack success ({overall['n']} attacked requests)", overall["rate"], overall["low"],
+                              overall["high"], percent=True)] if overall.get("rate") is not None else []
+        if over_refusal.get("rate") is not None:
+            headlines.append(headline(f"over-refusal ({over_refusal['n']} benign look-alikes)", over_refusal["rate"],
+                                      over_refusal["low"], over_refusal["high"], percent=True))
+        run.complete(asr=overall["rate"], n=overall["n"], over_refusal=over_refusal.get("rate"),
+                     seconds=round(time.time() - started, 2), headline=headlines)
         print(report_markdown(results), flush=True)
         return out / RESULTS
