@@ -84,6 +84,7 @@ def test_parse_name():
 
 
 def test_resolve_path_passes_other_names_through(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a model directory (a run directory: tests/test_run_dirs.py)
     assert resolve_path(tmp_path) == str(tmp_path)
     assert resolve_path("org/model") == "org/model"
 
@@ -301,6 +302,9 @@ def test_load_policy_bad_names(name, says):
                          ids=["tokenizer", "policy", "reward_model"])
 def test_directory_without_checkpoint_is_a_user_error(tmp_path, loader):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(AlignkitError, match=r"model: not a model directory \(no config.json\) nor an alignkit run"):
+        loader(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
     with pytest.raises(AlignkitError, match="cannot load"):
         loader(tmp_path)
 

@@ -79,41 +79,122 @@ def base_type(kind):
     return kind, False
 
 
-def coerce(name: str, value: Any, kind) -> Any:
-    """Turn a YAML or command-line value into the field's type; AlignkitError when it cannot."""
+KEEP_COMMAS = {"split_commas": False}
+"""Field metadata (`field(..., metadata=KEEP_COMMAS)`) for a list whose items may hold commas (regular
+expressions): a string is one item, never split at commas."""
+
+
+class Words(list):
+    """The words a list option got on the command line (`--x a b,c`), each still a spelling to read: a JSON
+    array, else comma-separated items. `coerce` takes a real list (YAML, Python) item by item as it is."""
+
+
+def keeps_commas(cls) -> set[str]:
+    """Flat names of `cls`'s fields marked KEEP_COMMAS, nested parts included."""
+    out, hints = set(), _hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out |= keeps_commas(hints[f.name])
+        elif f.metadata.get("split_commas") is False:
+            out.add(f.name)
+    return out
+
+
+def _scalar(value: Any, base) -> Any:
+    """`value` as a bool, int, float or str (`base`); ValueError or TypeError when it is not one."""
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError
+    if base is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if base is str or base is Any:
+        return value if not isinstance(value, (int, float)) or base is Any else str(value)
+    return value
+
+
+def _spelled(word: str, split_commas: bool) -> list:
+    """The items one string spells: a JSON array's items, else its comma-separated parts (blank ones dropped),
+    else (split_commas False) the string itself; '' is no items."""
+    if word.strip().startswith("["):
+        try:
+            parsed = json.loads(word)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+    if not split_commas:
+        return [word] if word else []
+    return [part.strip() for part in word.split(",") if part.strip()]
+
+
+def _items(name: str, value: Any, base, split_commas: bool) -> list | tuple:
+    """A list (or tuple) field's value: a real list item by item, a string or command-line `Words` read by
+    `_spelled`; each item coerced to the element type."""
+    origin = typing.get_origin(base) or base
+    if isinstance(value, str):
+        items = _spelled(value, split_commas)
+    elif isinstance(value, Words):
+        items = [item for word in value for item in _spelled(str(word), split_commas)]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        what = getattr(origin, "__name__", str(origin))
+        raise AlignkitError(f"config: {name}: expected {what}, got {value!r}")
+    args = typing.get_args(base)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(items) != len(args):
+            raise AlignkitError(f"config: {name}: expected {len(args)} values, got {len(items)}: {value!r}")
+        kinds = list(args)
+    else:
+        kinds = [args[0] if args else Any] * len(items)
+    out = []
+    for item, kind in zip(items, kinds):
+        try:
+            if kind is str and isinstance(item, (list, dict)):
+                raise ValueError
+            out.append(_scalar(item, kind) if kind in (bool, int, float, str, Any) else item)
+        except (ValueError, TypeError):
+            what = getattr(kind, "__name__", str(kind))
+            raise AlignkitError(f"config: {name}: expected a list of {what}; {item!r} is not one") from None
+    return tuple(out) if origin is tuple else out
+
+
+def coerce(name: str, value: Any, kind, *, split_commas: bool = True) -> Any:
+    """Turn a YAML or command-line value into the field's type; AlignkitError when it cannot.
+
+    A list (or tuple) field takes a real list, or a string, or the command line's `Words`, each string a JSON
+    array or comma-separated items (`split_commas` False: one item, for a field marked KEEP_COMMAS); ''
+    is an empty list (None for an optional one). Items are coerced to the element type."""
     base, optional = base_type(kind)
+    if optional and isinstance(value, Words) and len(value) == 1:
+        value = value[0]
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
             return None
         raise AlignkitError(f"config: {name}: needs a value")
     origin = typing.get_origin(base) or base
+    if origin in (list, tuple):
+        return _items(name, value, base, split_commas)
     try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("true", "1", "yes", "on"):
-                return True
-            if text in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if origin in (dict, list):
+        if origin is dict:
             if isinstance(value, str):
                 value = json.loads(value)
-            if not isinstance(value, origin):
+            if not isinstance(value, dict):
                 raise ValueError
             return value
-        if base is str or base is Any:
-            return value if not isinstance(value, (int, float)) or base is Any else str(value)
-        return value
+        return _scalar(value, base)
     except (ValueError, TypeError, json.JSONDecodeError):
         what = getattr(base, "__name__", str(base))
         raise AlignkitError(f"config: {name}: expected {what}, got {value!r}") from None
@@ -134,12 +215,13 @@ def build_config(cls, values: dict[str, Any] | None = None, recipe: str | Path |
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise AlignkitError(f"config: unknown option {key!r}{hint}")
     nested: dict[str, Any] = {}
+    verbatim = keeps_commas(cls)
     for key, value in merged.items():
         path, kind, _, _ = fields[key]
         target = nested
         for part in path[:-1]:
             target = target.setdefault(part, {})
-        target[path[-1]] = coerce(key, value, kind)
+        target[path[-1]] = coerce(key, value, kind, split_commas=key not in verbatim)
     return checked(_instantiate(cls, nested))
 
 

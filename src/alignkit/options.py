@@ -7,9 +7,11 @@ A bottom-layer module (it imports only `config` and `errors`), so the CLI and th
 from __future__ import annotations
 
 import argparse
+import json
+import typing
 from typing import Any
 
-from alignkit.config import base_type, build_config, flat_fields, load_yaml
+from alignkit.config import Words, base_type, build_config, flat_fields, keeps_commas, load_yaml
 
 EXIT_BAD_INPUT = 2
 
@@ -38,6 +40,25 @@ def dest(name: str, flags: dict[str, tuple[str, ...]] | None = None) -> str:
     return own[0].lstrip("-").replace("-", "_") if own else name
 
 
+class _ListWords(argparse.Action):
+    """A list option's words (nargs="+") as `config.Words`, so `coerce` also reads commas and JSON in them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, Words(values))
+
+
+def _list_help(kind, default, verbatim: bool) -> tuple[str, str, str]:
+    """(metavar, the accepted form, the default as it would be typed) for a list-typed field."""
+    args = typing.get_args(kind)
+    metavar = {int: "N", float: "X"}.get(args[0] if args else str, "VALUE")
+    form = " (space-separated, or JSON; commas stay in a value)" if verbatim else \
+        " (space- or comma-separated, or JSON)"
+    items = [str(item) for item in default or ()]
+    simple = all(item and not any(c in item for c in " ,[]\"'") for item in items)
+    shown = (" ".join(items) if simple else json.dumps(list(default), ensure_ascii=False)) if items else ""
+    return metavar, form, shown
+
+
 def add_arguments(parser, cls, *, flags: dict[str, tuple[str, ...]] | None = None, typed: bool = False,
                   required: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """One `--name` (and `--name-with-dashes`) option per flat field of config class `cls`.
@@ -48,17 +69,27 @@ def add_arguments(parser, cls, *, flags: dict[str, tuple[str, ...]] | None = Non
     checks and the config's defaults in the result (`alignkit generate`). flags: spellings of a field
     (the first one names the option and its destination; the field's own name stays an alias), on top of
     the config's CLI_ALIASES. required: fields that must be given. exclude: fields the command does not offer.
+    A list field takes one or more words (`--x a b`), each also comma-separated (`--x a,b`) unless the field
+    is marked KEEP_COMMAS, or a JSON array (`--x '["a, b"]'`); `--x ''` is an empty list.
     """
     aliases = {**getattr(cls, "CLI_ALIASES", {})}
+    verbatim = keeps_commas(cls)
     for name, (_, kind, default, doc) in flat_fields(cls).items():
         if name in exclude:
             continue
         base, optional = base_type(kind)
         shown = "" if default in (None, "") or name in required else f" (default: {default})"
-        kwargs: dict[str, Any] = {"help": ((doc or name) + shown).replace("%", "%%"),  # argparse formats with %
-                                  "metavar": {int: "N", float: "X"}.get(base, "VALUE"), "dest": dest(name, flags)}
+        form, metavar = "", {int: "N", float: "X"}.get(base, "VALUE")
+        is_list = (typing.get_origin(base) or base) in (list, tuple)
+        if is_list:
+            metavar, form, typed_default = _list_help(base, default, name in verbatim)
+            shown = f" (default: {typed_default})" if typed_default and name not in required else ""
+        kwargs: dict[str, Any] = {"help": ((doc or name) + form + shown).replace("%", "%%"),  # argparse: %
+                                  "metavar": metavar, "dest": dest(name, flags)}
         if base is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if is_list:
+            kwargs.update(nargs="+", action=_ListWords)
         if name in required:
             kwargs.update(required=True)
         elif typed:

@@ -25,7 +25,6 @@ state (engine.distributed), so resume is exact under DDP and FSDP and also works
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import time
@@ -140,10 +139,7 @@ def check_output_dir(settings: TrainSettings) -> Path | None:
 
 def _make_accelerator(settings: TrainSettings, device: str | None, rollouts: bool = False, method: str = "train"):
     kwargs: dict[str, Any] = {}
-    if settings.report_to != "none":
-        if importlib.util.find_spec(settings.report_to) is None:
-            raise AlignkitError(f"report_to {settings.report_to}: the tracker is not installed; "
-                                f"pip install {settings.report_to} (or pip install 'alignkit[tracking]')")
+    if settings.report_to != "none":  # installed: settings.check() says so before any model loads
         if settings.report_to == "wandb":
             os.environ.setdefault("WANDB_MODE", "offline")
         kwargs.update(log_with=settings.report_to, project_dir=settings.output_dir)
@@ -336,8 +332,7 @@ def train(
     log = MetricsLog(out / "metrics.jsonl", truncate_after=step if settings.resume else 0,
                      accelerator=accelerator if settings.report_to != "none" else None, main=main)
     if settings.report_to != "none":
-        accelerator.init_trackers(method, config={k: v for k, v in (config or {}).items()
-                                                  if isinstance(v, (int, float, str, bool))})
+        _start_trackers(accelerator, settings.report_to, method, config)
 
     def save(at_step: int) -> Path | None:
         """Every process gathers its part; rank 0 writes; all wait until the checkpoint is in place."""
@@ -394,6 +389,10 @@ def train(
                 save(step)
         eval_metrics = _evaluate(model, eval_fn, log, step) or eval_metrics
         save(step)
+    except BaseException as error:
+        if settings.report_to != "none":
+            _fail_trackers(accelerator, error)
+        raise
     finally:
         bar.close()
         log.close()
@@ -401,6 +400,26 @@ def train(
             accelerator.end_training()
     seconds = elapsed_before + time.perf_counter() - started
     return TrainResult(out, step, guard.skipped, seconds, last, eval_metrics, gathered.get("model"))
+
+
+def _start_trackers(accelerator, tracker: str, method: str, config: dict | None) -> None:
+    """The tracker's run: in the W&B project or MLflow experiment named after the method, unless WANDB_PROJECT or
+    MLFLOW_EXPERIMENT_NAME says otherwise, with the config's scalar fields as its config or parameters."""
+    project = (os.environ.get("WANDB_PROJECT") or method) if tracker == "wandb" else method
+    accelerator.init_trackers(project, config={k: v for k, v in (config or {}).items()
+                                               if isinstance(v, (int, float, str, bool))})
+
+
+def _fail_trackers(accelerator, error: BaseException) -> None:
+    """End the tracker's run as failed (W&B exit code 1, MLflow FAILED) when training raised or was interrupted;
+    `end_training` afterwards would close it as a success."""
+    if not accelerator.is_main_process:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            tracker.run.finish(exit_code=1)
+        elif tracker.name == "mlflow":  # mlflow's ActiveRun: leaving it with an error ends the run as FAILED
+            tracker.active_run.__exit__(type(error), error, error.__traceback__)
 
 
 def _evaluate(model, eval_fn, log, step: int) -> dict[str, float]:

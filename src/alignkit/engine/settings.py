@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
@@ -19,6 +20,13 @@ def check_lr_scheduler(name: str) -> None:
         usable = ", ".join(s for s in SCHEDULES if s not in SCHEDULE_NEEDS)
         raise AlignkitError(f"config: lr_scheduler_type: {name} needs {SCHEDULE_NEEDS[name]}, which alignkit does "
                             f"not set; use one of {usable}")
+
+
+def check_tracker(name: str) -> None:
+    """Refuse, before any model loads, a tracker that is not installed (one line, with what to install)."""
+    if name != "none" and importlib.util.find_spec(name) is None:
+        raise AlignkitError(f"report_to {name}: the tracker is not installed; pip install {name} "
+                            "(or pip install 'alignkit[tracking]')")
 
 
 @dataclass
@@ -91,3 +99,4 @@ class TrainSettings:
             if not ok:
                 raise AlignkitError(f"config: {name}: {why}, got {getattr(self, name)!r}")
         check_lr_scheduler(self.lr_scheduler_type)
+        check_tracker(self.report_to)

@@ -1,11 +1,13 @@
 """Load policies, tokenizers and reward models by name.
 
 A name is `embedded:smollm2-135m-instruct`, `embedded:tiny[@SEED]`, a local directory written by
-`save_pretrained`, or a hub id (which needs network access; tests run with HF_HUB_OFFLINE=1).
+`save_pretrained`, the run directory of an alignkit command (its final model, `model/`, is loaded), or a hub
+id (which needs network access; tests run with HF_HUB_OFFLINE=1).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,54 @@ from alignkit.errors import AlignkitError
 from alignkit.models import embedded
 from alignkit.models.lora import PeftSettings, apply_lora
 
+RUN_FILE = "run.json"
+"""What every alignkit command writes into its run directory (`engine.outputs.STATUS_FILE`)."""
+FINAL_MODEL = "model"
+"""The run directory's subdirectory holding the final model (`engine.run.Run.train`)."""
+MODEL_FILES = ("config.json", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def resolve_model_path(name: str | Path, *, what: str = "model", markers: tuple[str, ...] = MODEL_FILES) -> str:
+    """The one place a model name given on the command line or in a config becomes the directory to load
+    (policy, reference, reward or value model, tokenizer; the guard with `what="guard"` and its own
+    `markers`, the files that make a directory one). A directory holding one of `markers` is itself; an
+    alignkit run directory (one with run.json) is its final model, `model/`. Any other directory, or a run
+    with no final model (still running, failed, or a command that writes none), is one AlignkitError line.
+    Embedded names, hub ids and paths that are not directories come back unchanged (the loader says what is
+    wrong with those)."""
+    name = str(name)
+    path = Path(name).expanduser()
+    if embedded.is_embedded(name) or not path.is_dir() or any((path / m).is_file() for m in markers):
+        return name
+    final = path / FINAL_MODEL
+    if not (path / RUN_FILE).is_file():
+        raise AlignkitError(
+            f"{name}: {what}: not a {what} directory (no {markers[0]}) nor an alignkit run directory (no "
+            f"{RUN_FILE}); give the {what}'s directory, an alignkit run directory or its {FINAL_MODEL}/ subdirectory")
+    if any((final / m).is_file() for m in markers):
+        return str(final)
+    try:
+        record = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    record = record if isinstance(record, dict) else {}
+    status, method = record.get("status") or "unknown", record.get("method") or "alignkit"
+    if status == "complete":
+        raise AlignkitError(f"{name}: {what}: the {method} run in this directory is complete but wrote no {what} "
+                            f"(no {FINAL_MODEL}/ subdirectory with {markers[0]})")
+    error = f"; it stopped with: {record['error']}" if record.get("error") else ""
+    raise AlignkitError(f"{name}: {what}: the {method} run in this directory is {status!r} and has no final {what} "
+                        f"yet (no {FINAL_MODEL}/ subdirectory){error}")
+
 
 def resolve_path(name: str | Path) -> str:
-    """Where transformers should load `name` from: the cache dir for embedded names, else `name` itself."""
+    """Where transformers should load `name` from: the cache dir for embedded names, the final model of a run
+    directory (`resolve_model_path`), else `name` itself."""
     name = str(name)
     if embedded.is_embedded(name):
         return str(embedded.ensure(name))
-    return name
+    return resolve_model_path(name)
 
 
 def resolve_device(device: str | None = "auto"):
@@ -65,20 +108,23 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def _load(loader, name: str, what: str, **kwargs):
+def _load(loader, name: str, what: str, markers: tuple[str, ...] = MODEL_FILES, **kwargs):
     _quiet_transformers()
-    path = resolve_path(name)
-    if not embedded.is_embedded(str(name)) and (str(name).startswith((".", "/", "~")) or Path(path).exists()):
-        if not Path(path).expanduser().is_dir():
-            raise AlignkitError(f"{name}: {what}: no such directory")
-        path = str(Path(path).expanduser())
+    if embedded.is_embedded(name):
+        path = str(embedded.ensure(name))
+    else:
+        path = resolve_model_path(name, markers=markers)
+        if name.startswith((".", "/", "~")) or Path(path).exists():
+            if not Path(path).expanduser().is_dir():
+                raise AlignkitError(f"{name}: {what}: no such directory")
+            path = str(Path(path).expanduser())
     try:
         return loader(path, **kwargs)
     except (OSError, ValueError) as e:  # transformers raises ValueError for a directory it cannot use
         hint = first_line(e)
         raise AlignkitError(
             f"{name}: {what}: cannot load ({hint}). Use embedded:smollm2-135m-instruct, embedded:tiny, "
-            "a directory written by save_pretrained, or a hub id with network access"
+            "a directory written by save_pretrained, an alignkit run directory, or a hub id with network access"
         ) from None
 
 
@@ -91,7 +137,7 @@ def load_tokenizer(name: str | Path, padding_side: str = "right"):
     """The tokenizer of a model, with a pad token set (its EOS when it has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = _load(AutoTokenizer.from_pretrained, str(name), "tokenizer")
+    tokenizer = _load(AutoTokenizer.from_pretrained, str(name), "tokenizer", MODEL_FILES + TOKENIZER_FILES)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise AlignkitError(f"{name}: tokenizer: has neither a pad nor an EOS token; set one before training")

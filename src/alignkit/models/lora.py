@@ -5,7 +5,7 @@ settings for --help)."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from alignkit.errors import AlignkitError
 
@@ -25,16 +25,23 @@ class PeftSettings:
     """LoRA alpha (the update is scaled by alpha / r)."""
     lora_dropout: float = 0.05
     """LoRA dropout."""
-    lora_target_modules: str = "all-linear"
-    """Modules LoRA adapts: all-linear or a comma-separated list such as q_proj,v_proj."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules LoRA adapts: all-linear, or module names such as q_proj v_proj."""
 
     def lora(self) -> dict | None:
         """The adapter settings for `models.load`, or None for full fine-tuning."""
         if not self.use_peft:
             return None
-        targets = self.lora_target_modules
-        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": targets}
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target_modules": target_modules(self.lora_target_modules)}
+
+
+def target_modules(value: list[str] | str) -> list[str] | str:
+    """peft's target_modules from the option: "all-linear" alone stays the string peft knows; a string (as
+    Python callers give it) may hold a comma-separated list."""
+    names = [t.strip() for t in value.split(",")] if isinstance(value, str) else [str(t).strip() for t in value]
+    names = [t for t in names if t]
+    return "all-linear" if names in ([], ["all-linear"]) else names
 
 
 def apply_lora(model, lora: PeftSettings | dict, task_type: str):
@@ -59,7 +66,7 @@ def apply_lora(model, lora: PeftSettings | dict, task_type: str):
     config = LoraConfig(
         r=lora.get("r", defaults.lora_r), lora_alpha=lora.get("alpha", defaults.lora_alpha),
         lora_dropout=lora.get("dropout", defaults.lora_dropout),
-        target_modules=lora.get("target_modules", defaults.lora_target_modules),
+        target_modules=target_modules(lora.get("target_modules", defaults.lora_target_modules)),
         modules_to_save=modules_to_save or None, task_type=task_type,
     )
     with warnings.catch_warnings():

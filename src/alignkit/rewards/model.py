@@ -11,9 +11,10 @@ from alignkit.ops.rewards import sequence_rewards
 
 
 class RewardModel:
-    """Scores prompt/response pairs with a reward model saved by `alignkit rm` (or any one-label
-    `*ForSequenceClassification` checkpoint). Texts are tokenized exactly as in training, batched by
-    length, and scored at their last real token."""
+    """Scores prompt/response pairs with a reward model saved by `alignkit rm` (its run directory or the
+    model/ in it; `models.load.resolve_model_path`), or any one-label `*ForSequenceClassification`
+    checkpoint. Texts are tokenized exactly as in training, batched by length, and scored at their last
+    real token."""
 
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
                  max_length: int | None = 1024):

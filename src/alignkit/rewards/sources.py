@@ -5,7 +5,7 @@ rows' extra fields (e.g. `answer` for a maths task, `hazard` for the rubric) plu
 
 | spec | source |
 |---|---|
-| `rm:PATH` | a reward model saved by `alignkit rm` (`rm:A,B` is the ensemble mean) |
+| `rm:PATH` | a reward model saved by `alignkit rm`: its run directory or `model/` in it (`rm:A,B` is the ensemble mean) |
 | `rules` | the simulated annotator's rubric total (`alignkit.rewards.rubric`) for each response |
 | `module:function` or `path/to/file.py:function` | any Python function with the signature above (verifiable rewards) |
 | `contains:TEXT` | 1 when the completion contains TEXT, else 0 (a known target, for tests and smoke runs) |

@@ -2,7 +2,8 @@
 `KIND:ARGUMENT` (`rm:PATH`, `llm:MODEL`, `openai:URL#MODEL`, `contains:TEXT`, ...). One `SpecKinds` per
 family parses a spec into (kind, argument) and, for a spec it does not know, raises one error that lists
 the family's kinds; what each kind builds stays with its family (`rewards.sources`, `feedback.judges`,
-`safety.scorers`).
+`safety.scorers`). A PATH or DIR naming a model or a guard may also be the run directory of the alignkit
+command that trained it (`models.load.resolve_model_path` finds its final model).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from alignkit.data.builtin import builtin_path
 from alignkit.errors import AlignkitError
 from alignkit.files import write_atomic, write_text_atomic
 from alignkit.models.embedded import cache_dir
+from alignkit.models.load import resolve_model_path
 from alignkit.safety.encoder import get_encoder
 from alignkit.safety.guard_data import ROLES, builtin_rows, load_guard_rows
 from alignkit.safety.guard_fit import (
@@ -272,7 +273,7 @@ class GuardClassifier:
     def load(cls, directory: str | os.PathLike, encoder=None, taxonomy=None) -> "GuardClassifier":
         from safetensors.torch import load_file
 
-        d = Path(directory)
+        d = Path(resolve_model_path(directory, what="guard", markers=(META,)))  # a run directory: its model/
         if not (d / META).is_file() or not (d / WEIGHTS).is_file():
             raise AlignkitError(f"{d}: guard: no trained guard here (expected {META} and {WEIGHTS}; "
                                 "train one with `alignkit guard train`)")

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
-from alignkit.config import build_config
+from alignkit.config import KEEP_COMMAS, build_config
 from alignkit.errors import AlignkitError
 from alignkit.ratelimit import TokenBucket
 from alignkit.safety.filters import PII_KINDS, DenyList, luhn_valid, redact_pii  # noqa: F401 (re-exported)
@@ -71,7 +71,7 @@ class GuardrailsConfig:
     """what the input guard reads: last_user (the last user message and each system, developer and tool text;
     through the proxy, where the client writes the whole history, every text of the request) or conversation
     (the whole conversation as one text; through the proxy, that as well as every text on its own)"""
-    deny_patterns: list[str] = field(default_factory=list)
+    deny_patterns: list[str] = field(default_factory=list, metadata=KEEP_COMMAS)
     """regular expressions (case-insensitive, on every text, normalised: NFKC, no zero-width characters,
     casefolded); a match blocks the prompt or response (category denylist)"""
     deny_keywords: list[str] = field(default_factory=list)
