@@ -11,6 +11,19 @@ from alignkit.errors import AlignkitError
 from alignkit.rollout.stage import GenerateConfig
 
 
+def count_checks(monkeypatch, config_cls) -> dict:
+    """{"n": how many times config_cls.check has run since}."""
+    calls = {"n": 0}
+    real = config_cls.check
+
+    def counted(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(config_cls, "check", counted)
+    return calls
+
+
 def test_a_stage_that_raises_is_failed_with_its_reason(tmp_path):
     config = GenerateConfig(dataset_name="x.jsonl", output_dir=str(tmp_path / "gen"))
     with pytest.raises(RuntimeError):
@@ -64,14 +77,7 @@ def test_a_training_method_checks_its_config_once(tmp_path, monkeypatch, make_ma
     config = SimPOConfig(model_name_or_path="embedded:tiny", dataset_name=str(path))
     config.train.output_dir, config.train.max_steps = str(tmp_path / "run"), 1
     config.train.per_device_train_batch_size = 2
-    calls = {"n": 0}
-    real = SimPOConfig.check
-
-    def counted(self):
-        calls["n"] += 1
-        return real(self)
-
-    monkeypatch.setattr(SimPOConfig, "check", counted)
+    calls = count_checks(monkeypatch, SimPOConfig)
     train_simpo(config)
     assert calls["n"] == 1
     assert read_status(tmp_path / "run")["status"] == "complete"
@@ -122,14 +128,7 @@ def test_a_command_line_run_checks_its_config_once(tmp_path, monkeypatch, make_m
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in make_marker_pairs(8)))
-    calls = {"n": 0}
-    real = SimPOConfig.check
-
-    def counted(self):
-        calls["n"] += 1
-        return real(self)
-
-    monkeypatch.setattr(SimPOConfig, "check", counted)
+    calls = count_checks(monkeypatch, SimPOConfig)
     assert main(["simpo", "--model", "embedded:tiny", "--data", str(path), "--output_dir", str(tmp_path / "run"),
                  "--max_steps", "1", "--per_device_train_batch_size", "2"]) == 0
     assert calls["n"] == 1
