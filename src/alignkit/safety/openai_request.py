@@ -171,16 +171,21 @@ class _RequestWalk:
 
     def definition(self, function, where: str) -> dict:
         """A function definition: {name, description, parameters, strict}."""
-        if not isinstance(function, dict):
-            raise RequestError(f"{where}: must be a {{name, description, parameters}} object")
-        _only(function, {"name", "description", "parameters", "strict"}, where)
-        out = {"name": self.text(function.get("name"), f"{where}.name", "tools", nullable=False)}
-        if function.get("description") is not None:
-            out["description"] = self.text(function["description"], f"{where}.description", "tools")
-        if function.get("parameters") is not None:
-            out["parameters"] = self.schema(function["parameters"], f"{where}.parameters")
-        if function.get("strict") is not None:
-            out["strict"] = _boolean(function["strict"], f"{where}.strict")
+        return self.named_schema(function, where, "parameters")
+
+    def named_schema(self, spec, where: str, schema_key: str) -> dict:
+        """{name, description, <schema_key>, strict}: a function definition (parameters) or a response
+        format's json_schema (schema); the name and description are texts the rails read."""
+        if not isinstance(spec, dict):
+            raise RequestError(f"{where}: must be a {{name, description, {schema_key}}} object")
+        _only(spec, {"name", "description", schema_key, "strict"}, where)
+        out = {"name": self.text(spec.get("name"), f"{where}.name", "tools", nullable=False)}
+        if spec.get("description") is not None:
+            out["description"] = self.text(spec["description"], f"{where}.description", "tools")
+        if spec.get(schema_key) is not None:
+            out[schema_key] = self.schema(spec[schema_key], f"{where}.{schema_key}")
+        if spec.get("strict") is not None:
+            out["strict"] = _boolean(spec["strict"], f"{where}.strict")
         return out
 
     def tools(self, tools, where: str) -> list[dict]:
@@ -224,19 +229,8 @@ class _RequestWalk:
         _only(form, {"type", "json_schema"}, where)
         if kind != "json_schema":
             return {"type": kind}
-        spec = form.get("json_schema")
-        at = f"{where}.json_schema"
-        if not isinstance(spec, dict):
-            raise RequestError(f"{at}: must be a {{name, schema}} object")
-        _only(spec, {"name", "description", "schema", "strict"}, at)
-        out = {"name": self.text(spec.get("name"), f"{at}.name", "tools", nullable=False)}
-        if spec.get("description") is not None:
-            out["description"] = self.text(spec["description"], f"{at}.description", "tools")
-        if spec.get("schema") is not None:
-            out["schema"] = self.schema(spec["schema"], f"{at}.schema")
-        if spec.get("strict") is not None:
-            out["strict"] = _boolean(spec["strict"], f"{at}.strict")
-        return {"type": kind, "json_schema": out}
+        return {"type": kind, "json_schema": self.named_schema(form.get("json_schema"), f"{where}.json_schema",
+                                                               "schema")}
 
     def prompt(self, prompt, where: str = "prompt"):
         if isinstance(prompt, str):
