@@ -78,9 +78,9 @@ def format_headline(h: dict) -> str:
 
     text = f"{show(h['first'])} → {show(h['value'])}" if "first" in h else show(h["value"])
     if h.get("low") is not None and h.get("high") is not None:
-        scale = 100 if h.get("percent") else 1
-        text += f" <span class=hint>({scale * h['low']:.0f}–{scale * h['high']:.0f})</span>" if h.get("percent") \
-            else f" <span class=hint>({num(h['low'])}–{num(h['high'])})</span>"
+        low, high = (f"{100 * h['low']:.0f}", f"{100 * h['high']:.0f}") if h.get("percent") \
+            else (num(h["low"]), num(h["high"]))
+        text += f" <span class=hint>({low}–{high})</span>"
     return text
 
 
