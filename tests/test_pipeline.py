@@ -183,7 +183,7 @@ def test_pipeline_recipe_errors(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "pipeline", bad, "--output_dir", tmp_path / "o")
     assert rc == 2 and "stage:nope" in err and "names no earlier stage" in err
     rc, out, err = run_cli(capsys, "pipeline", "no-such-recipe")
-    assert rc == 2 and "packaged recipes: demo, demo-cai, demo-grpo, tiny" in err
+    assert rc == 2 and "packaged recipes: demo, demo-cai, demo-full, demo-grpo, tiny" in err
     loop = tmp_path / "loop.yaml"
     loop.write_text(f"extends: {loop}\nstages: []\n")
     rc, out, err = run_cli(capsys, "pipeline", loop)
