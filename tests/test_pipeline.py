@@ -249,3 +249,18 @@ def test_nested_defaults_survive_partial_overrides():
     sampling = pairs.sampling
     assert (sampling.num_return_sequences, sampling.temperature, sampling.max_new_tokens) == (2, 0.8, 8)
     assert flat_fields(RewardConfig)["learning_rate"][2] == 1e-4  # --help shows the method's default
+
+
+def test_demo_full_has_the_demos_stages_with_more_of_each():
+    """`demo-full` is the longer demo: the same stages and methods, into its own directory, with more training
+    steps and longer answers than the short `demo` that `make demo` runs."""
+    from alignkit.pipeline import load_recipe, plan, resolve_recipe
+
+    short = plan(load_recipe(resolve_recipe("demo")), "demo")
+    full = plan(load_recipe(resolve_recipe("demo-full")), "demo-full")
+    assert [(s["name"], s["method"]) for s in full] == [(s["name"], s["method"]) for s in short]
+    assert all(s["values"]["output_dir"].startswith("runs/demo-full/") for s in full)
+    values = {s["name"]: (s["values"], f["values"]) for s, f in zip(short, full)}
+    for name in ("sft", "reward_model", "dpo", "ppo"):
+        assert values[name][0]["max_steps"] < values[name][1]["max_steps"], name
+    assert values["sft_answers"][0]["max_new_tokens"] < values["sft_answers"][1]["max_new_tokens"]

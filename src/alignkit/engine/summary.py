@@ -38,7 +38,7 @@ RL_CURVES = (("objective/scores", "reward-model score"), ("reward", "reward"))
 KL_CURVES = ("objective/kl", "kl")
 CURVE_PREFERENCE = ("loss", "objective/scores", "reward")
 """The curve a stage's row shows: the loss, else the reward of an RL run."""
-OUTPUTS = ("generations.jsonl", "preferences.jsonl", "win_rate.json", "results.json", "run.json")
+OUTPUTS = ("generations.jsonl", "pairs.jsonl", "preferences.jsonl", "win_rate.json", "results.json", "run.json")
 """What a finished stage without report.html links to instead."""
 ANSWERS = "generations.jsonl"
 MAX_ANSWERS = 3
