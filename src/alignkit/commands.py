@@ -145,6 +145,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "Red-team the policy on the held-out split, collect safety SFT data and preference pairs from attacks "
             "on the training split, train, and red-team the result again. A killed loop resumes.",
             aliases=("safety_loop",), output="after/results.json"),
+    Command("safety_eval", "alignkit.safety.evaluate", "SafetyEvalConfig", "run_safety_eval",
+            "the guard's and a policy's safety numbers, with intervals, in one table each",
+            "Measure the guard's prompt classification (precision, recall, F1, false-positive rate, AUPRC) on the "
+            "built-in held-out split and XSTest (--xstest PATH), and with --model a policy's refusals of bare "
+            "harmful requests and over-refusal of look-alikes. Writes safety_eval.json and report.md.",
+            aliases=("safety_eval",), output="safety_eval.json"),
 )}
 
 
@@ -178,7 +184,7 @@ TOOLS = (
 # the order `alignkit --help` lists them in
 ORDER = ("data", "generate", "models", "sft", "rm", "dpo", "simpo", "orpo", "cpo", "kto", "grpo", "ppo", "rloo",
          "generate-pairs", "judge-agreement", "best-of-n", "judge", "win-rate", "score", "pipeline", "report", "demo",
-         "cai", "guard", "redteam", "safety-loop", "annotate")
+         "cai", "guard", "redteam", "safety-loop", "safety-eval", "annotate")
 
 
 def get(name: str) -> Command:

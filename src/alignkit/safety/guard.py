@@ -41,8 +41,8 @@ from alignkit.errors import AlignkitError
 from alignkit.files import write_atomic, write_text_atomic
 from alignkit.models.embedded import cache_dir
 from alignkit.models.load import resolve_model_path
-from alignkit.safety.encoder import get_encoder
-from alignkit.safety.guard_data import ROLES, builtin_rows, load_guard_rows
+from alignkit.safety.policy_encoder import ENCODERS, POLICY, guard_encoder
+from alignkit.safety.guard_data import GUARD_FILES, ROLES, builtin_rows, load_guard_rows
 from alignkit.safety.guard_fit import (
     choose_threshold,
     fit_head,
@@ -57,7 +57,8 @@ UNSAFE = "unsafe"
 WEIGHTS = "guard.safetensors"
 META = "guard.json"
 FORMAT_VERSION = 1
-DEFAULT_GUARD_VERSION = 1  # bump when the default guard's recipe changes, so stale caches are retrained
+PACKAGED_GUARD = Path(__file__).parent / "default_guard"  # the default guard, shipped trained
+DEFAULT_GUARD_VERSION = 2  # bump when the default guard's recipe changes, so stale caches are retrained
 
 
 @dataclass
@@ -84,14 +85,17 @@ class GuardConfig:
     """if set, each threshold is the lowest reaching this validation precision instead of the F1-best one"""
     taxonomy: str | None = None
     """hazard taxonomy YAML (default: the packaged one)"""
-    encoder: str = "minilm"
-    """sentence encoder whose frozen embeddings the head reads"""
+    encoder: str = POLICY
+    """features the head reads: smollm2 (the embedded chat model's hidden states) or minilm (sentence
+    embeddings: faster, weaker; docs/guard.md)"""
 
     def check(self) -> None:
         if self.hidden_size < 0:
             raise AlignkitError("config: hidden_size: must be >= 0")
         if self.epochs < 1:
             raise AlignkitError("config: epochs: must be >= 1")
+        if self.encoder not in ENCODERS:
+            raise AlignkitError(f"config: encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.calibration_folds < 2:
             raise AlignkitError("config: calibration_folds: must be >= 2")
         if self.target_precision is not None and not 0 < self.target_precision <= 1:
@@ -132,7 +136,7 @@ class GuardClassifier:
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = get_encoder(self.settings["encoder"])
+            self._encoder = guard_encoder(self.settings["encoder"])
         return self._encoder
 
     @property
@@ -153,7 +157,7 @@ class GuardClassifier:
         if taxonomy is None:
             taxonomy = load_taxonomy(config.taxonomy)
         if encoder is None:
-            encoder = get_encoder(config.encoder)
+            encoder = guard_encoder(config.encoder)
         present = {c for r in rows for c in r["categories"]}
         unknown = sorted(present - set(taxonomy.ids))
         if unknown:
@@ -162,26 +166,17 @@ class GuardClassifier:
         if not categories or all(r["categories"] for r in rows):
             raise AlignkitError("guard: training needs both safe rows and rows with a hazard category")
 
-        features = _features(encoder, [r["text"] for r in rows], [r["role"] for r in rows])
         targets = torch.tensor([[float(c in r["categories"]) for c in categories] + [float(bool(r["categories"]))]
                                 for r in rows])
-        fit = dict(hidden_size=config.hidden_size, epochs=config.epochs, learning_rate=config.learning_rate,
-                   weight_decay=config.weight_decay, seed=config.seed)
-
-        fold = torch.tensor(folds(rows, config.calibration_folds, config.seed))
-        held_out = torch.zeros_like(targets)
-        for k in range(config.calibration_folds):
-            test = fold == k
-            if test.any():
-                held_out[test] = fit_head(features[~test], targets[~test], **fit)(features[test])
+        features = _features(encoder, [r["text"] for r in rows], [r["role"] for r in rows])
+        head = fit_head(features, targets, **_fit_settings(config))
+        held_out = _out_of_fold_logits(rows, features, targets, config)
         temperature = fit_temperature(held_out, targets)
         probs = torch.sigmoid(held_out / temperature)
         names = [*categories, UNSAFE]
         thresholds = {name: choose_threshold(probs[:, j].tolist(), targets[:, j].int().tolist(),
                                              config.target_precision)
                       for j, name in enumerate(names)}
-
-        head = fit_head(features, targets, **fit)
         settings = {"encoder": config.encoder, "taxonomy": config.taxonomy, "hidden_size": config.hidden_size,
                     "input_dim": int(features.shape[1])}
         info = {"train_rows": len(rows), "seed": config.seed, "calibration_folds": config.calibration_folds,
@@ -294,6 +289,24 @@ class GuardClassifier:
                    encoder, taxonomy, meta.get("info"))
 
 
+def _fit_settings(config: GuardConfig) -> dict:
+    return dict(hidden_size=config.hidden_size, epochs=config.epochs, learning_rate=config.learning_rate,
+                weight_decay=config.weight_decay, seed=config.seed)
+
+
+def _out_of_fold_logits(rows, features, targets, config: GuardConfig):
+    """Each row's logits from a head trained on the other folds: the calibration scores."""
+    import torch
+
+    fold = torch.tensor(folds(rows, config.calibration_folds, config.seed))
+    held_out = torch.zeros_like(targets)
+    for k in range(config.calibration_folds):
+        test = fold == k
+        if test.any():
+            held_out[test] = fit_head(features[~test], targets[~test], **_fit_settings(config))(features[test])
+    return held_out
+
+
 def _features(encoder, texts: list[str], roles: list[str]):
     """Sentence embedding with the role appended as one 0/1 feature."""
     import torch
@@ -325,8 +338,7 @@ def _binary(gold: list[bool], flagged: list[bool]) -> dict:
 
 def _builtin_fingerprint() -> str:
     digest = hashlib.sha256(f"v{DEFAULT_GUARD_VERSION} {json.dumps(asdict(GuardConfig()))}".encode())
-    for p in (*(builtin_path(n) for n in ("harmful.jsonl", "benign_risky.jsonl", "helpful.jsonl",
-                                          "guard_responses.jsonl")), PACKAGED):
+    for p in (*(builtin_path(n) for n in GUARD_FILES), PACKAGED):
         digest.update(Path(p).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -334,18 +346,41 @@ def _builtin_fingerprint() -> str:
 _DEFAULT: GuardClassifier | None = None
 
 
+def train_default_guard(directory: str | os.PathLike) -> GuardClassifier:
+    """Train the default guard (the built-in train split, default settings) and save it to `directory`, its data
+    fingerprint recorded in guard.json. `make default-guard` writes the packaged copy this way."""
+    guard = GuardClassifier.train(builtin_rows("train"))
+    guard.info["fingerprint"] = _builtin_fingerprint()
+    guard.save(directory)
+    return guard
+
+
+def packaged_guard_fingerprint() -> str | None:
+    """The data fingerprint the packaged default guard was trained from (None when there is none)."""
+    try:
+        return json.loads((PACKAGED_GUARD / META).read_text(encoding="utf-8"))["info"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def default_guard() -> GuardClassifier:
-    """The guard trained on the built-in train split with default settings; trained once (seconds) and cached
-    under the alignkit cache directory, keyed by the data, taxonomy and settings it was trained from."""
+    """The guard trained on the built-in train split with default settings. The package ships it trained
+    (safety/default_guard/); when the data, taxonomy or settings no longer match what it was trained from, it
+    is trained once (minutes: the features are the chat model's) and cached under the alignkit cache directory,
+    keyed by their fingerprint."""
     global _DEFAULT
     if _DEFAULT is not None:
         return _DEFAULT
-    target = cache_dir() / "guard" / f"default-{_builtin_fingerprint()}"
+    fingerprint = _builtin_fingerprint()
+    if packaged_guard_fingerprint() == fingerprint:
+        _DEFAULT = GuardClassifier.load(PACKAGED_GUARD)
+        return _DEFAULT
+    target = cache_dir() / "guard" / f"default-{fingerprint}"
     if not (target / META).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            GuardClassifier.train(builtin_rows("train")).save(tmp)
+            train_default_guard(tmp)
             try:
                 os.replace(tmp, target)
             except OSError:

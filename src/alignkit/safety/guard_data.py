@@ -11,6 +11,10 @@ from alignkit.data.io import Problem, scan
 from alignkit.errors import DataError
 
 ROLES = ("prompt", "response")
+HARMFUL_FILES = ("harmful.jsonl", "harmful_taxonomy.jsonl")
+SAFE_FILES = ("benign_risky.jsonl", "benign_risky_train.jsonl", "benign_taxonomy.jsonl", "helpful.jsonl")
+RESPONSE_FILES = ("guard_responses.jsonl",)
+GUARD_FILES = HARMFUL_FILES + SAFE_FILES + RESPONSE_FILES  # what the default guard is trained from
 
 
 def prompt_text(prompt) -> str:
@@ -23,16 +27,18 @@ def prompt_text(prompt) -> str:
 def builtin_rows(split: str) -> list[dict]:
     """The built-in guard data of one split as {"text", "role", "categories"} rows.
 
-    Harmful prompts carry their hazard; benign look-alikes and helpful prompts are safe; the response set
-    (guard_responses.jsonl) holds refusals, benign answers and elided placeholder compliance."""
+    Harmful prompts carry their hazard (harmful.jsonl, and for training harmful_taxonomy.jsonl, written from the
+    taxonomy's definitions); benign look-alikes (benign_risky.jsonl, and for training benign_risky_train.jsonl
+    and benign_taxonomy.jsonl, written from the taxonomy's "not covered" lists) and helpful prompts are safe;
+    the response set (guard_responses.jsonl) holds refusals, benign answers and elided placeholder compliance."""
     def read(name):
         with open(builtin_path(name), encoding="utf-8") as f:
             return [r for r in map(json.loads, filter(str.strip, f)) if r["split"] == split]
 
     rows = [{"text": prompt_text(r["prompt"]), "role": "prompt", "categories": [r["hazard"]]}
-            for r in read("harmful.jsonl")]
+            for name in HARMFUL_FILES for r in read(name)]
     rows += [{"text": prompt_text(r["prompt"]), "role": "prompt", "categories": []}
-             for name in ("benign_risky.jsonl", "helpful.jsonl") for r in read(name)]
+             for name in SAFE_FILES for r in read(name)]
     rows += [{"text": r["text"], "role": r["role"], "categories": list(r["categories"])}
              for r in read("guard_responses.jsonl")]
     return rows

@@ -1,0 +1,194 @@
+"""`alignkit safety-eval`: every number of docs/guard.md and docs/safety.md's tables from one command.
+
+Two tables, each with 95% intervals:
+
+- the guard's (`--guard`, default the built-in one) prompt classification on the built-in held-out split and,
+  with `--xstest PATH`, on XSTest's 450 prompts: precision, recall, F1 (a bootstrap interval), the
+  false-positive rate on the safe prompts (Wilson intervals), AUPRC, at the guard's own fixed threshold; the
+  held-out split's responses too; and XSTest accuracy by prompt type;
+- with `--model`, a policy's replies to the bare held-out harmful requests, the held-out look-alikes and, with
+  `--xstest`, XSTest's unsafe and safe prompts: how often it refused, and over-refusal (anything but full
+  compliance) on the safe sets.
+
+Writes `safety_eval.json` and `report.md` to `output_dir` and prints the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignkit.data.readers import load_prompt_rows
+from alignkit.engine.run import run_owner
+from alignkit.errors import AlignkitError
+from alignkit.files import write_text_atomic
+from alignkit.safety.attacks import request_text
+from alignkit.safety.guard import GuardClassifier, default_guard
+from alignkit.safety.guard_data import builtin_rows
+from alignkit.safety.guard_eval import binary_metrics, guard_binary, xstest_rows
+from alignkit.safety.redteam import RedTeamConfig, make_responder
+from alignkit.safety.scorers import REFUSAL_SCORERS, refusal_classes
+from alignkit.stats import format_rate, rate
+
+XSTEST_ENV = "ALIGNKIT_XSTEST"
+
+
+@dataclass
+class SafetyEvalConfig:
+    """Measure a guard's classification and, optionally, a policy's refusals, on data no stage trains on."""
+
+    guard: str = "default"
+    """default (the built-in guard), a directory written by `alignkit guard train`, or none"""
+    xstest: str = ""
+    """XSTest's xstest_prompts.csv (passed by path, never copied here; default: $ALIGNKIT_XSTEST if set)"""
+    model_name_or_path: str = ""
+    """a policy to measure (embedded:NAME, a checkpoint, openai:URL[#MODEL]); empty: the guard only"""
+    refusal_scorer: str = "rules"
+    """rules, classifier or both: what counts as a refusal"""
+    max_new_tokens: int = 64
+    """most tokens per policy reply"""
+    batch_size: int = 16
+    """conversations per generate call"""
+    seed: int = 0
+    """seed of the F1 bootstrap"""
+    output_dir: str = "runs/safety-eval"
+    """where safety_eval.json and report.md are written"""
+    device: str = "auto"
+    """auto, cpu, cuda or mps"""
+    dtype: str = "auto"
+    """auto, float32, bfloat16 or float16"""
+
+    CLI_ALIASES = {"model_name_or_path": ("--model", "--policy")}
+
+    def check(self) -> None:
+        if not (self.guard or self.model_name_or_path):
+            raise AlignkitError("safety-eval: nothing to measure: give --guard or --model")
+        if self.refusal_scorer not in REFUSAL_SCORERS:
+            raise AlignkitError(f"config: refusal_scorer: must be one of {', '.join(REFUSAL_SCORERS)}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise AlignkitError("config: max_new_tokens and batch_size: must be at least 1")
+        if self.xstest and not Path(self.xstest).is_file():
+            raise AlignkitError(f"{self.xstest}: xstest: no such file; pass XSTest's xstest_prompts.csv")
+
+
+def f1_interval(gold: list[bool], flagged: list[bool], seed: int, resamples: int = 1000) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of F1 (unsafe positive), rows resampled with replacement."""
+    rng, n, values = random.Random(seed), len(gold), []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        tp = sum(gold[i] and flagged[i] for i in idx)
+        fp = sum(flagged[i] and not gold[i] for i in idx)
+        fn = sum(gold[i] and not flagged[i] for i in idx)
+        values.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    values.sort()
+    return values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
+
+
+def guard_table(guard, rows: list[dict], seed: int) -> dict:
+    metrics = guard_binary(guard, rows)
+    gold = [bool(r["categories"]) for r in rows]
+    flagged = [s >= metrics["threshold"] for s in metrics.pop("scores")]
+    metrics["f1_interval"] = f1_interval(gold, flagged, seed)
+    if any("type" in r for r in rows):
+        by_type = defaultdict(lambda: [0, 0])
+        for r, g, f in zip(rows, gold, flagged):
+            by_type[r["type"]][0] += g == f
+            by_type[r["type"]][1] += 1
+        metrics["accuracy_by_type"] = {t: rate(c, n) for t, (c, n) in sorted(by_type.items())}
+    return metrics
+
+
+def measure_guard(config: SafetyEvalConfig, xstest: str) -> dict:
+    guard = default_guard() if config.guard == "default" else GuardClassifier.load(config.guard)
+    held_out = builtin_rows("test")
+    tables = {"held-out prompts": [r for r in held_out if r["role"] == "prompt"],
+              "held-out responses": [r for r in held_out if r["role"] == "response"]}
+    if xstest:
+        tables["XSTest prompts"] = xstest_rows(xstest)
+    return {name: guard_table(guard, rows, config.seed) for name, rows in tables.items()}
+
+
+def policy_sets(xstest: str) -> dict[str, tuple[list[str], bool]]:
+    """name -> (prompts, whether a refusal is wanted)."""
+    def texts(name):
+        return [request_text(r["prompt"]) for r in load_prompt_rows(f"builtin:{name}", 0, split="test")]
+
+    sets = {"held-out harmful requests (bare)": (texts("harmful.jsonl"), True),
+            "held-out look-alikes": (texts("benign_risky.jsonl"), False)}
+    if xstest:
+        rows = xstest_rows(xstest)
+        sets["XSTest unsafe prompts"] = ([r["text"] for r in rows if r["categories"]], True)
+        sets["XSTest safe prompts"] = ([r["text"] for r in rows if not r["categories"]], False)
+    return sets
+
+
+def measure_policy(config: SafetyEvalConfig, xstest: str, out: Path) -> dict:
+    respond = make_responder(RedTeamConfig(model_name_or_path=config.model_name_or_path,
+                                           max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                           device=config.device, dtype=config.dtype))
+    results, records = {}, []
+    for name, (prompts, harmful) in policy_sets(xstest).items():
+        replies = []
+        for start in range(0, len(prompts), config.batch_size):
+            replies += respond([[{"role": "user", "content": p}] for p in prompts[start:start + config.batch_size]])
+        classes = refusal_classes(replies, config.refusal_scorer)
+        refused = sum(c != "full_compliance" for c in classes)
+        results[name] = {"harmful": harmful, "refused": rate(refused, len(classes)),
+                         "full_refusal": rate(sum(c == "full_refusal" for c in classes), len(classes))}
+        records += [{"set": name, "prompt": p, "reply": r, "class": c} for p, r, c in zip(prompts, replies, classes)]
+    write_text_atomic(out / "replies.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return results
+
+
+def format_guard(tables: dict, guard: str) -> str:
+    lines = [f"## Guard `{guard}`: prompt classification, unsafe positive, at its fixed threshold", "",
+             "| rows | precision | recall | F1 | FPR on safe | AUPRC | threshold |", "|---|---|---|---|---|---|---|"]
+    for name, m in tables.items():
+        low, high = m["f1_interval"]
+        lines.append(f"| {name} ({m['unsafe']} unsafe, {m['safe']} safe) | {format_rate(m['precision_interval'])} | "
+                     f"{format_rate(m['recall_interval'])} | {m['f1']:.3f} ({low:.2f}–{high:.2f}) | "
+                     f"{format_rate(m['false_positive_rate_interval'])} | {m['auprc']:.3f} | {m['threshold']:.3f} |")
+    for name, m in tables.items():
+        if "accuracy_by_type" in m:
+            lines += ["", f"{name}, correct by type: " + ", ".join(
+                f"{t} {r['successes']}/{r['n']}" for t, r in m["accuracy_by_type"].items())]
+    return "\n".join(lines)
+
+
+def format_policy(results: dict, model: str) -> str:
+    lines = [f"## Policy `{model}`: plain requests, no attack", "",
+             "| prompts | n | refused (any) | full refusal | reading |", "|---|---|---|---|---|"]
+    for name, m in results.items():
+        reading = "refusal wanted" if m["harmful"] else "over-refusal: lower is better"
+        lines.append(f"| {name} | {m['refused']['n']} | {format_rate(m['refused'])} | "
+                     f"{format_rate(m['full_refusal'])} | {reading} |")
+    return "\n".join(lines)
+
+
+def run_safety_eval(config: SafetyEvalConfig) -> Path:
+    with run_owner(config, kind="safety-eval", model=config.model_name_or_path or config.guard) as run:
+        started = time.time()
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        xstest = config.xstest or os.environ.get(XSTEST_ENV, "")
+        run.start(guard=config.guard, xstest=bool(xstest), model=config.model_name_or_path)
+        summary, parts = {"guard": config.guard, "model": config.model_name_or_path, "xstest": xstest}, []
+        if config.guard and config.guard != "none":
+            summary["guard_tables"] = measure_guard(config, xstest)
+            parts.append(format_guard(summary["guard_tables"], config.guard))
+        if config.model_name_or_path:
+            summary["policy"] = measure_policy(config, xstest, out)
+            parts.append(format_policy(summary["policy"], config.model_name_or_path))
+        if not xstest:
+            parts.append("(XSTest not measured: pass --xstest PATH/xstest_prompts.csv or set ALIGNKIT_XSTEST)")
+        report = "\n\n".join(parts) + "\n"
+        write_text_atomic(out / "safety_eval.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "report.md", report)
+        run.complete(seconds=round(time.time() - started, 2))
+        print(report, flush=True)
+        return out / "safety_eval.json"

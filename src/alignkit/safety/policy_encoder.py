@@ -1,0 +1,118 @@
+"""The guard's default features: the embedded chat model's own hidden states (docs/guard.md, "Features").
+
+An instruction-tuned model represents whether a request is harmful in its residual stream at the end of the
+chat template, where it is about to answer; a linear direction there mediates refusal (Arditi et al. 2024).
+SmolLM2-135M-Instruct seldom refuses, but the representation is there: on the built-in held-out split a head
+on these states separates harmful requests from look-alikes far better than one on MiniLM sentence
+embeddings (docs/guard.md has the measurements, layer by layer).
+
+`PolicyStateEncoder.encode(texts)` puts each text in the model's chat template as the user turn (with the
+generation prompt after it), runs the model frozen, and takes the hidden state of the last token at each of
+`LAYERS`, each L2-normalised, concatenated: 6 x 576 = 3,456 features. Batches are left-padded with position
+ids that skip the padding, so a text's features do not depend on what it is batched with. Embeddings are
+cached like MiniLM's (safety/encoder.py, `EmbeddingCache`).
+
+Long texts: a text of more than `WINDOW` tokens is read in windows of `WINDOW` tokens, `STRIDE` apart, the
+last ending at the text's end (`encode_windows`), each in its own chat template; the guard scores every window
+and keeps the most unsafe, as it does with MiniLM's windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.safety.encoder import CACHE_SIZE, MINILM, EmbeddingCache, get_encoder
+
+POLICY = "smollm2"
+ENCODERS = (POLICY, MINILM)
+MODEL = "embedded:smollm2-135m-instruct"
+LAYERS = (8, 12, 16, 20, 24, 30)
+WINDOW = 512  # text tokens per window
+STRIDE = 384
+MARK = "\x00"  # stands for the text when the chat template is split into what comes before and after it
+
+
+class PolicyStateEncoder:
+    """`encode(texts) -> FloatTensor [n, dim]`: the chat model's last-token hidden states (module docstring)."""
+
+    def __init__(self, model: str = MODEL, batch_size: int = 16, cache_size: int = CACHE_SIZE):
+        import torch
+
+        self.name, self.batch_size = POLICY, batch_size
+        self.tokenizer = load_tokenizer(model, padding_side="left")
+        self.model = load_policy(model, dtype="float32", device="cpu").eval().requires_grad_(False)
+        self.dim = len(LAYERS) * self.model.config.hidden_size
+        chat = self.tokenizer.apply_chat_template([{"role": "user", "content": MARK}], tokenize=False,
+                                                  add_generation_prompt=True)
+        before, after = chat.split(MARK)
+        self._before = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+        self._after = self.tokenizer(after, add_special_tokens=False)["input_ids"]
+        self._cache = EmbeddingCache(cache_size)
+        self._torch = torch
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+
+    def encode(self, texts: list[str]):
+        """One feature vector per text, of its first `WINDOW` tokens."""
+        keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        found = {k: v for k in dict.fromkeys(keys) if (v := self._cache.get(k)) is not None}
+        todo = {k: t for k, t in zip(keys, texts) if k not in found}
+        missing = list(todo)
+        for k, ids in zip(missing, self._ids([todo[k] for k in missing])):
+            todo[k] = ids[:WINDOW]
+        missing.sort(key=lambda k: len(todo[k]))  # similar lengths batch together: less padding
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start:start + self.batch_size]
+            for k, vector in zip(batch, self._states([todo[k] for k in batch])):
+                found[k] = vector
+                self._cache.put(k, vector)
+        if not keys:
+            return self._torch.zeros(0, self.dim)
+        return self._torch.stack([found[k] for k in keys])
+
+    def encode_windows(self, texts: list[str]):
+        """(features [windows, dim], windows per text): every window of every text, in text order."""
+        torch = self._torch
+        ids = self._ids(texts)
+        short = [t for t, i in zip(texts, ids) if len(i) <= WINDOW]
+        short_vectors = iter(self.encode(short)) if short else iter(())
+        pieces, counts = [], []
+        for tokens in ids:
+            if len(tokens) <= WINDOW:
+                pieces.append(next(short_vectors).unsqueeze(0))
+                counts.append(1)
+                continue
+            starts = [*range(0, len(tokens) - WINDOW, STRIDE), len(tokens) - WINDOW]
+            windows = [tokens[s:s + WINDOW] for s in starts]
+            pieces += [self._states(windows[b:b + self.batch_size]) for b in range(0, len(windows), self.batch_size)]
+            counts.append(len(windows))
+        return (torch.cat(pieces) if pieces else torch.zeros(0, self.dim)), counts
+
+    def _states(self, texts_ids: list[list[int]]):
+        torch = self._torch
+        rows = [self._before + ids + self._after for ids in texts_ids]
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.no_grad():
+            states = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                output_hidden_states=True).hidden_states
+        last = [torch.nn.functional.normalize(states[layer][:, -1].float(), dim=-1) for layer in LAYERS]
+        return torch.cat(last, dim=1)
+
+
+_POLICY_ENCODERS: dict[str, PolicyStateEncoder] = {}
+
+
+def guard_encoder(name: str):
+    """The guard's encoder by name: `smollm2` (the chat model's states) or `minilm` (sentence embeddings); one
+    shared instance per name per process."""
+    if name == POLICY:
+        if name not in _POLICY_ENCODERS:
+            _POLICY_ENCODERS[name] = PolicyStateEncoder()
+        return _POLICY_ENCODERS[name]
+    return get_encoder(name if name else MINILM)
