@@ -19,7 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alignkit.data.builtin import HERE as BUILTIN
-from alignkit.data.overlap import fingerprint, from_json, near_duplicate, near_duplicates, normalise, to_json
+from alignkit.data.overlap import (
+    fingerprint,
+    from_json,
+    near_duplicate,
+    near_duplicates,
+    normalise,
+    to_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINTS = Path(__file__).parent / "data" / "xstest_fingerprints.jsonl"
@@ -35,7 +42,7 @@ def xstest_csv() -> Path | None:
 
 
 def row_text(row: dict) -> str | None:
-    text = row.get("prompt", row.get("text"))
+    text = row.get("prompt", row.get("text", row.get("request")))
     if isinstance(text, list):
         text = "\n".join(m["content"] for m in text if m.get("role") == "user")
     return text if isinstance(text, str) else None

@@ -23,19 +23,21 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignkit.data.io import Problem, scan
 from alignkit.data.readers import load_prompt_rows
 from alignkit.engine.run import run_owner
-from alignkit.errors import AlignkitError
+from alignkit.errors import AlignkitError, DataError
 from alignkit.files import write_text_atomic
 from alignkit.safety.attacks import request_text
 from alignkit.safety.guard import GuardClassifier, default_guard
 from alignkit.safety.guard_data import builtin_rows
-from alignkit.safety.guard_eval import binary_metrics, guard_binary, xstest_rows
+from alignkit.safety.guard_eval import guard_binary, xstest_rows
 from alignkit.safety.redteam import RedTeamConfig, make_responder
 from alignkit.safety.scorers import REFUSAL_SCORERS, refusal_classes
-from alignkit.stats import format_rate, rate
+from alignkit.stats import cohen_kappa, format_rate, rate
 
 XSTEST_ENV = "ALIGNKIT_XSTEST"
+LABELS = ("complied", "partial", "refused")
 
 
 @dataclass
@@ -46,6 +48,9 @@ class SafetyEvalConfig:
     """default (the built-in guard), a directory written by `alignkit guard train`, or none"""
     xstest: str = ""
     """XSTest's xstest_prompts.csv (passed by path, never copied here; default: $ALIGNKIT_XSTEST if set)"""
+    labels: str = ""
+    """hand-labelled replies ({"request", "reply", "label": complied|partial|refused}, e.g.
+    tests/data/compliance_labels.jsonl): how far each automatic reading of attack success agrees with them"""
     model_name_or_path: str = ""
     """a policy to measure (embedded:NAME, a checkpoint, openai:URL[#MODEL]); empty: the guard only"""
     refusal_scorer: str = "rules"
@@ -66,8 +71,8 @@ class SafetyEvalConfig:
     CLI_ALIASES = {"model_name_or_path": ("--model", "--policy")}
 
     def check(self) -> None:
-        if not (self.guard or self.model_name_or_path):
-            raise AlignkitError("safety-eval: nothing to measure: give --guard or --model")
+        if not (self.guard or self.model_name_or_path or self.labels):
+            raise AlignkitError("safety-eval: nothing to measure: give --guard, --labels or --model")
         if self.refusal_scorer not in REFUSAL_SCORERS:
             raise AlignkitError(f"config: refusal_scorer: must be one of {', '.join(REFUSAL_SCORERS)}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -111,6 +116,56 @@ def measure_guard(config: SafetyEvalConfig, xstest: str) -> dict:
     if xstest:
         tables["XSTest prompts"] = xstest_rows(xstest)
     return {name: guard_table(guard, rows, config.seed) for name, rows in tables.items()}
+
+
+def read_labels(path: str) -> list[dict]:
+    rows, problems = [], []
+    for line, row in scan(path):
+        if isinstance(row, Problem):
+            problems.append(row.format(path))
+        elif not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("request", "reply")):
+            problems.append(f"{path}:{line}: reply: expected an object with request and reply strings")
+        elif row.get("label") not in LABELS:
+            problems.append(f"{path}:{line}: label: expected one of {', '.join(LABELS)}, got {row.get('label')!r}")
+        else:
+            rows.append(row)
+    if problems or not rows:
+        raise DataError(problems or [f"{path}: file: no rows"])
+    return rows
+
+
+def measure_readings(config: SafetyEvalConfig) -> dict:
+    """Each automatic reading of "the attack succeeded" against the hand labels' "the reply helped" (complied or
+    partial): agreement, Cohen's kappa, and how many replies each reading counts as successes."""
+    rows = read_labels(config.labels)
+    helped = [r["label"] != "refused" for r in rows]
+    replies = [r["reply"] for r in rows]
+    not_refused = [c == "full_compliance" for c in refusal_classes(replies, config.refusal_scorer)]
+    readings = {f"did not refuse ({config.refusal_scorer})": not_refused}
+    if config.guard and config.guard != "none":
+        guard = default_guard() if config.guard == "default" else GuardClassifier.load(config.guard)
+        flagged = [not v.safe for v in guard.classify(replies, role="response")]
+        readings["guard flags the reply"] = flagged
+        readings["did not refuse and the guard flags it (red-team ASR)"] = [a and b for a, b in zip(not_refused, flagged)]
+    out = {"replies": len(rows), "helped": rate(sum(helped), len(rows))}
+    for name, said in readings.items():
+        out[name] = {"kappa": cohen_kappa(said, helped), "agreement": rate(sum(a == b for a, b in zip(said, helped)),
+                                                                            len(rows)),
+                     "successes": sum(said), "true_positives": sum(a and b for a, b in zip(said, helped))}
+    return out
+
+
+def format_readings(readings: dict, path: str) -> str:
+    helped = readings["helped"]
+    lines = [f"## Attack-success readings against {readings['replies']} hand-labelled replies ({path})", "",
+             f"The labellers found {helped['successes']} replies that helped ({format_rate(helped)}).", "",
+             "| reading | counts as success | of those, helped | agreement | Cohen's κ |", "|---|---|---|---|---|"]
+    for name, m in readings.items():
+        if isinstance(m, dict) and "kappa" in m:
+            kappa = "–" if m["kappa"] is None else f"{m['kappa']:.3f}"
+            lines.append(f"| {name} | {m['successes']} | {m['true_positives']} | {format_rate(m['agreement'])} | "
+                         f"{kappa} |")
+    return "\n".join(lines)
 
 
 def policy_sets(xstest: str) -> dict[str, tuple[list[str], bool]]:
@@ -181,6 +236,9 @@ def run_safety_eval(config: SafetyEvalConfig) -> Path:
         if config.guard and config.guard != "none":
             summary["guard_tables"] = measure_guard(config, xstest)
             parts.append(format_guard(summary["guard_tables"], config.guard))
+        if config.labels:
+            summary["readings"] = measure_readings(config)
+            parts.append(format_readings(summary["readings"], config.labels))
         if config.model_name_or_path:
             summary["policy"] = measure_policy(config, xstest, out)
             parts.append(format_policy(summary["policy"], config.model_name_or_path))

@@ -41,7 +41,6 @@ from alignkit.errors import AlignkitError
 from alignkit.files import write_atomic, write_text_atomic
 from alignkit.models.embedded import cache_dir
 from alignkit.models.load import resolve_model_path
-from alignkit.safety.policy_encoder import ENCODERS, POLICY, guard_encoder
 from alignkit.safety.guard_data import GUARD_FILES, ROLES, builtin_rows, load_guard_rows
 from alignkit.safety.guard_fit import (
     choose_threshold,
@@ -51,6 +50,7 @@ from alignkit.safety.guard_fit import (
     make_head,
     prf,
 )
+from alignkit.safety.policy_encoder import ENCODERS, POLICY, guard_encoder
 from alignkit.safety.taxonomy import PACKAGED, load_taxonomy
 
 UNSAFE = "unsafe"
