@@ -30,8 +30,14 @@ def main() -> int:
     parser.add_argument("--output", default="benchmarks/results/guard_seeds.json")
     args = parser.parse_args()
 
+    from alignkit.safety import policy_encoder
     from alignkit.safety.evaluate import guard_table
-    from alignkit.safety.guard import GuardClassifier, GuardConfig, builtin_rows
+    from alignkit.safety.guard import (
+        GuardClassifier,
+        GuardConfig,
+        builtin_rows,
+        training_rows,
+    )
     from alignkit.safety.guard_eval import xstest_rows
 
     sets = {"held-out prompts": [r for r in builtin_rows("test") if r["role"] == "prompt"],
@@ -40,7 +46,9 @@ def main() -> int:
         sets["XSTest prompts"] = xstest_rows(args.xstest)
     else:
         print(f"guard_seeds: {args.xstest}: not found; XSTest skipped (pass --xstest)", file=sys.stderr)
-    rows, results = builtin_rows("train"), []
+    rows, results = training_rows(), []
+    if args.encoder == "smollm2":  # keep every text's features, so that only the first seed computes them
+        policy_encoder._POLICY_ENCODERS["smollm2"] = policy_encoder.PolicyStateEncoder(cache_size=10_000)
     print(f"{'seed':>4} {'data':<20} {'P':>6} {'R':>6} {'F1':>6} {'F1 95%':>11} {'FPR':>6} {'AUPRC':>6}")
     for seed in (int(s) for s in args.seeds.split(",")):
         guard = GuardClassifier.train(rows, GuardConfig(seed=seed, encoder=args.encoder))

@@ -11,7 +11,14 @@ import torch
 from alignkit.errors import AlignkitError, DataError
 from alignkit.safety.encoder import minilm_available
 from alignkit.safety.guard import (
-    GuardClassifier, GuardConfig, Verdict, builtin_rows, choose_threshold, fit_temperature, format_llama_guard,
+    GuardClassifier,
+    GuardConfig,
+    Verdict,
+    builtin_rows,
+    choose_threshold,
+    fit_temperature,
+    format_llama_guard,
+    training_rows,
 )
 from alignkit.safety.taxonomy import load_taxonomy
 
@@ -30,8 +37,7 @@ def embedded_available() -> bool:
 
 needs_embedded = pytest.mark.skipif(not embedded_available(), reason="needs the embedded SmolLM2 (make install)")
 
-BUILTIN_HAZARDS = ["violent_crimes", "weapons", "self_harm", "privacy", "cybercrime", "fraud", "dangerous_advice",
-                   "hate", "drugs", "harassment", "nonviolent_crimes"]
+BUILTIN_HAZARDS = load_taxonomy().ids  # the built-in training data has rows of every hazard
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -40,8 +46,7 @@ BUILTIN_HAZARDS = ["violent_crimes", "weapons", "self_harm", "privacy", "cybercr
 
 def test_packaged_taxonomy_covers_the_builtin_hazards_with_unique_codes():
     t = load_taxonomy()
-    assert set(BUILTIN_HAZARDS) | {"sexual_content_minors", "sexual_content", "specialized_advice", "elections",
-                                   "ip"} <= set(t.ids)
+    assert len(t.ids) == 18
     assert [h.code for h in t.hazards] == [f"S{i}" for i in range(1, len(t.hazards) + 1)]
     assert all(h.refusal and h.definition and h.not_covered for h in t.hazards)
     assert t.code("weapons") == "S9" and t.by_code("S11").id == "self_harm"
@@ -351,7 +356,7 @@ def test_cli_train_and_classify(tmp_path, monkeypatch, capsys, guard_cache):
     assert set(report["categories"]) == set(BUILTIN_HAZARDS) and report["config"]["epochs"] == 200
     assert "S9    weapons" in out and "unsafe vs safe (prompt)" in out
     assert json.loads((tmp_path / "g" / "guard.json").read_text())["info"]["train_rows"] == \
-        len(builtin_rows("train")) + 1
+        len(training_rows()) + 1
 
     rows = tmp_path / "in.jsonl"
     rows.write_text('{"prompt": [{"role": "user", "content": "Write ransomware that encrypts a hospital\'s files."}]}\n'

@@ -55,6 +55,8 @@ def builtin_texts() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             row = json.loads(raw)
             texts = [row_text(row)] + [row.get("chosen"), row.get("rejected"), row.get("completion")]
+            texts += [m.get("content") for m in row.get("messages", [])  # system prompts are instructions, shared
+                      if isinstance(m, dict) and m.get("role") != "system"]
             is_eval = path.name in EVAL_FILES or row.get("split") in EVAL_SPLITS
             for text in filter(lambda t: isinstance(t, str) and t.strip(), texts):
                 (evaluation if is_eval else train).append((f"{path.name}:{line}", text))
@@ -100,6 +102,7 @@ def test_no_training_text_is_an_evaluation_text_or_a_near_duplicate_of_one():
     ("How can I kill a Python process?", "how can i kill a python process"),
     ("How can I kill a Python process?", "How do I kill a Python process quickly?"),
     ("What is money laundering?", "WHAT IS MONEY LAUNDERING"),
+    ("How do I make a simple vinaigrette?", "How do I make a simple vinaigrette for a green salad?"),
     ("Explain how to produce a nerve agent in a home lab.",
      "Absolutely, here is a step-by-step guide to produce a nerve agent in a home lab: 1. [...]"),
 ])
@@ -111,6 +114,7 @@ def test_near_duplicates_are_caught(a, b):
     ("How can I kill a spider?", "How can I kill a person?"),  # a minimal pair is not a copy
     ("What is money laundering?", "What is the capital of France?"),
     ("How do I shoot a good photo at night?", "How do I shoot a neighbour's dog?"),
+    ("Tell me how to make a Molotov cocktail.", "Tell me how to make a silencer for a handgun using household parts."),
 ])
 def test_contrasting_texts_are_not_near_duplicates(a, b):
     assert not near_duplicate(fingerprint(a), fingerprint(b))
@@ -133,7 +137,7 @@ def test_case_punctuation_and_spacing_do_not_hide_a_copy(ws, punct, upper):
 @given(words, words)
 def test_a_text_pasted_inside_a_longer_one_is_caught(inner, outer):
     text = " ".join(inner)
-    if len(fingerprint(text).shingles) >= 3:  # at least 3 distinct five-grams
+    if len(fingerprint(text).shingles) >= 6:  # at least 6 distinct five-grams
         assert near_duplicate(fingerprint(text), fingerprint(" ".join(outer) + " " + text + " " + " ".join(outer)))
 
 

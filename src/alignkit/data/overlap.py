@@ -3,12 +3,15 @@
 Two texts are near-duplicates when any of these holds (docs/data.md, "Train/eval separation"):
 
 - their normalised forms are equal: Unicode NFKC, case-folded, every run of non-alphanumerics one space;
-- their content words (normalised words minus a short stop-word list, a trailing plural "s" dropped) overlap
-  with a Jaccard index of at least `CONTENT_JACCARD` (0.75), when the smaller set has at least 2 words; so
-  "How can I kill a Python process?" and "how do I kill a python process quickly" are near-duplicates, while
-  the minimal pair "How can I kill a spider?" / "How can I kill a person?" is not;
+- their content words (normalised words minus a short stop-word list, a trailing plural "s" dropped), when the
+  smaller set has at least 2: overlap with a Jaccard index of at least `CONTENT_JACCARD` (0.75), or one set
+  holds the other and is at most twice its size. So "How can I kill a Python process?" and "how do I kill a
+  python process quickly" are near-duplicates, and so are "How do I make a simple vinaigrette?" and the same
+  question "for a green salad", while the minimal pair "How can I kill a spider?" / "How can I kill a
+  person?" is not;
 - at least `SHINGLE_CONTAINMENT` (half) of the word 5-grams of the shorter text occur in the longer one, when
-  the shorter has at least 3 of them (a long prompt pasted inside a training row).
+  the shorter has at least `SHINGLE_MIN` (6) of them: a longer prompt pasted inside a training row. (Short
+  texts share 5-grams such as "tell me how to make" without being copies.)
 
 An evaluation set we may not copy into the repository (XSTest) is compared through its `fingerprint`: the
 salted SHA-256 digests of its normalised text, content words and 5-grams, which `near_duplicates` compares
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 CONTENT_JACCARD = 0.75
 SHINGLE_CONTAINMENT = 0.5
 SHINGLE = 5
+SHINGLE_MIN = 6
 SALT = "alignkit-overlap-v1"
 STOP = frozenset("""a an the and or but if of to in on at by for with from into about as is are was were be been
 being am do does did doing done have has had having i me my mine myself you your yours we us our they them their
@@ -63,10 +67,11 @@ def near_duplicate(a: Fingerprint, b: Fingerprint) -> bool:
     if a.text == b.text:
         return True
     small, large = sorted((a.words, b.words), key=len)
-    if len(small) >= 2 and len(small & large) / len(small | large) >= CONTENT_JACCARD:
+    if len(small) >= 2 and (len(small & large) / len(small | large) >= CONTENT_JACCARD
+                            or (small <= large and 2 * len(small) >= len(large))):
         return True
     small, large = sorted((a.shingles, b.shingles), key=len)
-    return len(small) >= 3 and len(small & large) / len(small) >= SHINGLE_CONTAINMENT
+    return len(small) >= SHINGLE_MIN and len(small & large) / len(small) >= SHINGLE_CONTAINMENT
 
 
 def near_duplicates(train: list[Fingerprint], evaluation: list[Fingerprint]) -> list[tuple[int, int]]:

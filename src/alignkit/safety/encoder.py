@@ -102,6 +102,29 @@ class EmbeddingCache:
         self._vectors[slot] = vector
 
 
+def encode_windows(encoder, texts: list[str], ids: list[list[int]], window: int, stride: int, embed_ids):
+    """(vectors [windows, dim], windows per text) for an encoder with `encode`, `batch_size` and `dim`: a text of
+    at most `window` tokens is one window, exactly what `encoder.encode` reads (and cached like it); a longer
+    one is read in windows of `window` tokens, `stride` apart, the last ending at the text's end, each embedded
+    by `embed_ids` (a batch of token-id lists)."""
+    import torch
+
+    short = [t for t, i in zip(texts, ids) if len(i) <= window]
+    short_vectors = iter(encoder.encode(short)) if short else iter(())
+    pieces, counts = [], []
+    for tokens in ids:
+        if len(tokens) <= window:
+            pieces.append(next(short_vectors).unsqueeze(0))
+            counts.append(1)
+            continue
+        starts = [*range(0, len(tokens) - window, stride), len(tokens) - window]
+        windows = [tokens[s:s + window] for s in starts]
+        size = encoder.batch_size
+        pieces += [embed_ids(windows[b:b + size]) for b in range(0, len(windows), size)]
+        counts.append(len(windows))
+    return (torch.cat(pieces) if pieces else torch.zeros(0, encoder.dim)), counts
+
+
 class SentenceEncoder:
     """`encode(texts) -> FloatTensor [n, dim]` of unit-length sentence embeddings; the model stays frozen."""
 
@@ -143,23 +166,8 @@ class SentenceEncoder:
 
     def encode_windows(self, texts: list[str]):
         """(embeddings [windows, dim], windows per text): every window of every text, in text order (module doc)."""
-        import torch
-
-        content = WINDOW - 2  # [CLS] and [SEP] take two places
         ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-        short = [t for t, i in zip(texts, ids) if len(i) <= content]
-        short_vectors = iter(self.encode(short)) if short else iter(())
-        pieces, counts = [], []
-        for tokens in ids:
-            if len(tokens) <= content:  # one window, exactly what `encode` reads (and cached like it)
-                pieces.append(next(short_vectors).unsqueeze(0))
-                counts.append(1)
-                continue
-            starts = [*range(0, len(tokens) - content, STRIDE), len(tokens) - content]
-            windows = [tokens[s:s + content] for s in starts]
-            pieces += [self._embed_ids(windows[b:b + self.batch_size]) for b in range(0, len(windows), self.batch_size)]
-            counts.append(len(windows))
-        return (torch.cat(pieces) if pieces else torch.zeros(0, self.dim)), counts
+        return encode_windows(self, texts, ids, WINDOW - 2, STRIDE, self._embed_ids)  # [CLS], [SEP] take two
 
     def _embed(self, texts: list[str]):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")

@@ -41,7 +41,13 @@ from alignkit.errors import AlignkitError
 from alignkit.files import write_atomic, write_text_atomic
 from alignkit.models.embedded import cache_dir
 from alignkit.models.load import resolve_model_path
-from alignkit.safety.guard_data import GUARD_FILES, ROLES, builtin_rows, load_guard_rows
+from alignkit.safety.guard_data import (
+    GUARD_FILES,
+    ROLES,
+    builtin_rows,
+    load_guard_rows,
+    training_rows,
+)
 from alignkit.safety.guard_fit import (
     choose_threshold,
     fit_head,
@@ -58,7 +64,7 @@ WEIGHTS = "guard.safetensors"
 META = "guard.json"
 FORMAT_VERSION = 1
 PACKAGED_GUARD = Path(__file__).parent / "default_guard"  # the default guard, shipped trained
-DEFAULT_GUARD_VERSION = 2  # bump when the default guard's recipe changes, so stale caches are retrained
+DEFAULT_GUARD_VERSION = 3  # bump when the default guard's recipe changes, so stale caches are retrained
 
 
 @dataclass
@@ -349,7 +355,7 @@ _DEFAULT: GuardClassifier | None = None
 def train_default_guard(directory: str | os.PathLike) -> GuardClassifier:
     """Train the default guard (the built-in train split, default settings) and save it to `directory`, its data
     fingerprint recorded in guard.json. `make default-guard` writes the packaged copy this way."""
-    guard = GuardClassifier.train(builtin_rows("train"))
+    guard = GuardClassifier.train(training_rows())
     guard.info["fingerprint"] = _builtin_fingerprint()
     guard.save(directory)
     return guard
@@ -416,7 +422,7 @@ def train_guard(config: GuardConfig) -> tuple[GuardClassifier, dict]:
     if not config.output_dir:
         raise AlignkitError("guard train: --output_dir is required")
     taxonomy = load_taxonomy(config.taxonomy)
-    rows = builtin_rows("train")
+    rows = training_rows()
     for path in config.data:
         rows += load_guard_rows(path, taxonomy.ids)
     guard = GuardClassifier.train(rows, config, taxonomy=taxonomy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 from alignkit.data.builtin import builtin_path
 from alignkit.data.io import Problem, scan
@@ -14,7 +15,8 @@ ROLES = ("prompt", "response")
 HARMFUL_FILES = ("harmful.jsonl", "harmful_taxonomy.jsonl")
 SAFE_FILES = ("benign_risky.jsonl", "benign_risky_train.jsonl", "benign_taxonomy.jsonl", "helpful.jsonl")
 RESPONSE_FILES = ("guard_responses.jsonl",)
-GUARD_FILES = HARMFUL_FILES + SAFE_FILES + RESPONSE_FILES  # what the default guard is trained from
+GUARD_FILES = HARMFUL_FILES + SAFE_FILES + RESPONSE_FILES + ("sft.jsonl",)  # what the default guard trains on
+COMPOSITES = 400
 
 
 def prompt_text(prompt) -> str:
@@ -42,6 +44,44 @@ def builtin_rows(split: str) -> list[dict]:
     rows += [{"text": r["text"], "role": r["role"], "categories": list(r["categories"])}
              for r in read("guard_responses.jsonl")]
     return rows
+
+
+def sft_answers() -> list[dict]:
+    """The assistant turns of the built-in SFT chats (sft.jsonl, all training data) as safe responses."""
+    with open(builtin_path("sft.jsonl"), encoding="utf-8") as f:
+        chats = [json.loads(line)["messages"] for line in f if line.strip()]
+    return [{"text": m["content"], "role": "response", "categories": []}
+            for chat in chats for m in chat if m["role"] == "assistant"]
+
+
+def composite_rows(rows: list[dict], count: int = COMPOSITES, seed: int = 0) -> list[dict]:
+    """Longer training texts made of the short ones (docs/guard.md, "Long texts"). The rows are a sentence or
+    two; a head trained on those alone read any longer text as unusual, and flagged it (a three-sentence note
+    about gardening scored p(unsafe) 0.99). For each role: `count` safe texts (2-8 safe texts of that role
+    joined, or one of them repeated 2-6 times) and `count` unsafe ones (1-7 safe texts with one unsafe text of
+    that role put in at a random place, labelled with its categories); a quarter as many for responses."""
+    rng = random.Random(seed)
+    out = []
+    for role, n in (("prompt", count), ("response", count // 4)):
+        safe = [r["text"] for r in rows if r["role"] == role and not r["categories"]]
+        unsafe = [r for r in rows if r["role"] == role and r["categories"]]
+        if len(safe) < 8 or not unsafe:
+            continue
+        for i in range(n):
+            parts = [rng.choice(safe)] * rng.randint(2, 6) if i % 4 == 0 else rng.sample(safe, rng.randint(2, 8))
+            out.append({"text": " ".join(parts), "role": role, "categories": []})
+            bad = rng.choice(unsafe)
+            parts = rng.sample(safe, rng.randint(1, 7))
+            parts.insert(rng.randint(0, len(parts)), bad["text"])
+            out.append({"text": " ".join(parts), "role": role, "categories": list(bad["categories"])})
+    return out
+
+
+def training_rows() -> list[dict]:
+    """What the default guard trains on: the built-in train split, the SFT chats' answers, and the composite
+    long texts made of them."""
+    rows = builtin_rows("train") + sft_answers()
+    return rows + composite_rows(rows)
 
 
 def load_guard_rows(path: str | os.PathLike, known: list[str]) -> list[dict]:

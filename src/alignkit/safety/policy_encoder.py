@@ -9,8 +9,9 @@ embeddings (docs/guard.md has the measurements, layer by layer).
 `PolicyStateEncoder.encode(texts)` puts each text in the model's chat template as the user turn (with the
 generation prompt after it), runs the model frozen, and takes the hidden state of the last token at each of
 `LAYERS`, each L2-normalised, concatenated: 6 x 576 = 3,456 features. Batches are left-padded with position
-ids that skip the padding, so a text's features do not depend on what it is batched with. Embeddings are
-cached like MiniLM's (safety/encoder.py, `EmbeddingCache`).
+ids that skip the padding, so a text's features do not depend on what it is batched with. Features are
+cached like MiniLM's embeddings (safety/encoder.py, `EmbeddingCache`), but for at most `CACHE_SIZE` (4,000)
+texts: each takes 3,456 floats, so the cache holds 55 MB when full.
 
 Long texts: a text of more than `WINDOW` tokens is read in windows of `WINDOW` tokens, `STRIDE` apart, the
 last ending at the text's end (`encode_windows`), each in its own chat template; the guard scores every window
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hashlib
 
 from alignkit.models.load import load_policy, load_tokenizer
-from alignkit.safety.encoder import CACHE_SIZE, MINILM, EmbeddingCache, get_encoder
+from alignkit.safety.encoder import MINILM, EmbeddingCache, encode_windows, get_encoder
 
 POLICY = "smollm2"
 ENCODERS = (POLICY, MINILM)
@@ -30,6 +31,7 @@ MODEL = "embedded:smollm2-135m-instruct"
 LAYERS = (8, 12, 16, 20, 24, 30)
 WINDOW = 512  # text tokens per window
 STRIDE = 384
+CACHE_SIZE = 4_000  # texts whose features are kept: 4,000 x 3,456 floats = 55 MB
 MARK = "\x00"  # stands for the text when the chat template is split into what comes before and after it
 
 
@@ -37,8 +39,6 @@ class PolicyStateEncoder:
     """`encode(texts) -> FloatTensor [n, dim]`: the chat model's last-token hidden states (module docstring)."""
 
     def __init__(self, model: str = MODEL, batch_size: int = 16, cache_size: int = CACHE_SIZE):
-        import torch
-
         self.name, self.batch_size = POLICY, batch_size
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_policy(model, dtype="float32", device="cpu").eval().requires_grad_(False)
@@ -49,13 +49,14 @@ class PolicyStateEncoder:
         self._before = self.tokenizer(before, add_special_tokens=False)["input_ids"]
         self._after = self.tokenizer(after, add_special_tokens=False)["input_ids"]
         self._cache = EmbeddingCache(cache_size)
-        self._torch = torch
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
 
     def encode(self, texts: list[str]):
         """One feature vector per text, of its first `WINDOW` tokens."""
+        import torch
+
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
         found = {k: v for k in dict.fromkeys(keys) if (v := self._cache.get(k)) is not None}
         todo = {k: t for k, t in zip(keys, texts) if k not in found}
@@ -69,29 +70,16 @@ class PolicyStateEncoder:
                 found[k] = vector
                 self._cache.put(k, vector)
         if not keys:
-            return self._torch.zeros(0, self.dim)
-        return self._torch.stack([found[k] for k in keys])
+            return torch.zeros(0, self.dim)
+        return torch.stack([found[k] for k in keys])
 
     def encode_windows(self, texts: list[str]):
         """(features [windows, dim], windows per text): every window of every text, in text order."""
-        torch = self._torch
-        ids = self._ids(texts)
-        short = [t for t, i in zip(texts, ids) if len(i) <= WINDOW]
-        short_vectors = iter(self.encode(short)) if short else iter(())
-        pieces, counts = [], []
-        for tokens in ids:
-            if len(tokens) <= WINDOW:
-                pieces.append(next(short_vectors).unsqueeze(0))
-                counts.append(1)
-                continue
-            starts = [*range(0, len(tokens) - WINDOW, STRIDE), len(tokens) - WINDOW]
-            windows = [tokens[s:s + WINDOW] for s in starts]
-            pieces += [self._states(windows[b:b + self.batch_size]) for b in range(0, len(windows), self.batch_size)]
-            counts.append(len(windows))
-        return (torch.cat(pieces) if pieces else torch.zeros(0, self.dim)), counts
+        return encode_windows(self, texts, self._ids(texts), WINDOW, STRIDE, self._states)
 
     def _states(self, texts_ids: list[list[int]]):
-        torch = self._torch
+        import torch
+
         rows = [self._before + ids + self._after for ids in texts_ids]
         width = max(map(len, rows))
         pad = self.tokenizer.pad_token_id
