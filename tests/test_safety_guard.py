@@ -392,3 +392,24 @@ def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     assert rc == 2 and err == "alignkit: error: guard classify: give exactly one of --input FILE or --text TEXT\n"
     rc, out, err = run_cli(monkeypatch, capsys, "guard", "train", "--output_dir", tmp_path / "g", "--epochs", 0)
     assert rc == 2 and err == "alignkit: error: config: epochs: must be >= 1\n"
+
+
+def test_composite_rows_are_made_of_training_rows_and_labelled_by_their_unsafe_part():
+    from alignkit.safety.guard_data import composite_rows
+
+    rows = [{"text": f"safe prompt {i}.", "role": "prompt", "categories": []} for i in range(10)]
+    rows += [{"text": "HARMFUL weapons request.", "role": "prompt", "categories": ["weapons"]},
+             {"text": "HARMFUL fraud request.", "role": "prompt", "categories": ["fraud"]}]
+    made = composite_rows(rows, count=40, seed=3)
+    assert made == composite_rows(rows, count=40, seed=3) and len(made) == 80  # responses: too few to make any
+    pieces = {r["text"] for r in rows}
+    for row in made:
+        parts = [p + "." for p in row["text"].split(". ") if p]
+        parts[-1] = parts[-1].removesuffix(".")
+        assert set(parts) <= pieces and len(parts) >= 2
+        unsafe = [p for p in parts if p.startswith("HARMFUL")]
+        assert len(unsafe) == (1 if row["categories"] else 0)
+        if unsafe:
+            assert row["categories"] == (["weapons"] if "weapons" in unsafe[0] else ["fraud"])
+    assert sum(bool(r["categories"]) for r in made) == 40
+    assert any(len({p.rstrip(".") for p in r["text"].split(". ")}) == 1 for r in made)  # one text, repeated

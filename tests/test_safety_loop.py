@@ -180,7 +180,7 @@ def test_the_builtin_look_alikes_are_well_formed_and_the_held_out_split_stays_un
     base, extra = read("benign_risky.jsonl"), read("benign_risky_train.jsonl")
     for row in base + extra:
         assert row["looks_like"] in ids and row["kind"] in kinds and len(row["prompt"]) == 1, row
-    assert {r["split"] for r in extra} == {"train"} and len(extra) == 156
+    assert {r["split"] for r in extra} == {"train"} and len(extra) == 153  # 3 dropped: near XSTest (docs/data.md)
     assert sum(r["split"] == "test" for r in base) == 60
     text = {r["prompt"][0]["content"].lower() for r in base if r["split"] == "test"}
     assert not text & {r["prompt"][0]["content"].lower() for r in extra + base if r["split"] == "train"}
