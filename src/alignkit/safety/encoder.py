@@ -102,6 +102,29 @@ class EmbeddingCache:
         self._vectors[slot] = vector
 
 
+def encode_cached(encoder, texts: list[str], prepare, embed):
+    """One vector per text, for an encoder with a `_cache` (EmbeddingCache keyed by the text's SHA-256),
+    `batch_size` and `dim`. The texts not in the cache are prepared (`prepare(texts)`: what `embed` reads, one
+    item per text, e.g. the text or its token ids), batched by the items' length (less padding) and embedded
+    (`embed(items)`), and their vectors cached. The result comes from the lookups made here, not from the cache
+    afterwards, which may already have evicted some of them."""
+    import torch
+
+    keys = [SentenceEncoder.key(t) for t in texts]
+    found = {k: v for k in dict.fromkeys(keys) if (v := encoder._cache.get(k)) is not None}
+    todo = {k: t for k, t in zip(keys, texts) if k not in found}
+    items = dict(zip(todo, prepare(list(todo.values())))) if todo else {}
+    missing = sorted(todo, key=lambda k: len(items[k]))
+    for start in range(0, len(missing), encoder.batch_size):
+        batch = missing[start:start + encoder.batch_size]
+        for k, vector in zip(batch, embed([items[k] for k in batch])):
+            found[k] = vector
+            encoder._cache.put(k, vector)
+    if not keys:
+        return torch.zeros(0, encoder.dim)
+    return torch.stack([found[k] for k in keys])
+
+
 def encode_windows(encoder, texts: list[str], ids: list[list[int]], window: int, stride: int, embed_ids):
     """(vectors [windows, dim], windows per text) for an encoder with `encode`, `batch_size` and `dim`: a text of
     at most `window` tokens is one window, exactly what `encoder.encode` reads (and cached like it); a longer
@@ -149,20 +172,7 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]):
         """One embedding per text, of its first `MAX_LENGTH` tokens."""
-        import torch
-
-        keys = [self.key(t) for t in texts]
-        found = {k: v for k in dict.fromkeys(keys) if (v := self._cache.get(k)) is not None}
-        todo = {k: t for k, t in zip(keys, texts) if k not in found}
-        missing = sorted(todo, key=lambda k: len(todo[k]))  # similar lengths batch together: less padding
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start:start + self.batch_size]
-            for k, vector in zip(batch, self._embed([todo[k] for k in batch])):
-                found[k] = vector
-                self._cache.put(k, vector)
-        if not keys:
-            return torch.zeros(0, self.dim)
-        return torch.stack([found[k] for k in keys])  # from `found`: the cache may have evicted some already
+        return encode_cached(self, texts, list, self._embed)
 
     def encode_windows(self, texts: list[str]):
         """(embeddings [windows, dim], windows per text): every window of every text, in text order (module doc)."""

@@ -20,10 +20,14 @@ and keeps the most unsafe, as it does with MiniLM's windows.
 
 from __future__ import annotations
 
-import hashlib
-
 from alignkit.models.load import load_policy, load_tokenizer
-from alignkit.safety.encoder import MINILM, EmbeddingCache, encode_windows, get_encoder
+from alignkit.safety.encoder import (
+    MINILM,
+    EmbeddingCache,
+    encode_cached,
+    encode_windows,
+    get_encoder,
+)
 
 POLICY = "smollm2"
 ENCODERS = (POLICY, MINILM)
@@ -55,23 +59,7 @@ class PolicyStateEncoder:
 
     def encode(self, texts: list[str]):
         """One feature vector per text, of its first `WINDOW` tokens."""
-        import torch
-
-        keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-        found = {k: v for k in dict.fromkeys(keys) if (v := self._cache.get(k)) is not None}
-        todo = {k: t for k, t in zip(keys, texts) if k not in found}
-        missing = list(todo)
-        for k, ids in zip(missing, self._ids([todo[k] for k in missing])):
-            todo[k] = ids[:WINDOW]
-        missing.sort(key=lambda k: len(todo[k]))  # similar lengths batch together: less padding
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start:start + self.batch_size]
-            for k, vector in zip(batch, self._states([todo[k] for k in batch])):
-                found[k] = vector
-                self._cache.put(k, vector)
-        if not keys:
-            return torch.zeros(0, self.dim)
-        return torch.stack([found[k] for k in keys])
+        return encode_cached(self, texts, lambda todo: [ids[:WINDOW] for ids in self._ids(todo)], self._states)
 
     def encode_windows(self, texts: list[str]):
         """(features [windows, dim], windows per text): every window of every text, in text order."""
