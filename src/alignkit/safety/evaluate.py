@@ -29,7 +29,7 @@ from alignkit.engine.run import run_owner
 from alignkit.errors import AlignkitError, DataError
 from alignkit.files import write_text_atomic
 from alignkit.safety.attacks import request_text
-from alignkit.safety.guard import GuardClassifier, default_guard
+from alignkit.safety.guard import load_guard
 from alignkit.safety.guard_data import builtin_rows
 from alignkit.safety.guard_eval import guard_binary, xstest_rows
 from alignkit.safety.redteam import RedTeamConfig, make_responder
@@ -108,8 +108,7 @@ def guard_table(guard, rows: list[dict], seed: int) -> dict:
     return metrics
 
 
-def measure_guard(config: SafetyEvalConfig, xstest: str) -> dict:
-    guard = default_guard() if config.guard == "default" else GuardClassifier.load(config.guard)
+def measure_guard(guard, config: SafetyEvalConfig, xstest: str) -> dict:
     held_out = builtin_rows("test")
     tables = {"held-out prompts": [r for r in held_out if r["role"] == "prompt"],
               "held-out responses": [r for r in held_out if r["role"] == "response"]}
@@ -134,7 +133,7 @@ def read_labels(path: str) -> list[dict]:
     return rows
 
 
-def measure_readings(config: SafetyEvalConfig) -> dict:
+def measure_readings(config: SafetyEvalConfig, guard) -> dict:
     """Each automatic reading of "the attack succeeded" against the hand labels' "the reply helped" (complied or
     partial): agreement, Cohen's kappa, and how many replies each reading counts as successes."""
     rows = read_labels(config.labels)
@@ -142,8 +141,7 @@ def measure_readings(config: SafetyEvalConfig) -> dict:
     replies = [r["reply"] for r in rows]
     not_refused = [c == "full_compliance" for c in refusal_classes(replies, config.refusal_scorer)]
     readings = {f"did not refuse ({config.refusal_scorer})": not_refused}
-    if config.guard and config.guard != "none":
-        guard = default_guard() if config.guard == "default" else GuardClassifier.load(config.guard)
+    if guard is not None:
         flagged = [not v.safe for v in guard.classify(replies, role="response")]
         readings["guard flags the reply"] = flagged
         readings["did not refuse and the guard flags it (red-team ASR)"] = [a and b for a, b in zip(not_refused, flagged)]
@@ -233,11 +231,12 @@ def run_safety_eval(config: SafetyEvalConfig) -> Path:
         xstest = config.xstest or os.environ.get(XSTEST_ENV, "")
         run.start(guard=config.guard, xstest=bool(xstest), model=config.model_name_or_path)
         summary, parts = {"guard": config.guard, "model": config.model_name_or_path, "xstest": xstest}, []
-        if config.guard and config.guard != "none":
-            summary["guard_tables"] = measure_guard(config, xstest)
+        guard = load_guard(config.guard)
+        if guard is not None:
+            summary["guard_tables"] = measure_guard(guard, config, xstest)
             parts.append(format_guard(summary["guard_tables"], config.guard))
         if config.labels:
-            summary["readings"] = measure_readings(config)
+            summary["readings"] = measure_readings(config, guard)
             parts.append(format_readings(summary["readings"], config.labels))
         if config.model_name_or_path:
             summary["policy"] = measure_policy(config, xstest, out)

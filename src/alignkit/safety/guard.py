@@ -352,6 +352,18 @@ def _builtin_fingerprint() -> str:
 _DEFAULT: GuardClassifier | None = None
 
 
+def load_guard(spec: str) -> GuardClassifier | None:
+    """The guard a `--guard` option names: default (the built-in one), a directory holding a saved guard, or
+    none (and "") for no guard."""
+    if spec in ("", "none"):
+        return None
+    if spec == "default":
+        return default_guard()
+    if not Path(spec).is_dir():
+        raise AlignkitError(f"{spec}: guard: not a directory (give a saved guard classifier, default or none)")
+    return GuardClassifier.load(spec)
+
+
 def train_default_guard(directory: str | os.PathLike) -> GuardClassifier:
     """Train the default guard (the built-in train split, default settings) and save it to `directory`, its data
     fingerprint recorded in guard.json. `make default-guard` writes the packaged copy this way."""

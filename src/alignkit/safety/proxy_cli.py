@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.options import add_arguments, config_from_args, option
@@ -78,15 +77,11 @@ def load_guard(spec: str):
     if spec == "none":
         return None
     try:
-        from alignkit.safety.guard import GuardClassifier, default_guard
+        from alignkit.safety.guard import load_guard as load
     except ImportError:
         raise AlignkitError("guard: the guard classifier (alignkit.safety.guard) is not in this install; "
                             "use --guard none for deny-lists and PII redaction only") from None
-    if spec == "default":
-        return default_guard()
-    if not Path(spec).is_dir():
-        raise AlignkitError(f"{spec}: guard: not a directory (give a saved guard classifier, default or none)")
-    return GuardClassifier.load(spec)
+    return load(spec)
 
 
 def upstream_api_key(config: GuardServeConfig) -> str | None:
