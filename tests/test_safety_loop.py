@@ -233,3 +233,49 @@ def test_the_loop_runs_as_stages_and_shows_a_failed_step_with_its_reason(tmp_pat
     assert "[3/5] data (safety_data): failed:" in printed and "[4/5]" not in printed
     index = (out / "index.html").read_text()
     assert "before" in index and "no training data" in index
+
+
+def test_spread_sample_shares_rows_evenly_over_hazards():
+    """A file sorted by hazard (30 of a, 5 of b, 15 of c), 21 rows asked: every hazard gets its share (b all
+    5 it has, a and c 8 each), not the first 21 rows (all a); the same seed picks the same rows."""
+    import random
+
+    rows = [{"prompt": f"{h}{i}", "hazard": h} for h, n in (("a", 30), ("b", 5), ("c", 15)) for i in range(n)]
+    picked = loop.spread_sample(rows, "hazard", 21, random.Random(0))
+    counts = {h: sum(r["hazard"] == h for r in picked) for h in "abc"}
+    assert counts == {"a": 8, "b": 5, "c": 8} and len({r["prompt"] for r in picked}) == 21
+    assert loop.spread_sample(rows, "hazard", 21, random.Random(0)) == picked
+    assert len(loop.spread_sample(rows, "hazard", 500, random.Random(0))) == 50  # fewer rows than asked: all
+
+
+def test_bare_requests_add_a_collect_step_whose_rows_reach_training(tmp_path):
+    """With bare files the loop asks a sample of them with no attack (collect-bare, its own red-team run)
+    and the data step reads both collect runs: a complied bare request becomes a refusal SFT row and pair,
+    an answered bare look-alike keeps its answer."""
+    harmful, benign = _rows(tmp_path)
+    config = _config(tmp_path, bare_dataset_name=harmful, bare_benign_dataset_name=benign, bare_prompts=3)
+    out = tmp_path / "loop"
+    stages = {s.name: s for s in loop.loop_stages(config, out)}
+    assert list(stages) == ["before", "collect", "collect-bare", "data", "train", "after"]
+    bare = stages["collect-bare"].values
+    assert bare["attacks"] == "none" and bare["harm_judge"] == "none" and bare["dataset_split"] == "train"
+    asked = [json.loads(line) for line in (out / "bare_prompts" / "harmful.jsonl").read_text().splitlines()]
+    assert len(asked) == 3 and all(r["split"] == "train" for r in asked)
+    assert stages["data"].values["collect_dir"] == f"{out / 'collect'},{out / 'collect-bare'}"
+    assert [s.name for s in loop.loop_stages(_config(tmp_path), out)] == ["before", "collect", "data", "train",
+                                                                          "after"]
+    conversation = [{"role": "user", "content": "x"}]
+    for name, reply in (("collect", "Sure, wrapped..."), ("collect-bare", "Sure, bare...")):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "transcripts.jsonl").write_text(json.dumps(
+            {"hazard": "weapons", "refused": False, "request": name, "reply": reply,
+             "conversation": conversation}) + "\n")
+        (out / name / "benign.jsonl").write_text(json.dumps(
+            {"request": f"paint it ({name})", "looks_like": "weapons", "class": "full_compliance",
+             "reply": "Use a brush."}) + "\n")
+    sft, prefs, counts = build_training_data([out / "collect", out / "collect-bare"], benign_weight=1, seed=0)
+    assert counts["attacked_not_refused"] == 2 and counts["benign_kept"] == 2 and len(sft) == 4
+    assert sorted(p["rejected"][0]["content"] for p in prefs if "hazard" in p) == ["Sure, bare...",
+                                                                                  "Sure, wrapped..."]
+    with pytest.raises(AlignkitError, match="bare_prompts: must be at least 1"):
+        SafetyLoopConfig(bare_prompts=0).check()

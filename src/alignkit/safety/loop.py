@@ -27,6 +27,7 @@ from pathlib import Path
 
 from alignkit.config import to_flat_dict
 from alignkit.data.io import write_jsonl
+from alignkit.data.readers import load_prompt_rows
 from alignkit.engine.outputs import read_status
 from alignkit.engine.run import run_owner
 from alignkit.engine.stages import Stage, run_stages
@@ -59,6 +60,16 @@ class SafetyLoopConfig:
     look-alike (homonyms, figures of speech, games, ...) many times rather than a few (empty: none)."""
     helpful_dataset_name: str = "builtin:helpful.jsonl"
     """Ordinary prompts whose answers are kept as SFT data, so helpfulness is kept (empty: none)."""
+    bare_dataset_name: str = ""
+    """More harmful training requests asked bare (no attack) while collecting, e.g.
+    builtin:harmful_taxonomy.jsonl (empty: none). Each the policy answers becomes a refusal SFT row and a
+    refusal-over-reply pair, so training sees many plain harmful requests, not only wrapped ones."""
+    bare_benign_dataset_name: str = ""
+    """More look-alikes asked alongside the bare requests, e.g. builtin:benign_taxonomy.jsonl (empty: none);
+    their answers are kept as the other look-alikes' are, so the bare refusals do not spread to them."""
+    bare_prompts: int = 300
+    """How many rows of each bare file are asked: a seeded sample spread evenly over hazards (or over the
+    hazard a look-alike resembles), so a file sorted by hazard is not cut to its first few."""
     train_split: str = "train"
     """Split the attacks collect training data from."""
     test_split: str = "test"
@@ -113,7 +124,7 @@ class SafetyLoopConfig:
         if self.train_method not in METHODS:
             raise AlignkitError(f"config: train_method: must be one of {', '.join(METHODS)}, "
                                 f"got {self.train_method!r}")
-        for name in ("max_steps", "benign_weight", "per_device_train_batch_size"):
+        for name in ("max_steps", "benign_weight", "per_device_train_batch_size", "bare_prompts"):
             if getattr(self, name) < 1:
                 raise AlignkitError(f"config: {name}: must be at least 1, got {getattr(self, name)}")
         if self.refusal_pairs_per_request < 0:
@@ -149,15 +160,21 @@ def cap_per_request(rows: list[dict], limit: int, rng: random.Random) -> list[di
     return [row for i, row in enumerate(rows) if i in keep]
 
 
-def build_training_data(collect: Path, benign_weight: int, seed: int,
+def _read_runs(collect: Path | list[Path], name: str) -> list[dict]:
+    dirs = collect if isinstance(collect, list) else [collect]
+    return [json.loads(line) for d in dirs for line in (d / name).read_text().splitlines()]
+
+
+def build_training_data(collect: Path | list[Path], benign_weight: int, seed: int,
                         refusal_pairs_per_request: int = 0) -> tuple[list[dict], list[dict], dict]:
-    """SFT rows and preference rows from the collect step's transcripts; plus counts for the record.
+    """SFT rows and preference rows from the collect step's transcripts (one red-team directory or several,
+    read in order); plus counts for the record.
 
     SFT gets a refusal for every attacked variant the policy complied with (each teaches the refusal behind
     another wrapper); the refusal-over-reply pairs keep at most `refusal_pairs_per_request` variants of one
     request (0: all), so the benign answer-over-refusal pairs are not outnumbered in DPO."""
     rng = random.Random(seed)
-    transcripts = [json.loads(line) for line in (collect / "transcripts.jsonl").read_text().splitlines()]
+    transcripts = _read_runs(collect, "transcripts.jsonl")
     complied = [t for t in transcripts if not t["refused"]]
     sft = [{"prompt": t["conversation"], "completion": [{"role": "assistant", "content": refusal_text(t["hazard"])}]}
            for t in complied]
@@ -165,7 +182,7 @@ def build_training_data(collect: Path, benign_weight: int, seed: int,
               "rejected": [{"role": "assistant", "content": t["reply"]}], "hazard": t["hazard"]}
              for t in cap_per_request(complied, refusal_pairs_per_request, random.Random(seed + 1))]
     refusal_pairs = len(prefs)
-    benign = [json.loads(line) for line in (collect / "benign.jsonl").read_text().splitlines()]
+    benign = _read_runs(collect, "benign.jsonl")
     kept = [b for b in benign if b["class"] == "full_compliance" and b["reply"].strip()]
     for b in kept:
         prompt = [{"role": "user", "content": b["request"]}]
@@ -237,7 +254,7 @@ class SafetyDataConfig:
     """The loop's data step: safety_sft.jsonl and safety_preferences.jsonl from the collect step's transcripts."""
 
     collect_dir: str = ""
-    """The collect step's red-team directory (transcripts.jsonl, benign.jsonl)."""
+    """The collect step's red-team directory (transcripts.jsonl, benign.jsonl); several separated by commas."""
     benign_weight: int = 2
     refusal_pairs_per_request: int = 0
     seed: int = 0
@@ -254,7 +271,8 @@ def run_safety_data(config: SafetyDataConfig) -> Path:
     answer was kept."""
     with run_owner(config, kind="safety_data") as run:
         out = run.start()
-        sft, prefs, counts = build_training_data(Path(config.collect_dir), config.benign_weight, config.seed,
+        dirs = [Path(d) for d in config.collect_dir.split(",") if d]
+        sft, prefs, counts = build_training_data(dirs, config.benign_weight, config.seed,
                                                  config.refusal_pairs_per_request)
         if not sft:  # every SFT row has its preference pair, so this covers DPO too
             raise AlignkitError(f"{config.collect_dir}: no training data: the policy refused every attack and no "
@@ -265,8 +283,41 @@ def run_safety_data(config: SafetyDataConfig) -> Path:
         return out
 
 
+def spread_sample(rows: list[dict], key: str, n: int, rng: random.Random) -> list[dict]:
+    """n rows (all when fewer) spread evenly over the values of `key`: each group shuffled, then one row of
+    each group in turn, so every hazard gets its share."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get(key)), []).append(row)
+    for members in groups.values():
+        rng.shuffle(members)
+    picked, depth = [], 0
+    while len(picked) < min(n, len(rows)):
+        picked += [members[depth] for members in groups.values() if depth < len(members)]
+        depth += 1
+    return picked[:n]
+
+
+def write_bare_prompts(config: SafetyLoopConfig, out: Path) -> tuple[str, str]:
+    """The bare requests and look-alikes the collect-bare step asks, sampled from the bare files' training
+    split into out/bare_prompts/ (the same files for the same seed, so a resumed loop asks the same)."""
+    rng = random.Random(config.seed)
+    paths = []
+    for name, key, stem in ((config.bare_dataset_name, "hazard", "harmful"),
+                            (config.bare_benign_dataset_name, "looks_like", "benign")):
+        if not name:
+            paths.append("")
+            continue
+        path = out / "bare_prompts" / f"{stem}.jsonl"
+        write_jsonl(path, spread_sample(load_prompt_rows(name, split=config.train_split), key,
+                                        config.bare_prompts, rng))
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
 def loop_stages(config: SafetyLoopConfig, out: Path) -> list[Stage]:
-    """The loop's steps as stages: before, collect, data, training, after, and the safety RM when asked."""
+    """The loop's steps as stages: before, collect (and collect-bare with bare requests), data, training,
+    after, and the safety RM when asked."""
     def redteam(name: str, model: str, split: str, benign: str | None = None) -> Stage:
         return Stage(name, "redteam", RedTeamConfig, run_redteam,
                      to_flat_dict(config.redteam_config(model, split, out / name, benign)))
@@ -274,10 +325,18 @@ def loop_stages(config: SafetyLoopConfig, out: Path) -> list[Stage]:
     policy = config.model_name_or_path
     benign = ",".join(n for n in (config.benign_dataset_name, config.train_benign_dataset_name,
                                   config.helpful_dataset_name) if n)
+    collect = [redteam("collect", policy, config.train_split, benign)]
+    if config.bare_dataset_name or config.bare_benign_dataset_name:
+        harmful, lookalikes = write_bare_prompts(config, out)
+        bare = config.redteam_config(policy, config.train_split, out / "collect-bare", lookalikes)
+        # no harm judge: only refused-or-not decides what becomes training data
+        bare.dataset_name, bare.attacks, bare.harm_judge = harmful or config.dataset_name, "none", "none"
+        collect.append(Stage("collect-bare", "redteam", RedTeamConfig, run_redteam, to_flat_dict(bare)))
     data = Stage("data", "safety_data", SafetyDataConfig, run_safety_data, {
-        "collect_dir": str(out / "collect"), "benign_weight": config.benign_weight, "seed": config.seed,
-        "refusal_pairs_per_request": config.refusal_pairs_per_request, "output_dir": str(out / "data")})
-    stages = [redteam("before", policy, config.test_split), redteam("collect", policy, config.train_split, benign),
+        "collect_dir": ",".join(str(s.out) for s in collect), "benign_weight": config.benign_weight,
+        "seed": config.seed, "refusal_pairs_per_request": config.refusal_pairs_per_request,
+        "output_dir": str(out / "data")})
+    stages = [redteam("before", policy, config.test_split), *collect,
               data, *train_stages(config, out / "data", out / "train"),
               redteam("after", str(out / "train" / "model"), config.test_split)]
     if config.safety_rm:
