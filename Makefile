@@ -50,14 +50,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
+# The CPU suite against TRL (about an hour on 2 quiet cores): raw results to benchmarks/results/<date>-cpu.json,
+# then the tables of docs/benchmarks.md regenerated from them. Exits non-zero when any comparison was unequal.
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/logprobs.py
-	$(PY) benchmarks/sft.py
-	$(PY) benchmarks/reward_model.py
-	$(PY) benchmarks/dpo.py
-	$(PY) benchmarks/grpo.py
-	$(PY) benchmarks/ppo.py
+	$(PY) benchmarks/run.py --suite cpu
+	$(PY) benchmarks/tables.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -5,7 +5,8 @@ Method (the same as benchmarks/sft.py and benchmarks/reward_model.py; all run on
 
 - Every (model, data, reference, side, repeat) runs in a fresh subprocess (this script re-invoked with --worker);
   the two sides are interleaved and alternate which goes first; the table shows the median of --repeats.
-- `torch.set_num_threads(--threads)` (2), float32 on CPU, AdamW with the same lr / betas / eps / weight decay 0 /
+- `torch.set_num_threads(--threads)` (2), float32 on CPU, fused AdamW on both sides (TRL's default
+  `adamw_torch_fused`) with the same lr / betas / eps / weight decay 0 /
   grad clipping 1.0 / linear schedule with no warmup, gradient checkpointing on both sides or neither
   (--gradient-checkpointing; TRL 1.16's configs default it to *on*, so it is always passed explicitly), the sigmoid
   DPO loss -log sigmoid(beta * h) with beta 0.1, no label smoothing, no RPO/NLL term, averaged over the pairs on both
@@ -47,10 +48,13 @@ Method (the same as benchmarks/sft.py and benchmarks/reward_model.py; all run on
 - Loss check: at the first step the policy equals its reference, so h = 0 and both sides' first loss is log 2 =
   0.693147 whatever the data: that only shows the reference is right. The table notes therefore also compare the
   first step's mean summed log-probs of the chosen and rejected responses (`logps/chosen`, `logps/rejected`, logged
-  by both sides under the same names), which do depend on the tokens and the masks, and the second step's loss
-  (after one optimizer step, ~ log 2 minus the first update's gain), which depends on the gradient, the clipping
-  and the AdamW update being the same. Tolerances are float32 ones: the two sides compute the log-probs with
-  different kernels (ours: `ops.logprobs`, only response positions; TRL: its chunked fused LM head).
+  by both sides under the same names), which do depend on the tokens and the masks; the first step's gradient
+  norm before clipping (logged by both), which sees the gradient's scale (beta, the averaging over pairs), so
+  clipping at 1.0 acts alike; and the second step's loss (after one optimizer step, ~ log 2 minus the first
+  update's gain), which depends on the update being the same. Tolerances are float32 ones: the two sides compute
+  the log-probs with different kernels (ours: `ops.logprobs`, only response positions; TRL: its chunked fused LM
+  head). With `harness.same_work`'s checks (the same fused AdamW, dtype, threads, trainable parameters, pairs
+  kept), a configuration that fails any of them prints FAIL and why instead of a ratio, and the script exits 1.
 - Warm-up steps (--warmup) are excluded: the time is from the end of the last warm-up step to the end of the last
   timed step (both loops whole: collate, reference forward, policy forward, backward, clipping, optimizer,
   schedule, per-step logging). Defaults as in benchmarks/sft.py: embedded:tiny 2 warm-up + 20 timed steps; other
@@ -287,7 +291,7 @@ def run_ours(args, sequence: list, tokenizer, total_steps: int, memory: harness.
                                 total_steps, memory, profiler)
     result["checkpointing"] = harness.checkpointing(model.get_base_model() if hasattr(model, "get_base_model")
                                                     else model)
-    return {**result, "first_metrics": first_metrics[0] if first_metrics else {}}
+    return {**result, "first_metrics": first_metrics[0] if first_metrics else {}, "rows_kept": len(examples)}
 
 
 def run_trl(args, sequence: list, tokenizer, total_steps: int, memory: harness.Memory, profiler=None) -> dict:
@@ -336,15 +340,14 @@ def run_trl(args, sequence: list, tokenizer, total_steps: int, memory: harness.M
     trainer = PreTokenizedDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
                                      processing_class=tokenizer, peft_config=peft_config,
                                      callbacks=[log.trl_callback(), Metrics()])
-    if len(trainer.train_dataset) != len(sequence):
-        raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(sequence)} pairs")
     if (trainer.ref_model is None) != (args.ref != "copy"):
         raise RuntimeError(f"TRL's reference model is {trainer.ref_model!r} for --ref {args.ref}")
     release_freed_memory()
     memory.reset()
     trainer.train()
     trained = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    return {**log.result(out_dir, trained), "first_metrics": first_metrics[0] if first_metrics else {}}
+    return {**log.result(out_dir, trained), "first_metrics": first_metrics[0] if first_metrics else {},
+            "rows_kept": len(trainer.train_dataset)}
 
 
 def worker(args, profile: bool = False) -> dict:
@@ -397,17 +400,6 @@ def check_agreement(samples: dict, model: str, shape: str) -> tuple[str, bool]:
     return ", ".join(parts), agree
 
 
-def print_info_ratio_row(row: dict, shape: str) -> None:
-    """The ours/TRL row for a strategy without a target (adapter): the ratios, no verdict."""
-    ours, theirs = row["ours"], row["trl"]
-    speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
-    mem = ours["peak_bytes"] / theirs["peak_bytes"] if theirs["peak_bytes"] else float("inf")
-    print(f"{'':32s} {shape:9s} {'ours/TRL':8s} {'':9s} {'':8s} {'':7s} {'':9s} {'':8s} {'':5s} {'':5s} "
-          f"{speed:6.2f}x {mem:6.2f}x  (no target; CPU-time speed "
-          f"{theirs['cpu_step_s'] / ours['cpu_step_s']:.2f}x, abs peak "
-          f"{ours['abs_peak_bytes'] / theirs['abs_peak_bytes']:.2f}x)")
-
-
 def main(argv=None) -> int:
     import copy
     import time
@@ -443,7 +435,7 @@ def main(argv=None) -> int:
     print(f"(everything took {time.time() - started:.0f} s)\n")
 
     harness.print_table_header("ours%")
-    all_pass = True
+    rows = []
     notes = []
     for ref in args.refs:
         target = TARGETS[ref]
@@ -456,37 +448,31 @@ def main(argv=None) -> int:
                 first = samples[(model, shape, args.sides[0])][0]
                 pad_pct = 100 * (1 - first["real_tokens"] / first["padded_tokens"])
                 our_pct = 100 * (1 - first["real_tokens"] / first["our_tokens"])
-                row = harness.print_side_rows(samples, args.sides, model, shape, pad_pct, our_pct)
-                if len(row) != 2:
+                harness.print_side_rows(samples, args.sides, model, shape, pad_pct, our_pct)
+                if len(args.sides) != 2:
                     continue
-                if target:
-                    all_pass &= harness.print_ratio_row(row, shape, *target)
-                else:
-                    print_info_ratio_row(row, shape)
                 note, agree = check_agreement(samples, model, shape)
                 notes.append(f"{ref:11s} {model} {shape}: {note}")
-                if not agree:
-                    print(f"  WARNING: the two sides disagree ({note}): they are not doing the same work")
+                # at step 1 the policy is its reference: loss log 2 on both; the gradient norm sees beta and the
+                # averaging, so clipping acts alike; logps and loss[1] (check_agreement) see tokens and update
+                problems = harness.same_work(samples, model, shape, loss_rel=0.0, loss_abs=1e-4, grad_rel=2e-3)
+                problems += [] if agree else [f"log-probs or second-step loss differ ({note})"]
+                row = harness.print_ratio_row(samples, model, shape, *(target or (None, None)), problems)
+                rows.append({**row, "ref": ref, "shape": f"{shape}, ref {ref}"})
     print("\ntok/s = real (non-pad) chosen + rejected tokens (prompt + response) / wall time of the timed steps; "
           "s/step = wall seconds per step; cpu s = process CPU seconds per step (all threads)")
     print(f"pad% = padding share of TRL's padded batches; ours% = padding share our layout ({args.layout}) computes")
     print("peak MiB = peak RSS over the post-setup baseline (the memory target); abs MiB = absolute peak RSS")
+    print("ratios: the median of paired runs (repeat r of each side, run back to back), with their range")
     print("first steps (medians; at step 1 the policy is its reference, so loss[0] = log 2 on both sides; the "
           "log-probs check the tokens, loss[1] the first update):")
     for note in notes:
         print("  " + note)
-    everything = {k: v for samples in by_ref.values() for k, v in samples.items()}
+    everything = {(*k[:2], ref, k[2]): v for ref, samples in by_ref.items() for k, v in samples.items()}
     harness.print_contention(everything, args.threads)
-    for ref in args.refs:
-        if TARGETS[ref]:
-            print(f"targets ({ref}): ours >= {TARGETS[ref][0]}x TRL tokens/s and <= {TARGETS[ref][1]:.1f}x its "
-                  "peak memory")
-    if len(args.sides) == 2:
-        print("OVERALL: " + ("PASS" if all_pass else "FAIL"))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([s for samples in by_ref.values() for v in samples.values() for s in v], f, indent=1)
-    return 0
+    targets = "; ".join(f"targets ({ref}): ours >= {TARGETS[ref][0]}x TRL tokens/s and <= {TARGETS[ref][1]:.1f}x "
+                        "its peak memory" for ref in args.refs if TARGETS[ref])
+    return harness.finish(args, "dpo", everything, rows, versions, targets or "no targets for these references")
 
 
 if __name__ == "__main__":

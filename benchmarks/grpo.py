@@ -32,8 +32,8 @@ TRL 1.16 `GRPOConfig` defaults overridden, and why:
 - logging_steps: TRL's 10 -> 1, so completion lengths and token counts are seen every step (ours logs every step);
 - shuffle_dataset: TRL's True -> False, and ours reads its seeded permutation placed so that both sides take the
   same prompts in the same order at every step;
-- optim: transformers' default on torch>=2.8 is adamw_torch_fused -> adamw_torch (torch.optim.AdamW, as our
-  engine uses), weight_decay 0, betas (0.9, 0.999), eps 1e-8, warmup 0, linear schedule, max_grad_norm 1.0;
+- optim: adamw_torch_fused, TRL's own default on torch>=2.8 and the kernel our engine uses (`make_optimizer`),
+  weight_decay 0, betas (0.9, 0.999), eps 1e-8, warmup 0, linear schedule, max_grad_norm 1.0;
 - steps_per_generation / generation_batch_size: left None with gradient_accumulation_steps=1, so TRL generates
   every step (steps_per_generation = gradient_accumulation_steps = 1); num_iterations=1 (its default, stated);
   with these TRL skips the extra "old log-probs" forward pass, as ours does (μ = 1);
@@ -46,6 +46,13 @@ TRL 1.16 `GRPOConfig` defaults overridden, and why:
 The prompts are conversations (builtin:prompts.jsonl / builtin:helpful.jsonl): both sides render them with the
 tokenizer's chat template and a generation prompt. TRL then hands the reward function completions as message lists
 ([{"role": "assistant", "content": ...}]), ours as strings; `e_share` accepts both.
+
+Same objective, checked: in its first step the TRL worker keeps the completions TRL sampled, the rewards and
+advantages TRL computed and the loss it took; ours then scores the same completions with its own reward path
+(`RewardMix`), group advantages (`losses.rl.ADVANTAGES["grpo"]`) and token-mean aggregation. At μ = 1 the ratio
+is 1, so the loss is the advantage-weighted token mean: rewards, advantages and loss must agree to 1e-5. With
+the same fused AdamW, dtype and threads on both (`harness.same_work`), a run that fails prints FAIL and why,
+never a ratio, and the script exits 1. Ratios are the median of paired runs (repeat r of each side).
 
     python benchmarks/grpo.py                                   # embedded:tiny, 3 repeats
     python benchmarks/grpo.py --models embedded:smollm2-135m-instruct --repeats 1 --steps 2
@@ -170,7 +177,8 @@ def run_trl(args, sequence, tokenizer, total_steps, memory, profiler=None) -> di
     log = harness.StepLog(memory, total_steps, profiler)
     out_dir = tempfile.mkdtemp(prefix="bench-grpo-trl-")
     settings = harness.trl_settings(argparse.Namespace(batch=args.prompts_per_step * args.generations,
-                                                       learning_rate=args.learning_rate, trl_optim="adamw_torch",
+                                                       learning_rate=args.learning_rate,
+                                                       trl_optim="adamw_torch_fused",
                                                        seed=args.seed, gradient_checkpointing=False),
                                     out_dir, total_steps)
     settings.pop("train_sampling_strategy", None)  # GRPO's own RepeatSampler reads shuffle_dataset instead
@@ -196,11 +204,68 @@ def run_trl(args, sequence, tokenizer, total_steps, memory, profiler=None) -> di
     dataset = Dataset.from_list(sequence)
     trainer = GRPOTrainer(model=resolve_path(args.model), reward_funcs=e_share, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[Counter(), log.trl_callback()])
+    first = capture_first_step(trainer)
     memory.reset()
     trainer.train()
     result = log.result(out_dir, trainer.model)
-    result.update(step_tokens=[b - a for a, b in zip([0] + tokens_seen[:-1], tokens_seen)], step_lengths=lengths)
+    result.update(step_tokens=[b - a for a, b in zip([0] + tokens_seen[:-1], tokens_seen)], step_lengths=lengths,
+                  objective=objective_check(first, args, tokenizer))
     return result
+
+
+def capture_first_step(trainer) -> dict:
+    """Keep what TRL's first step computed: the rewards of its completions, the batch it trains on (completion ids
+    and mask, advantages) and its loss. The trainer's own methods are wrapped; what they return is unchanged."""
+    first: dict = {}
+    rewards, generate, loss = (trainer._calculate_rewards, trainer._generate_and_score_completions,
+                               trainer._compute_loss)
+
+    def calculate_rewards(inputs, prompts, completions, completion_ids_list):
+        out = rewards(inputs, prompts, completions, completion_ids_list)
+        first.setdefault("rewards", out[:, 0].detach().clone())
+        return out
+
+    def generate_and_score(inputs):
+        out = generate(inputs)
+        first.setdefault("batch", {k: out[k].detach().clone() for k in ("completion_ids", "completion_mask",
+                                                                        "advantages")})
+        return out
+
+    def compute_loss(model, inputs):
+        out = loss(model, inputs)
+        first.setdefault("loss", float(out.detach()))
+        return out
+
+    trainer._calculate_rewards, trainer._generate_and_score_completions = calculate_rewards, generate_and_score
+    trainer._compute_loss = compute_loss
+    return first
+
+
+def objective_check(first: dict, args, tokenizer) -> dict:
+    """Ours on TRL's first-step completions: our reward path's rewards, our group advantages, and our token-mean
+    loss at ratio 1 (μ = 1), each against TRL's; the largest absolute differences."""
+    import torch
+
+    from alignkit.losses import rl
+    from alignkit.methods.grpo import LOSS_TYPES
+    from alignkit.rewards.sources import RewardMix
+
+    batch = first["batch"]
+    mask = batch["completion_mask"].float()
+    texts = [tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+             for ids, m in zip(batch["completion_ids"], batch["completion_mask"])]
+    lengths = [int(m.sum()) for m in batch["completion_mask"]]
+    scores, _ = RewardMix([e_share], max_new_tokens=args.max_completion_length)(
+        [None] * len(texts), texts, ["stop"] * len(texts), lengths, [{}] * len(texts))
+    rewards = torch.tensor(scores, dtype=torch.float32)
+    advantages = rl.ADVANTAGES["grpo"](rewards, args.generations, None, mask, 0.0, True)
+    zeros = torch.zeros_like(mask)
+    out = rl.clipped_policy_loss(zeros, zeros, advantages, mask, 0.2, None)
+    loss = float(rl.aggregate(out.losses, mask, LOSS_TYPES["dapo"], args.max_completion_length))
+    theirs = batch["advantages"].reshape(-1)
+    return {"rewards_diff": float((rewards - first["rewards"].float()).abs().max()),
+            "advantages_diff": float((advantages.reshape(-1) - theirs).abs().max()),
+            "loss_ours": loss, "loss_trl": first["loss"], "completions": len(texts)}
 
 
 def worker(args) -> dict:
@@ -249,13 +314,13 @@ def main(argv=None) -> int:
           f"max {args.max_completion_length} new tokens, temperature 1.0, beta 0, loss dapo, lr {args.learning_rate}; "
           f"{args.repeats} repeat(s), each a fresh process, {args.warmup} warm-up + {args.steps} timed steps\n",
           flush=True)
-    samples: dict[tuple[str, str], list[dict]] = {}
+    samples: dict[tuple[str, str, str], list[dict]] = {}
     started = time.time()
     for model in args.models:
         for r in range(args.repeats):
             for side in (args.sides if r % 2 == 0 else args.sides[::-1]):
                 res = run_worker_subprocess(args, side, model)
-                samples.setdefault((model, side), []).append(res)
+                samples.setdefault((model, args.prompts, side), []).append(res)
                 print(f"  {model:32s} {side:4s} repeat {r + 1}: {res['tokens_per_s']:8.1f} tok/s "
                       f"{res['step_time_s']:7.2f} s/step {res['peak_bytes'] / 2**20:8.1f} MiB peak "
                       f"{res['mean_completion_length']:6.1f} mean len  {res['tokens_per_step']:7.0f} tok/step  "
@@ -267,34 +332,44 @@ def main(argv=None) -> int:
               f"{'tok/step':>9s}  result")
     print(header)
     print("-" * len(header))
-    all_pass = True
+    rows = []
     for model in args.models:
-        row = {}
+        key = (model, args.prompts)
         for side in args.sides:
-            row[side] = {k: statistics.median(s[k] for s in samples[(model, side)]) for k in keys}
-            v = row[side]
+            v = {k: statistics.median(s[k] for s in samples[(*key, side)]) for k in keys}
             print(f"{model:32s} {side:8s} {v['tokens_per_s']:9.1f} {v['step_time_s']:8.2f} "
                   f"{v['peak_bytes'] / 2**20:9.1f} {v['mean_completion_length']:9.1f} {v['tokens_per_step']:9.0f}")
         if len(args.sides) == 2:
-            ours, theirs = row["ours"], row["trl"]
-            speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
-            step_speed = theirs["step_time_s"] / ours["step_time_s"]
-            mem = ours["peak_bytes"] / theirs["peak_bytes"] if theirs["peak_bytes"] else float("inf")
-            ok_s, ok_m = speed >= TARGET_SPEED, mem <= TARGET_MEMORY
-            all_pass &= ok_s and ok_m
-            print(f"{'':32s} {'ours/TRL':8s} {speed:8.2f}x {'':8s} {mem:8.2f}x {'':9s} {'':9s}  "
-                  f"speed {'PASS' if ok_s else 'FAIL'}, memory {'PASS' if ok_m else 'FAIL'}  "
-                  f"(s/step speed-up {step_speed:.2f}x; mean length ratio "
-                  f"{ours['mean_completion_length'] / max(theirs['mean_completion_length'], 1e-9):.2f}x)")
+            # the sides sample different completions, so losses and token counts differ by chance: the objective
+            # is checked on TRL's own first-step completions instead (objective_problems)
+            problems = harness.same_work(samples, *key, loss_rel=None, grad_rel=None, counted=())
+            problems += objective_problems(samples[(*key, "trl")])
+            rows.append(harness.print_ratio_row(samples, *key, TARGET_SPEED, TARGET_MEMORY, problems))
+            if not problems:
+                length = harness.spread(harness.paired_ratios(samples, *key, "mean_completion_length"))
+                print(f"{'':32s} mean completion length ours/TRL {length['median']:.2f}x (tokens/s is the fair speed)")
     print()
-    harness.print_contention({k: v for k, v in samples.items()}, args.threads)
-    print(f"targets: ours >= {TARGET_SPEED}x TRL tokens/s and <= {TARGET_MEMORY:.1f}x its peak memory")
-    if len(args.sides) == 2:
-        print("OVERALL: " + ("PASS" if all_pass else "FAIL"))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([s for v in samples.values() for s in v], f, indent=1)
-    return 0
+    print("ratios: the median of paired runs (repeat r of each side, run back to back), with their range")
+    for s in samples.get((args.models[0], args.prompts, "trl"), [])[:1]:
+        o = s["objective"]
+        print(f"objective check on TRL's first-step completions ({o['completions']}): rewards differ by at most "
+              f"{o['rewards_diff']:.1e}, advantages by {o['advantages_diff']:.1e}; loss ours {o['loss_ours']:.6f}, "
+              f"TRL {o['loss_trl']:.6f}")
+    harness.print_contention(samples, args.threads)
+    return harness.finish(args, "grpo", samples, rows, versions,
+                          f"targets: ours >= {TARGET_SPEED}x TRL tokens/s and <= {TARGET_MEMORY:.1f}x its peak memory")
+
+
+def objective_problems(trl_runs: list[dict], tolerance: float = 1e-5) -> list[str]:
+    """Where ours, on TRL's first-step completions, computes other rewards, advantages or loss than TRL did."""
+    problems = []
+    for run in trl_runs:
+        o = run["objective"]
+        for name, diff in (("rewards", o["rewards_diff"]), ("advantages", o["advantages_diff"]),
+                           ("loss", abs(o["loss_ours"] - o["loss_trl"]))):
+            if not diff <= tolerance:  # also catches NaN
+                problems.append(f"{name} differ by {diff:.2e} on the same completions (tolerance {tolerance:g})")
+    return sorted(set(problems))
 
 
 if __name__ == "__main__":

@@ -59,9 +59,9 @@ def add_run_options(p, unit: str) -> None:
     p.add_argument("--repeats", type=int, default=3, help="fresh subprocesses per configuration (median)")
     p.add_argument("--learning-rate", type=float, default=2e-5)
     p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
-    p.add_argument("--trl-optim", default="adamw_torch",
-                   help="TRL's optim; adamw_torch is torch.optim.AdamW as our engine uses it (TRL's own default "
-                        "on torch>=2.8 is adamw_torch_fused)")
+    p.add_argument("--trl-optim", default="adamw_torch_fused",
+                   help="TRL's optim: its own default, torch's fused AdamW kernel, which our engine uses too "
+                        "(`make_optimizer`); the run fails its equality check when the two sides' optimizers differ")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0, help=f"which {unit}, in which order")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
@@ -232,7 +232,8 @@ class StepLog:
 
     def __init__(self, memory: Memory, total_steps: int, profiler=None):
         self.memory, self.total_steps, self.profiler = memory, total_steps, profiler
-        self.times, self.losses, self.peaks = [], [], []
+        self.times, self.losses, self.peaks, self.grad_norms = [], [], [], []
+        self.tokens_seen = None  # the side's own count of tokens put through the model, where it logs one
 
     def step_end(self, step: int) -> None:
         self.times.append(mark())
@@ -254,6 +255,10 @@ class StepLog:
             def on_log(self, _args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     log.losses.append(float(logs["loss"]))
+                if logs and logs.get("grad_norm") is not None:
+                    log.grad_norms.append(float(logs["grad_norm"]))
+                if logs and logs.get("num_tokens") is not None:
+                    log.tokens_seen = int(logs["num_tokens"])
 
         return Timer()
 
@@ -261,7 +266,15 @@ class StepLog:
         """What a side returns to `measure`."""
         delta, absolute = self.peaks[-1] if self.peaks else self.memory.peak()
         return {"times": self.times, "losses": self.losses, "peak_bytes": delta, "abs_peak_bytes": absolute,
-                "out_dir": out_dir, "checkpointing": checkpointing(model)}
+                "out_dir": out_dir, "checkpointing": checkpointing(model), **what_trains(model),
+                "first_grad_norm": self.grad_norms[0] if self.grad_norms else None, "tokens_seen": self.tokens_seen}
+
+
+def what_trains(model) -> dict:
+    """The parameters a side trains and their dtype: equal on both sides, or they do different work."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return {"trainable_params": sum(p.numel() for p in params),
+            "dtype": str(params[0].dtype).replace("torch.", "") if params else None}
 
 
 class _Done(Exception):
@@ -292,6 +305,10 @@ def train_ours(args, model, sequence: list, collate_fn, loss_fn, count_fn, metho
 
     def on_log(record):
         log.losses.append(record["loss"])
+        if record.get("grad_norm") is not None:
+            log.grad_norms.append(float(record["grad_norm"]))
+        if record.get("num_tokens") is not None:
+            log.tokens_seen = int(record["num_tokens"])
         log.step_end(record["step"])
         if record["step"] >= total_steps:
             raise _Done
@@ -330,10 +347,12 @@ def measure(args, run, sequence: list, tokenizer, total: int, profile: bool = Fa
     import torch
 
     torch.set_num_threads(args.threads)
+    optimizers = record_optimizers()
     memory = Memory()
     profiler = None
     if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
+        from torch.profiler import ProfilerActivity, schedule
+        from torch.profiler import profile as torch_profile
 
         # skip the warm-up steps, then record one step
         profiler = torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True,
@@ -358,7 +377,25 @@ def measure(args, run, sequence: list, tokenizer, total: int, profile: bool = Fa
     step_times = [b[0] - a[0] for a, b in zip(times[args.warmup - 1:total - 1], times[args.warmup:total])]
     return {"side": args.side, "model": args.model, "shape": args.shape, "steps": steps, "time_s": elapsed,
             "step_time_s": elapsed / steps, "cpu_step_s": cpu / steps, "step_times": step_times,
-            "other_load": other_load, **result, "first_loss": result["losses"][0] if result["losses"] else None}
+            "other_load": other_load, **result, "first_loss": result["losses"][0] if result["losses"] else None,
+            "optimizer": "+".join(optimizers) or None, "threads": torch.get_num_threads()}
+
+
+def record_optimizers() -> list[str]:
+    """From now on, every torch.optim.AdamW this process builds is named in the returned list ("AdamW(fused)",
+    "AdamW(foreach)" or "AdamW(for-loop)"), whoever builds it: our engine or TRL's Trainer."""
+    import torch
+
+    built: list[str] = []
+    original = torch.optim.AdamW.__init__
+
+    def init(self, *a, **kw):
+        original(self, *a, **kw)
+        kind = "fused" if self.defaults.get("fused") else "foreach" if self.defaults.get("foreach") else "unfused"
+        built.append(f"AdamW({kind})")
+
+    torch.optim.AdamW.__init__ = init
+    return built
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -490,24 +527,83 @@ def print_side_rows(samples: dict, sides: list[str], model: str, shape: str, pad
     return row
 
 
-def print_ratio_row(row: dict, shape: str, target_speed: float, target_memory: float,
-                    targets_in_row: bool = False) -> bool:
-    """The ours/TRL row: speed (tokens/s) and memory (peak over baseline) ratios against the targets, the
-    verdict, and for reference the CPU-time speed and absolute-peak ratios. Returns whether both targets are met.
-    `targets_in_row` repeats the targets in the row's note (reward_model.py's wording)."""
-    ours, theirs = row["ours"], row["trl"]
-    speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
-    mem = ours["peak_bytes"] / theirs["peak_bytes"] if theirs["peak_bytes"] else float("inf")
-    ok_s, ok_m = speed >= target_speed, mem <= target_memory
-    verdict = "PASS" if ok_s and ok_m else "FAIL (" + ", ".join(
-        x for x, bad in (("speed", not ok_s), ("memory", not ok_m)) if bad) + ")"
-    abs_ratio = ours["abs_peak_bytes"] / theirs["abs_peak_bytes"]
-    cpu_ratio = theirs["cpu_step_s"] / ours["cpu_step_s"]
-    targets = f"targets >= {target_speed}x, <= {target_memory:.1f}x; " if targets_in_row else ""
-    print(f"{'':32s} {shape:9s} {'ours/TRL':8s} {'':9s} {'':8s} {'':7s} {'':9s} {'':8s} {'':5s} {'':5s} "
-          f"{speed:6.2f}x {mem:6.2f}x  {verdict}   ({targets}CPU-time speed {cpu_ratio:.2f}x, "
-          f"abs peak {abs_ratio:.2f}x)")
-    return ok_s and ok_m
+def paired_ratios(samples: dict, model: str, shape: str, key: str) -> list[float]:
+    """ours/TRL for each repeat, pairing the runs that ran back to back (repeat r of each side), so slow drift of
+    the machine cancels inside a pair rather than between two medians."""
+    ours, theirs = samples[(model, shape, "ours")], samples[(model, shape, "trl")]
+    if len(ours) != len(theirs):
+        raise SystemExit(f"{model} {shape}: {len(ours)} runs of ours against {len(theirs)} of TRL: nothing to pair")
+    return [o[key] / t[key] if t[key] else float("inf") for o, t in zip(ours, theirs)]
+
+
+def spread(values: list[float]) -> dict:
+    """min / median / max of paired ratios, for the results file and the table."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "values": values}
+
+
+def close(a: float | None, b: float | None, rel: float, abs_tol: float) -> bool:
+    return a is not None and b is not None and abs(a - b) <= abs_tol + rel * abs(b)
+
+
+def same_work(samples: dict, model: str, shape: str, loss_rel: float | None, loss_abs: float = 0.0,
+              grad_rel: float | None = 1e-3, grad_abs: float = 1e-4,
+              counted: tuple[str, ...] = ("real_tokens", "rows_kept", "tokens_seen")) -> list[str]:
+    """Why the two sides of one configuration do not do the same work (empty: they do). Checked on every run of
+    both sides: the same optimizer (fused AdamW), dtype, threads, trainable parameters and gradient checkpointing;
+    the same counts (`counted`: compared where every run reports one; `tokens_seen` is each side's own count of
+    the tokens it put through the model, `rows_kept` the rows its trainer kept); and, on the medians, the first step's loss (the same model on the same
+    tokens) and its gradient norm before clipping (the gradient's scale, so clipping acts alike) within the
+    script's float32 tolerances (None: not compared, for a method whose sides sample different completions)."""
+    runs = samples[(model, shape, "ours")] + samples[(model, shape, "trl")]
+    problems = []
+    for key in ("optimizer", "dtype", "threads", "trainable_params", "checkpointing", *counted):
+        values = sorted({str(r.get(key)) for r in runs})
+        if key in counted and "None" in values:
+            continue
+        if len(values) > 1:
+            problems.append(f"{key} differs ({' vs '.join(values)})")
+    if any(r.get("optimizer") != "AdamW(fused)" for r in runs):
+        problems.append(f"optimizer is not fused AdamW on both ({runs[0].get('optimizer')}, {runs[-1].get('optimizer')})")
+    medians = {side: {k: statistics.median(v) if (v := [r[k] for r in samples[(model, shape, side)]
+                                                         if r.get(k) is not None]) else None
+                      for k in ("first_loss", "first_grad_norm")} for side in ("ours", "trl")}
+    o, t = medians["ours"], medians["trl"]
+    if loss_rel is not None and not close(o["first_loss"], t["first_loss"], loss_rel, loss_abs):
+        problems.append(f"first-step loss ours {o['first_loss']} vs TRL {t['first_loss']} "
+                        f"(tolerance {loss_abs:g} + {loss_rel:g}x)")
+    if grad_rel is not None and not close(o["first_grad_norm"], t["first_grad_norm"], grad_rel, grad_abs):
+        problems.append(f"first-step gradient norm ours {o['first_grad_norm']} vs TRL {t['first_grad_norm']} "
+                        f"(tolerance {grad_abs:g} + {grad_rel:g}x)")
+    return problems
+
+
+def print_ratio_row(samples: dict, model: str, shape: str, target_speed: float | None, target_memory: float | None,
+                    problems: list[str], targets_in_row: bool = False) -> dict:
+    """The ours/TRL row. When the sides did not do the same work (`problems`) it prints FAIL and why, never a
+    ratio. Otherwise: speed (tokens/s) and memory (peak over baseline) as the median of paired runs' ratios with
+    their range, against the targets (None: no target), and for reference the CPU-time speed and absolute-peak
+    ratios. Returns the row's record for the results file ("verdict": PASS, MISS (...), UNEQUAL or INFO)."""
+    lead = f"{'':32s} {shape:9s} {'ours/TRL':8s} {'':9s} {'':8s} {'':7s} {'':9s} {'':8s} {'':5s} {'':5s}"
+    record = {"model": model, "shape": shape, "problems": problems}
+    if problems:
+        print(f"{lead} FAIL: the sides did different work, so no ratio: {'; '.join(problems)}")
+        return {**record, "verdict": "UNEQUAL"}
+    speed = spread(paired_ratios(samples, model, shape, "tokens_per_s"))
+    mem = spread(paired_ratios(samples, model, shape, "peak_bytes"))
+    cpu = spread([1 / r for r in paired_ratios(samples, model, shape, "cpu_step_s")])  # TRL's CPU time / ours
+    abs_peak = spread(paired_ratios(samples, model, shape, "abs_peak_bytes"))
+    if target_speed is None:
+        verdict = "INFO"
+    else:
+        ok_s, ok_m = speed["median"] >= target_speed, target_memory is None or mem["median"] <= target_memory
+        verdict = "PASS" if ok_s and ok_m else "MISS (" + ", ".join(
+            x for x, bad in (("speed", not ok_s), ("memory", not ok_m)) if bad) + ")"
+    targets = (f"targets >= {target_speed}x, <= {target_memory:.1f}x; " if targets_in_row and target_speed else "")
+    print(f"{lead} {speed['median']:6.2f}x {mem['median']:6.2f}x  {verdict}   ({targets}paired runs: speed "
+          f"{speed['min']:.2f}-{speed['max']:.2f}x, memory {mem['min']:.2f}-{mem['max']:.2f}x; CPU-time speed "
+          f"{cpu['median']:.2f}x, abs peak {abs_peak['median']:.2f}x)")
+    return {**record, "verdict": verdict, "speed": speed, "memory": mem, "abs_peak": abs_peak, "cpu_speed": cpu,
+            "target_speed": target_speed, "target_memory": target_memory}
 
 
 def first_losses(samples: dict, model: str, shape: str) -> tuple[float, float]:
@@ -527,14 +623,46 @@ def print_contention(samples: dict, threads: int) -> None:
               "rerun on a quiet machine (--wait-quiet helps on a shared one)")
 
 
-def print_verdict(args, samples: dict, all_pass: bool, target_speed: float, target_memory: float) -> None:
-    """The targets, the overall verdict (only when both sides ran), and the raw samples to --json."""
-    print(f"targets: ours >= {target_speed}x TRL tokens/s and <= {target_memory:.1f}x its peak memory")
-    if len(args.sides) == 2:
-        print("OVERALL: " + ("PASS" if all_pass else "FAIL"))
+def machine() -> dict:
+    """What the numbers were measured on: CPU model and count, platform, and the GPU when there is one."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def finish(args, benchmark: str, samples: dict, rows: list[dict], versions: dict, targets: str) -> int:
+    """The targets line, the overall verdict, and the results file (--json): the benchmark, its settings, the
+    machine and versions, every row's verdict and paired ratios, and every raw sample. Returns the exit status:
+    1 when any row compared different work (its verdict is UNEQUAL), else 0 (a missed target is a result, not
+    an error: the row says MISS and why)."""
+    print(targets)
+    unequal = [r for r in rows if r["verdict"] == "UNEQUAL"]
+    missed = [r for r in rows if r["verdict"].startswith("MISS")]
+    if rows:
+        print("OVERALL: " + ("FAIL: the sides did different work in " + ", ".join(
+            f"{r['model']} {r['shape']}" for r in unequal) if unequal else
+                             "targets missed (see MISS rows)" if missed else "PASS"))
     if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("worker", "side", "model", "shape", "json")}
+        record = {"benchmark": benchmark, "settings": settings, "versions": versions, "machine": machine(),
+                  "rows": rows, "samples": [{**s, "key": list(k)} for k, v in samples.items() for s in v]}
         with open(args.json, "w") as f:
-            json.dump([s for v in samples.values() for s in v], f, indent=1)
+            json.dump(record, f, indent=1)
+    return 1 if unequal else 0
 
 
 def profile_one(args, worker) -> tuple[dict, object]:

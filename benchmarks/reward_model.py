@@ -5,7 +5,8 @@ Method (the same as benchmarks/sft.py; both run on the shared benchmarks/harness
 
 - Every (model, data, side, repeat) runs in a fresh subprocess (this script re-invoked with --worker); the two
   sides are interleaved and alternate which goes first; the table shows the median of --repeats.
-- `torch.set_num_threads(--threads)` (2), float32 on CPU, AdamW with the same lr / betas / eps / weight decay 0 /
+- `torch.set_num_threads(--threads)` (2), float32 on CPU, fused AdamW on both sides (TRL's default
+  `adamw_torch_fused`) with the same lr / betas / eps / weight decay 0 /
   grad clipping 1.0 / linear schedule with no warmup, gradient checkpointing on both sides or neither
   (--gradient-checkpointing), Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) averaged over the pairs, no
   margin, no reward centring (ours 0.0, TRL's `center_rewards_coefficient=None`), dropout off on both sides
@@ -23,12 +24,13 @@ Method (the same as benchmarks/sft.py; both run on the shared benchmarks/harness
   (rather than truncates) pairs longer than max_length, so only handing it our ids makes both sides train on the
   very same tokens. Tokenizing is setup, never timed. A batch is --batch pairs: 2 x --batch sequences, the chosen
   ones then the rejected ones, in one forward pass on both sides.
-- The first step's loss of both sides is compared. It must agree (to ~1e-4) when no sequence ends with the pad id:
-  TRL's *ForSequenceClassification pooling reads the score at the rightmost token that is not the pad id, ours at
-  the last real token through the attention mask. embedded:tiny has pad != EOS, so both read the final EOS.
-  SmolLM2 has pad == EOS, so for every real pair (builtin, hh) TRL reads the token before the closing EOS and the
-  first losses differ slightly: that is TRL's pooling, not different work, and the table says so instead of
-  warning. (synthetic rows hold no special tokens, so they agree for SmolLM2 too.)
+- Pooling: TRL's *ForSequenceClassification reads the score at the rightmost token that is not the pad id, ours
+  at the last real token through the attention mask. SmolLM2's pad is its EOS, which ends every real row, so TRL
+  would pool the token before it: different work. Each worker therefore pads with a special token that occurs in
+  none of its rows (`distinct_pad`; SmolLM2: `<|endoftext|>`), on both sides, and both read the final EOS.
+- Before any ratio, `harness.same_work` checks that both sides did the same work: the same fused AdamW, dtype,
+  threads, trainable parameters, checkpointing and pairs kept; the first step's loss (to 1e-4) and gradient norm
+  before clipping (to 1e-3). A configuration that fails prints FAIL and why instead of a ratio; exit status 1.
 - Warm-up steps (--warmup) are excluded: the time is from the end of the last warm-up step to the end of the last
   timed step (both loops whole: collate, forward, backward, clipping, optimizer, schedule, per-step logging).
   Defaults as in benchmarks/sft.py: embedded:tiny 2 warm-up + 20 timed steps; other models 1 + 2.
@@ -173,9 +175,16 @@ def batch_stats(sequence: list, batch: int, first_step: int, layout: str) -> dic
     return {"real_tokens": real, "padded_tokens": padded, "our_tokens": ours}
 
 
-def ends_with_pad(sequence: list, pad_id: int) -> int:
-    """How many sequences end with the pad id: there TRL's pad-id pooling reads an earlier token than ours."""
-    return sum((e.chosen_ids[-1] == pad_id) + (e.rejected_ids[-1] == pad_id) for e in sequence)
+def distinct_pad(tokenizer, sequence: list) -> None:
+    """Make the tokenizer's pad a special token that occurs in none of the rows, so TRL's pad-id pooling reads
+    the last real token as ours does (a row ending with the pad id would be pooled one token early)."""
+    used = {t for e in sequence for t in (*e.chosen_ids, *e.rejected_ids)}
+    if tokenizer.pad_token_id not in used:
+        return
+    free = [i for i in tokenizer.all_special_ids if i not in used]
+    if not free:
+        raise SystemExit("every special token occurs in the pairs: no pad id that TRL's pooling can skip safely")
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(free[0])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,10 +212,11 @@ def run_ours(args, sequence: list, tokenizer, total_steps: int, memory: harness.
             module.p = 0.0
     pad_id = tokenizer.pad_token_id
     padding_free, bucketed = args.layout == "padding_free", args.layout == "bucketed"
-    return harness.train_ours(args, model, sequence,
-                              lambda items: collate_rewards(items, pad_id, padding_free=padding_free),
-                              lambda m, b: reward_loss(m, b, 0.0, bucketed=bucketed),
-                              count_pairs, "reward_model", total_steps, memory, profiler)
+    result = harness.train_ours(args, model, sequence,
+                                lambda items: collate_rewards(items, pad_id, padding_free=padding_free),
+                                lambda m, b: reward_loss(m, b, 0.0, bucketed=bucketed),
+                                count_pairs, "reward_model", total_steps, memory, profiler)
+    return {**result, "rows_kept": len(sequence), "pad_id": pad_id}
 
 
 def run_trl(args, sequence: list, tokenizer, total_steps: int, memory: harness.Memory, profiler=None) -> dict:
@@ -229,11 +239,10 @@ def run_trl(args, sequence: list, tokenizer, total_steps: int, memory: harness.M
                                  "rejected_ids": [e.rejected_ids for e in sequence]})
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                             callbacks=[log.trl_callback()])
-    if len(trainer.train_dataset) != len(sequence):
-        raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(sequence)} pairs")
     memory.reset()
     trainer.train()
-    return log.result(out_dir, trainer.model)
+    return {**log.result(out_dir, trainer.model), "rows_kept": len(trainer.train_dataset),
+            "pad_id": model.config.pad_token_id}
 
 
 def worker(args, profile: bool = False) -> dict:
@@ -243,11 +252,11 @@ def worker(args, profile: bool = False) -> dict:
     total = harness.worker_total_steps(args)
     tokenizer = load_tokenizer(args.model)
     sequence = build_sequence(args, tokenizer, args.shape, total * args.batch)
+    distinct_pad(tokenizer, sequence)
     run = run_ours if args.side == "ours" else run_trl
     sample = harness.measure(args, run, sequence, tokenizer, total, profile)
     stats = batch_stats(sequence, args.batch, args.warmup, args.layout)
-    return {**sample, "layout": args.layout, "tokens_per_s": stats["real_tokens"] / sample["time_s"], **stats,
-            "first_batch_pad_ends": ends_with_pad(sequence[:args.batch], tokenizer.pad_token_id)}
+    return {**sample, "layout": args.layout, "tokens_per_s": stats["real_tokens"] / sample["time_s"], **stats}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -283,40 +292,26 @@ def main(argv=None) -> int:
     samples = harness.interleaved_runs(args, os.path.abspath(__file__), shapes, ("--layout", args.layout),
                                        loss_format=".5f")
     harness.print_table_header("ours%")
-    all_pass = True
-    notes = []
+    rows = []
     for model in args.models:
         for shape in shapes:
             first = samples[(model, shape, args.sides[0])][0]
             pad_pct = 100 * (1 - first["real_tokens"] / first["padded_tokens"])
             our_pct = 100 * (1 - first["real_tokens"] / first["our_tokens"])
-            row = harness.print_side_rows(samples, args.sides, model, shape, pad_pct, our_pct)
-            if len(row) == 2:
-                all_pass &= harness.print_ratio_row(row, shape, TARGET_SPEED, TARGET_MEMORY, targets_in_row=True)
-                l_ours, l_trl = harness.first_losses(samples, model, shape)
-                diff = l_ours - l_trl
-                pad_ends = first["first_batch_pad_ends"]
-                if abs(diff) > 1e-4 + 1e-4 * abs(l_trl):
-                    if pad_ends:
-                        notes.append(f"{model} {shape}: first-step losses differ by {diff:+.2e} (ours {l_ours:.5f}, "
-                                     f"TRL {l_trl:.5f}): expected, {pad_ends} of the first batch's "
-                                     f"{2 * args.batch} sequences end with EOS == pad, where TRL's pad-id pooling "
-                                     "reads the token before it")
-                    else:
-                        print(f"  WARNING: first-step losses differ (ours {l_ours:.5f}, TRL {l_trl:.5f}, "
-                              f"{diff:+.2e}): the two sides are not doing the same work")
-                else:
-                    notes.append(f"{model} {shape}: first-step losses agree (ours {l_ours:.6f}, TRL {l_trl:.6f}, "
-                                 f"{diff:+.1e})")
+            harness.print_side_rows(samples, args.sides, model, shape, pad_pct, our_pct)
+            if len(args.sides) == 2:
+                problems = harness.same_work(samples, model, shape, loss_rel=1e-4, loss_abs=1e-4,
+                                             counted=("real_tokens", "rows_kept", "pad_id"))
+                rows.append(harness.print_ratio_row(samples, model, shape, TARGET_SPEED, TARGET_MEMORY, problems,
+                                                    targets_in_row=True))
     print("\ntok/s = real (non-pad) chosen + rejected tokens / wall time of the timed steps; s/step = wall seconds "
           "per step; cpu s = process CPU seconds per step (all threads)")
     print(f"pad% = padding share of TRL's padded batches; ours% = padding share our layout ({args.layout}) computes")
     print("peak MiB = peak RSS over the post-setup baseline (the memory target); abs MiB = absolute peak RSS")
-    for note in notes:
-        print(note)
+    print("ratios: the median of paired runs (repeat r of each side, run back to back), with their range")
     harness.print_contention(samples, args.threads)
-    harness.print_verdict(args, samples, all_pass, TARGET_SPEED, TARGET_MEMORY)
-    return 0
+    return harness.finish(args, "reward_model", samples, rows, versions,
+                          f"targets: ours >= {TARGET_SPEED}x TRL tokens/s and <= {TARGET_MEMORY:.1f}x its peak memory")
 
 
 if __name__ == "__main__":
