@@ -54,6 +54,9 @@ is 1, so the loss is the advantage-weighted token mean: rewards, advantages and 
 the same fused AdamW, dtype and threads on both (`harness.same_work`), a run that fails prints FAIL and why,
 never a ratio, and the script exits 1. Ratios are the median of paired runs (repeat r of each side).
 
+`--trl-continuous-batching` lets TRL generate with transformers' continuous-batching engine
+(`use_transformers_continuous_batching`) instead of `generate`: its other generation path without vLLM.
+
     python benchmarks/grpo.py                                   # embedded:tiny, 3 repeats
     python benchmarks/grpo.py --models embedded:smollm2-135m-instruct --repeats 1 --steps 2
 """
@@ -103,6 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    p.add_argument("--trl-continuous-batching", action="store_true",
+                   help="TRL generates with transformers' continuous-batching engine "
+                        "(use_transformers_continuous_batching) instead of generate")
     p.add_argument("--timeout", type=int, default=900, help="seconds per worker")
     p.add_argument("--json", help="also write the raw samples here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -187,6 +193,7 @@ def run_trl(args, sequence, tokenizer, total_steps, memory, profiler=None) -> di
         temperature=1.0, top_p=1.0, top_k=0, beta=0.0, loss_type="dapo", epsilon=0.2, scale_rewards="group",
         num_iterations=1, shuffle_dataset=False, use_vllm=False, mask_truncated_completions=False,
         log_completions=False, model_init_kwargs={"dtype": "float32"},
+        use_transformers_continuous_batching=args.trl_continuous_batching,
     )
     if config.steps_per_generation != 1 or config.generation_batch_size != args.prompts_per_step * args.generations:
         raise RuntimeError(f"TRL would not generate every step: steps_per_generation {config.steps_per_generation}, "
@@ -298,6 +305,8 @@ def run_worker_subprocess(args, side: str, model: str) -> dict:
            "--generations", str(args.generations), "--max-completion-length", str(args.max_completion_length),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--learning-rate", str(args.learning_rate),
            "--threads", str(args.threads), "--seed", str(args.seed)]
+    if args.trl_continuous_batching:
+        cmd.append("--trl-continuous-batching")
     return harness.run_worker(cmd, f"{side}/{model}", args.threads, args.timeout, checkpointing=False)
 
 

@@ -47,6 +47,9 @@ SUITES = {
         # SmolLM2 on HH pairs is left out: TRL's worker needed 18.6 GB RSS at batch 8 there (docs/benchmarks.md)
         "dpo": ("dpo.py", ["--models", TINY, SMOL, "--data", "builtin", "--refs", "precomputed"]),
         "grpo": ("grpo.py", ["--models", TINY, SMOL, "--steps", "2"]),
+        # TRL's other generation path: transformers' continuous batching instead of generate
+        # tiny only: on CPU its paged cache took 10 GB for the tiny model (docs/benchmarks.md)
+        "grpo_trl_cb": ("grpo.py", ["--models", TINY, "--steps", "2", "--trl-continuous-batching"]),
         "ppo": ("ppo.py", ["--model", SMOL, "--reward", "rules"]),
     },
     "smoke": {

@@ -88,8 +88,8 @@ def trainer_table(result: dict) -> str:
 
 def logprobs_table(result: dict) -> str:
     titles = {"ref": "forward, no grad (reference log-probs)", "frozen": "forward + backward, frozen head (LoRA)",
-              "sum": "forward + backward, trainable head, sum loss (SFT)",
-              "weighted": "forward + backward, trainable head, per-token weights (DPO/PPO full fine-tuning)"}
+              "sft": "forward + backward, trainable head, sum loss (SFT)",
+              "train": "forward + backward, trainable head, per-token weights (DPO/PPO full fine-tuning)"}
     lines = ["| mode | chunk | time vs naive | peak memory vs naive | target | result |", "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         target = f"≤ {row['target_time']}×, ≤ {row['target_memory']:.0%}" if row.get("target_time") else "–"
@@ -143,6 +143,7 @@ def ppo_table(result: dict) -> str:
 
 
 TABLES = {"sft": trainer_table, "reward_model": trainer_table, "dpo": trainer_table, "grpo": trainer_table,
+          "grpo_trl_cb": trainer_table,
           "logprobs": logprobs_table}
 
 
