@@ -100,22 +100,24 @@ def test_the_doc_tables_are_generated_from_the_committed_results():
         assert len(tables.BLOCK.findall(f.read())) >= 5
 
 
-def test_the_smoke_suite_runs_every_comparison_on_equal_work(tmp_path):
-    """Every TRL comparison on the tiny model, once, through the suite runner: each exits 0, its sides did
-    the same work (no UNEQUAL row), and the results file holds every raw sample with what was checked."""
+def test_the_smoke_suite_runs_the_comparisons_on_equal_work(tmp_path):
+    """The TRL comparisons whose checks go beyond the shared ones (the reward model's pad, DPO's log-probs and
+    step-2 loss, GRPO's objective) on the tiny model, once, through the suite runner: each exits 0, its sides
+    did the same work (no UNEQUAL row), and the results file holds every raw sample with what was checked.
+    (sft.py uses only the shared checks, unit-tested above; `--suite smoke` runs it too, not here, to keep the
+    test suite short.)"""
     out = tmp_path / "smoke.json"
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--suite", "smoke", "--only", "sft",
-                           "reward_model", "dpo", "grpo", "logprobs", "--out", str(out)],
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--suite", "smoke", "--only",
+                           "reward_model", "dpo", "grpo", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert set(record["benchmarks"]) == {"sft", "reward_model", "dpo", "grpo", "logprobs"}
+    assert set(record["benchmarks"]) == {"reward_model", "dpo", "grpo"}
     for name, entry in record["benchmarks"].items():
         result = entry["result"]
         assert entry["exit_code"] == 0 and result["rows"], name
         assert all(r["verdict"] != "UNEQUAL" for r in result["rows"]), (name, result["rows"])
-        if name != "logprobs":
-            assert {s["optimizer"] for s in result["samples"]} == {"AdamW(fused)"}, name
-            assert {s["side"] for s in result["samples"]} == {"ours", "trl"}, name
+        assert {s["optimizer"] for s in result["samples"]} == {"AdamW(fused)"}, name
+        assert {s["side"] for s in result["samples"]} == {"ours", "trl"}, name
     grpo = [s for s in record["benchmarks"]["grpo"]["result"]["samples"] if s["side"] == "trl"][0]["objective"]
     assert grpo["advantages_diff"] <= 1e-5 and abs(grpo["loss_ours"] - grpo["loss_trl"]) <= 1e-5
