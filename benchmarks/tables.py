@@ -143,7 +143,7 @@ def ppo_table(result: dict) -> str:
 
 
 TABLES = {"sft": trainer_table, "reward_model": trainer_table, "dpo": trainer_table, "grpo": trainer_table,
-          "grpo_trl_cb": trainer_table,
+          "grpo_trl_cb": trainer_table, "ppo": ppo_table,
           "logprobs": logprobs_table}
 
 
@@ -154,7 +154,7 @@ def render(name: str) -> str:
         return f"*No results yet: run `python benchmarks/run.py --suite {suite} --only {benchmark}`.*\n"
     path, record = found
     result = record["benchmarks"][benchmark]["result"]
-    table = getattr(sys.modules[__name__], f"{benchmark}_table", None) or TABLES.get(benchmark, generic_table)
+    table = TABLES.get(benchmark, generic_table)
     return heading(path, record, result) + table(result)
 
 
