@@ -13,8 +13,9 @@ What lives here, in the order a run uses it:
   `measure`, which runs one side (optionally under torch.profiler) and turns its marks into times and the
   contention share ("others");
 - the driver: `wait_quiet`, `run_worker_subprocess`, `interleaved_runs`, `median`, the results table
-  (`print_table_header`, `print_side_rows`, `print_ratio_row`), `first_losses`, `print_contention`,
-  `print_verdict`, and the profile mode (`profile_one`, `print_profile`).
+  (`print_table_header`, `print_side_rows`), the equality check (`same_work`), paired ratios (`paired_ratios`,
+  `spread`, `print_ratio_row`), `first_losses`, `print_contention`, the verdict and results file (`finish`,
+  `machine`), and the profile mode (`profile_one`, `print_profile`).
 
 The method itself (fresh subprocess per measurement, sides interleaved, medians, warm-up excluded, peak RSS over the
 post-setup baseline) is described in each script's docstring, which is what the docs point at.
@@ -383,7 +384,7 @@ def measure(args, run, sequence: list, tokenizer, total: int, profile: bool = Fa
 
 def record_optimizers() -> list[str]:
     """From now on, every torch.optim.AdamW this process builds is named in the returned list ("AdamW(fused)",
-    "AdamW(foreach)" or "AdamW(for-loop)"), whoever builds it: our engine or TRL's Trainer."""
+    "AdamW(foreach)" or "AdamW(unfused)"), whoever builds it: our engine or TRL's Trainer."""
     import torch
 
     built: list[str] = []
