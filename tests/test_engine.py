@@ -317,3 +317,32 @@ def test_rollout_hook_runs_epochs_of_minibatch_steps(tmp_path, examples, tiny_to
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["rollout/total"] == 1.0
     assert rows[1]["skipped_steps"] == 1 and rows[1]["lr"] == pytest.approx(1e-3 * (8 - 7) / 8)
     assert ckpt.load_state(ckpt.find_latest(tmp_path))["method_state"] == {"seen": 2}
+
+
+def test_lookahead_shows_exactly_the_examples_later_micro_batches_get():
+    """`upcoming` is a peek: what it promises for (step, micro) is what that micro-batch then receives, across
+    epoch boundaries, and peeking does not move the stream."""
+    from types import SimpleNamespace
+
+    from alignkit.engine.loop import DataStream, _next_batches
+
+    examples = [{"i": i} for i in range(7)]  # 7 examples, 2 per micro-batch: epochs end mid-batch
+    settings = TrainSettings(output_dir="unused", per_device_train_batch_size=2, gradient_accumulation_steps=3, seed=5)
+    accelerator = SimpleNamespace(process_index=0, num_processes=1, device="cpu")
+    stream, plain = DataStream(7, 5), DataStream(7, 5)
+    received, promised = {}, {}
+    for step in range(5):
+        batches = _next_batches(examples, lambda items: {"rows": items}, stream, settings, accelerator, step, None, 2)
+        plain_batches = _next_batches(examples, lambda items: {"rows": items}, plain, settings, accelerator, step,
+                                      None)
+        assert [b["rows"] for b in batches] == [b["rows"] for b in plain_batches]  # peeking changes nothing
+        for b in batches:
+            assert (b["step"], b["micro"]) not in received
+            received[(b["step"], b["micro"])] = b["rows"]
+            keys = [(s, m) for s, m, _ in b["upcoming"]]
+            assert keys == sorted(keys) and all(k > (b["step"], b["micro"]) for k in keys)
+            assert len([k for k in keys if k[0] > step]) == 2 * 3  # two whole steps ahead
+            for s, m, rows in b["upcoming"]:
+                assert promised.setdefault((s, m), rows) == rows
+    assert all(received[k] == rows for k, rows in promised.items() if k in received)
+    assert len([k for k in promised if k in received]) >= 12

@@ -74,3 +74,44 @@ def test_general_head_path_and_plain_fallbacks_agree(tiny_model, monkeypatch):
 def test_group_logps_refuses_completions_not_grouped_by_prompt(tiny_model):
     with pytest.raises(ValueError, match="not G per prompt"):
         group_logps(tiny_model, PROMPTS, completions()[:11], 0)
+
+
+def naive_entropy(model, prompts, comps, temperature):
+    """The textbook entropy: the full rows' logits, softmax over the whole vocabulary, −Σ p log p."""
+    group = len(comps) // len(prompts)
+    out = torch.zeros(len(comps), max(map(len, comps)))
+    for i, c in enumerate(comps):
+        prompt = prompts[i // group]
+        logits = model(input_ids=torch.tensor([prompt + c])).logits[0].float() / temperature
+        logp = logits.log_softmax(-1)[len(prompt) - 1:len(prompt) - 1 + len(c)]
+        out[i, :len(c)] = -(logp.exp() * logp).sum(-1)
+    return out
+
+
+@pytest.mark.parametrize("path", ["prefix", "general_head", "full_rows"])
+def test_group_entropy_equals_the_full_softmax_entropy_values_and_gradients(tiny_model, monkeypatch, path):
+    import alignkit.ops.prefix as prefix
+
+    if path == "general_head":
+        monkeypatch.setattr(prefix, "_plain_linear_head", lambda model: None)
+    if path == "full_rows":
+        monkeypatch.setattr(prefix, "checkpointing", lambda model: True)
+    comps = completions()
+    tiny_model.train()
+    ours, our_grads = values_and_grads(tiny_model, lambda: group_logps(tiny_model, PROMPTS, comps, 0, 0.7,
+                                                                       chunk_size=5, entropy=True).entropy)
+    ref, ref_grads = values_and_grads(tiny_model, lambda: naive_entropy(tiny_model, PROMPTS, comps, 0.7))
+    assert (ours > 0).sum() == sum(LENGTHS)  # every completion token has an entropy, padding has none
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(our_grads, ref_grads, atol=1e-4, rtol=1e-4)
+
+
+def test_uniform_logits_have_log_vocabulary_entropy():
+    """Hand-worked: equal logits over V tokens give entropy log V; a one-hot-like row gives about 0."""
+    from alignkit.ops.logprobs import linear_entropy
+
+    hidden = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    weight = torch.tensor([[100.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # V = 4
+    out = linear_entropy(hidden, weight, None)
+    assert out[0].item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=1e-6)
+    assert out[1].item() == pytest.approx(0.0, abs=1e-6)

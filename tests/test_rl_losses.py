@@ -176,3 +176,56 @@ def test_truncated_importance_weights_by_hand():
     assert stats["is_weight_mean"] == pytest.approx(2.0)
     assert stats["is_clipped_ratio"] == pytest.approx(1 / 3)
     assert not weights.requires_grad
+
+
+def test_sequence_level_ratio_is_the_length_normalised_sequence_ratio_by_hand():
+    """GSPO (Zheng et al. 2025, eq. 7). Row 0: log-ratios 0.1, 0.3 over 2 tokens (a pad after) → s = e^0.2,
+    A = +1, ε = 0.1: s = 1.2214 > 1.1, so the clipped branch wins: loss −1.1 on both real tokens.
+    Row 1: log-ratios −0.4, 0.1, 0.0 → s = e^(−0.1) = 0.9048 inside [0.9, 1.1], A = −2: loss +2·0.9048 per
+    token. Token level instead clips each token alone: row 0 token 0 (e^0.1 = 1.105 > 1.1) is clipped, token 1
+    too; row 1 token 0 (e^−0.4 = 0.670, A < 0: min(ρA, clip(ρ)A) = −2·0.9 taken) is clipped."""
+    logps = torch.tensor([[0.1, 0.3, 0.7], [-0.4, 0.1, 0.0]])
+    old = torch.zeros(2, 3)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, -2.0])
+    seq = rl.clipped_policy_loss(logps, old, adv, mask, 0.1, level="sequence")
+    expected = torch.tensor([[-1.1, -1.1, 0.0], [2 * math.exp(-0.1)] * 3])
+    torch.testing.assert_close(seq.losses, expected)
+    torch.testing.assert_close(seq.ratio[1], torch.full((3,), math.exp(-0.1)))
+    assert seq.clipped.tolist() == [[True, True, False], [False, False, False]]
+    token = rl.clipped_policy_loss(logps, old, adv, mask, 0.1, level="token")
+    assert token.clipped.tolist() == [[True, True, False], [True, False, False]]
+    with pytest.raises(ValueError, match="token, sequence"):
+        rl.clipped_policy_loss(logps, old, adv, mask, level="episode")
+
+
+def test_sequence_level_gradient_at_ratio_one_is_the_sequence_mean_policy_gradient():
+    """At μ = 1 (old = current, detached) s = 1 and ∂s/∂θ = mean_t ∂log π_t/∂θ, so GSPO's gradient with a
+    sequence-mean aggregation equals GRPO's token-level one with the same aggregation."""
+    logps = torch.randn(3, 5, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    adv = torch.tensor([0.5, -1.0, 2.0])
+    grads = []
+    for level in ("token", "sequence"):
+        out = rl.clipped_policy_loss(logps, logps.detach(), adv, mask, 0.2, level=level)
+        (grad,) = torch.autograd.grad(rl.aggregate(out.losses, mask, "sequence-mean"), logps)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], -(adv[:, None] * mask / mask.sum(1, keepdim=True)) / 3)
+
+
+def test_entropy_bonus_by_hand():
+    """Entropies 1.0, 2.0 (real) and 9.0 (padding): token mean 1.5; c = 0.1 → −0.15."""
+    entropy = torch.tensor([[1.0, 2.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert rl.entropy_bonus(entropy, mask, 0.1).item() == pytest.approx(-0.15)
+    assert rl.entropy_bonus(entropy, mask, 0.0).item() == 0.0
+
+
+def test_spread_groups_by_hand():
+    """Groups of 3: (1, 1, 1) no spread; (0, 1, 0) spread; (0.5, 0.5, 0.5 + 1e-9) equal within tolerance."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.5 + 1e-9])
+    assert rl.spread_groups(rewards, 3).tolist() == [False, True, False]
+    # the groups dropped are exactly those whose GRPO advantages are all zero
+    advantages = rl.group_advantages(rewards, 3).view(-1, 3)
+    assert ((advantages.abs().sum(1) > 1e-3) == rl.spread_groups(rewards, 3)).all()

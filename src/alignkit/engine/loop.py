@@ -271,14 +271,30 @@ def _restore(latest: Path, accelerator, model, optimizer, scheduler, names, stre
 
 
 def _next_batches(examples, collate, stream: DataStream, settings: TrainSettings, accelerator, step: int,
-                  rollouts: Rollouts | None) -> list[dict]:
-    """This process's micro-batches of the next global batch (with their sample seeds for rollouts)."""
+                  rollouts: Rollouts | None, lookahead: int = 0) -> list[dict]:
+    """This process's micro-batches of the next global batch (with their sample seeds for rollouts).
+
+    lookahead > 0: each micro-batch also carries `step` and `micro` (its place) and `upcoming`: the
+    (step, micro, examples) of the micro-batches after it, this step's and the next `lookahead` steps', read
+    from a copy of the stream (not consumed), so an asynchronous sampler can start on them early."""
     micro, rank, world = settings.per_device_train_batch_size, accelerator.process_index, accelerator.num_processes
+    accumulation = settings.gradient_accumulation_steps
+    ahead = []
+    if lookahead:
+        peek = DataStream(stream.size, stream.seed, stream.position + micro * world * accumulation)
+        ahead = [(step + 1 + k // accumulation, k % accumulation,
+                  [examples[j] for j in peek.take(micro * world)[rank * micro:(rank + 1) * micro]])
+                 for k in range(lookahead * accumulation)]
+    items = [[examples[j] for j in stream.take(micro * world)[rank * micro:(rank + 1) * micro]]
+             for _ in range(accumulation)]
     batches = []
-    for i in range(settings.gradient_accumulation_steps):
-        batch = collate([examples[j] for j in stream.take(micro * world)[rank * micro:(rank + 1) * micro]])
+    for i, chunk in enumerate(items):
+        batch = collate(chunk)
         if rollouts is not None:
             batch["sample_seed"] = sample_seed(settings.seed, step, i * world + rank)
+        if lookahead:
+            batch.update(step=step, micro=i,
+                         upcoming=[(step, k, items[k]) for k in range(i + 1, accumulation)] + ahead)
         batches.append(_batch_to(batch, accelerator.device))
     return batches
 
@@ -297,9 +313,11 @@ def train(
     method: str = "train",
     on_log: Callable[[dict], None] | None = None,
     rollouts: Rollouts | None = None,
+    lookahead: int = 0,
 ) -> TrainResult:
     """Train `model` on `examples`; returns when max_steps are done. See the module docstring; `rollouts`:
-    a rollout phase, then epochs over minibatches of it, per step (engine.phases)."""
+    a rollout phase, then epochs over minibatches of it, per step (engine.phases); `lookahead`: show each
+    micro-batch the examples of the next this-many steps (`_next_batches`)."""
     settings.check()
     if not examples:
         raise AlignkitError("no training examples left (all dropped or empty dataset)")
@@ -361,7 +379,7 @@ def train(
     try:
         while step < steps:
             t0 = time.perf_counter()
-            batches = _next_batches(examples, collate, stream, settings, accelerator, step, rollouts)
+            batches = _next_batches(examples, collate, stream, settings, accelerator, step, rollouts, lookahead)
             parts = (accelerator, model, optimizer, scheduler, batches, step_fn, count_fn, settings, guard)
             done = optimizer_step(*parts) if rollouts is None else rollout_step(*parts, rollouts)
             step += 1

@@ -76,7 +76,7 @@ class Run:
         self.finished = True
 
     def train(self, model, tokenizer, examples, collate, step_fn, *, count_fn, eval_fn=None, settings=None,
-              rollouts=None, save: Callable | None = None):
+              rollouts=None, save: Callable | None = None, lookahead: int = 0):
         """The engine loop, then the final model (`save(result)` when the method saves more than one model),
         run.json complete with the loop's figures, and report.html. Starts the run if not yet started."""
         if not self.started:
@@ -85,7 +85,8 @@ class Run:
         device = None if self.config.device == "auto" else self.config.device
         self.trained = True
         result = train(model, examples, collate, step_fn, settings, count_fn=count_fn, eval_fn=eval_fn,
-                       config=to_flat_dict(self.config), device=device, method=self.kind, rollouts=rollouts)
+                       config=to_flat_dict(self.config), device=device, method=self.kind, rollouts=rollouts,
+                       lookahead=lookahead)
         if save is not None:
             save(result)
         else:

@@ -14,7 +14,9 @@ rows [0, G) answer the first prompt, [G, 2G) the second, and so on.
 | `group_advantages` | (r − group mean) / (group std + ε); Dr. GRPO: no std | Shao et al. 2024; Liu et al. 2025 |
 | `rloo_advantages` | r_i − mean_{j≠i} r_j | Ahmadian et al. 2024 (RLOO) |
 | `reinforce_pp_advantages` | whitened return-to-go of the KL-penalised token rewards | Hu 2025 (REINFORCE++) |
-| `clipped_policy_loss` | −min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) | Schulman et al. 2017 (PPO), eq. 7 |
+| `clipped_policy_loss` | −min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â); ρ per token, or per sequence (GSPO) | Schulman et al. 2017 (PPO), eq. 7; Zheng et al. 2025 (GSPO), eq. 7 |
+| `entropy_bonus` | −c·(token-mean entropy of π over the vocabulary) | Williams & Peng 1991; as TRL's `entropy_coef` |
+| `spread_groups` | which groups' rewards are not all equal (DAPO's dynamic sampling keeps only those) | Yu et al. 2025 (DAPO), eq. 11 |
 | `clipped_value_loss` | ½·max((V − R)², (clip(V, V_old ± ε) − R)²) | PPO's value clipping (as in OpenAI baselines) |
 | `aggregate` | token-mean, sequence-mean, or Dr. GRPO's constant-length sum | — |
 | `AdaptiveKLController` | β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon) | Ziegler et al. 2019, eq. 2 |
@@ -172,20 +174,44 @@ class PolicyLoss:
     approx_kl: Tensor  # (B, T) ½(log ρ)², an estimate of KL(π_old‖π)
 
 
+IMPORTANCE_LEVELS = ("token", "sequence")
+
+
 def clipped_policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
-                        clip_high: float | None = None) -> PolicyLoss:
+                        clip_high: float | None = None, level: str = "token") -> PolicyLoss:
     """PPO's clipped surrogate per token; `advantages` is (B, T) or (B,) (broadcast over tokens).
-    clip_high defaults to clip_low (DAPO's clip-higher sets it larger)."""
+    clip_high defaults to clip_low (DAPO's clip-higher sets it larger).
+
+    level "token": ρ_t = π(y_t)/π_old(y_t) per token. level "sequence" (GSPO): one ratio per response,
+    s = exp(mean_t log ρ_t) (the length-normalised sequence likelihood ratio), clipped as a whole and applied
+    to every token of the response, so one outlying token cannot swing its sequence's update."""
     clip_high = clip_low if clip_high is None else clip_high
+    if level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"importance sampling level must be one of {', '.join(IMPORTANCE_LEVELS)}, got {level!r}")
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
     log_ratio = (logps - old_logps) * mask
+    if level == "sequence":
+        log_ratio = (log_ratio.sum(-1) / mask.sum(-1).clamp(min=1)).unsqueeze(-1).expand_as(logps) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     losses = torch.maximum(unclipped, clipped) * mask
     was_clipped = (clipped > unclipped) & mask.bool()
     return PolicyLoss(losses, ratio, was_clipped, 0.5 * log_ratio.square() * mask)
+
+
+def entropy_bonus(entropy: Tensor, mask: Tensor, coef: float) -> Tensor:
+    """−coef × the token-mean entropy over `mask` (entropy: (B, T) per-token entropy of π in nats): added to
+    the loss, it rewards keeping the policy's distribution spread out (TRL's `entropy_coef`: L − c·H)."""
+    return -coef * masked_mean(entropy, mask)
+
+
+def spread_groups(rewards: Tensor, group_size: int, tol: float = 1e-6) -> Tensor:
+    """(P,) bool: the groups (consecutive runs of group_size rewards) whose rewards are not all equal. A group
+    whose rewards are all equal has zero group-relative advantage and teaches nothing (DAPO)."""
+    groups = rewards.view(-1, group_size)
+    return (groups.max(dim=1).values - groups.min(dim=1).values) > tol
 
 
 def truncated_is_weights(logps: Tensor, sampler_logps: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, dict]:

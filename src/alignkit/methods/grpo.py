@@ -35,9 +35,11 @@ from alignkit.losses.rl import ADVANTAGES, KL_ESTIMATORS
 from alignkit.models.load import load_policy, load_tokenizer
 from alignkit.ops.prefix import group_logps
 from alignkit.rewards.sources import reward_mix
-from alignkit.rollout.generate import SamplingSettings
-from alignkit.rollout.rl import importance_weights, sample_rollout
-from alignkit.rollout.settings import VLLMSettings
+from alignkit.rollout.async_gen import AsyncGenerator
+from alignkit.rollout.async_rollout import AsyncRollouts
+from alignkit.rollout.generate import SamplingSettings, stop_ids
+from alignkit.rollout.rl import Rollout, importance_weights, sample_rollout
+from alignkit.rollout.settings import AsyncSettings, VLLMSettings
 
 LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean", "dr_grpo": "constant-length"}
 REFERENCES = ("auto", "copy", "adapter", "none")
@@ -86,6 +88,17 @@ class GRPOConfig:
     """Clip range ε of the ratio."""
     epsilon_high: float | None = None
     """Upper clip range (DAPO's clip-higher; default: epsilon)."""
+    importance_sampling_level: str = "token"
+    """token: one ratio π/π_old per token (GRPO); sequence: one length-normalised ratio per response, clipped
+    as a whole (GSPO, Zheng et al. 2025; pair it with loss_type grpo as the paper does)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus c: the loss becomes L − c·(token-mean entropy of the policy); entropy is logged always."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop the groups whose rewards are all equal (zero advantage, nothing to learn)
+    and sample new prompts until the batch is full again or max_sampling_rounds is reached."""
+    max_sampling_rounds: int = 3
+    """With dynamic_sampling: most sampling rounds per micro-batch (the first included); a batch still short
+    after them trains on the groups it has (none: the step changes nothing)."""
     missing_eos_penalty: float | None = None
     """Added to the reward of responses cut at max_completion_length (e.g. -1.0)."""
     ref: str = "auto"
@@ -101,6 +114,9 @@ class GRPOConfig:
     """LoRA settings (flat keys: use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules)."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM rollouts on a GPU (flat keys: use_vllm, vllm_gpu_memory_utilization, vllm_enable_sleep_mode)."""
+    asynchronous: AsyncSettings = field(default_factory=AsyncSettings)
+    """Asynchronous generation (flat keys: async_generation, max_staleness, async_generation_threads,
+    async_importance_sampling_cap)."""
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=1e-6))
     """Shared training settings (flat keys: learning_rate, max_steps, ...)."""
 
@@ -131,8 +147,22 @@ class GRPOConfig:
             raise AlignkitError("config: ref: adapter needs a LoRA adapter to disable; add --use_peft true")
         if self.reference() == "none" and (self.beta > 0 or self.advantage == "reinforce_pp"):
             raise AlignkitError("config: ref: none leaves no reference for the KL term; set beta 0 or pick a reference")
+        if self.importance_sampling_level not in rl.IMPORTANCE_LEVELS:
+            raise AlignkitError(f"config: importance_sampling_level: must be one of "
+                                f"{', '.join(rl.IMPORTANCE_LEVELS)}, got {self.importance_sampling_level!r}")
+        if self.max_sampling_rounds < 1:
+            raise AlignkitError(f"config: max_sampling_rounds: must be at least 1, got {self.max_sampling_rounds}")
+        if self.entropy_coef < 0:
+            raise AlignkitError(f"config: entropy_coef: must be >= 0 (a bonus), got {self.entropy_coef}")
         self.vllm.check()
         self.vllm.check_device(self.device)
+        self.asynchronous.check()
+        if self.asynchronous.async_generation and self.vllm.use_vllm:
+            raise AlignkitError("config: async_generation: not with use_vllm (vLLM samples in this process); "
+                                "drop one of them")
+        if self.asynchronous.async_generation and self.device not in ("auto", "cpu"):
+            raise AlignkitError(f"config: async_generation: the generator process runs on the CPU; got device "
+                                f"{self.device} (on a GPU use use_vllm)")
         self.train.check()
 
     def reference(self) -> str:
@@ -166,17 +196,45 @@ class RunawayWatch:
                           "penalty, or raise max_completion_length", stacklevel=2)
 
 
+def sampling_settings(config: GRPOConfig) -> SamplingSettings:
+    return SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                            top_p=config.top_p, top_k=config.top_k, batch_size=64)
+
+
+@dataclass
+class Scored:
+    """A rollout with its rewards: the total per sample and each source's part."""
+
+    rollout: Rollout
+    scores: list[float]
+    parts: dict[str, list[float]]
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def groups(self, keep: list[int]) -> Scored:
+        g = self.rollout.group_size
+        index = [k * g + j for k in keep for j in range(g)]
+        return Scored(self.rollout.groups(keep), [self.scores[i] for i in index],
+                      {name: [v[i] for i in index] for name, v in self.parts.items()}, self.stats)
+
+    @staticmethod
+    def join(parts: list[Scored]) -> Scored:
+        return Scored(Rollout.join([p.rollout for p in parts]), [s for p in parts for s in p.scores],
+                      {name: [v for p in parts for v in p.parts[name]] for name in parts[0].parts}, parts[0].stats)
+
+
 class GroupPolicyStep:
     """One training step: sample, score, advantages, clipped loss. Called by the engine per micro-batch."""
 
-    def __init__(self, config: GRPOConfig, tokenizer, rewards, reference_model=None, sampler=None):
+    def __init__(self, config: GRPOConfig, tokenizer, rewards, reference_model=None, sampler=None, pool=None,
+                 async_rollouts=None):
         self.config, self.tokenizer, self.rewards = config, tokenizer, rewards
         self.reference_model = reference_model
         self.sampler = sampler  # None: the torch sampler on the policy itself
+        self.async_rollouts = async_rollouts  # rollout.async_rollout.AsyncRollouts, or None
+        self.pool = pool or []  # every prompt row: where dynamic sampling draws replacement prompts
         self.calls = 0
         self.strategy = config.reference()
-        self.sampling = SamplingSettings(max_new_tokens=config.max_completion_length, temperature=config.temperature,
-                                         top_p=config.top_p, top_k=config.top_k, batch_size=64)
+        self.sampling = sampling_settings(config)
         self.watch = RunawayWatch()
 
     def reference_logps(self, model, rollout):
@@ -189,11 +247,61 @@ class GroupPolicyStep:
                     return self.logps(model, rollout).token_logps
             return self.logps(reference, rollout).token_logps
 
-    def logps(self, model, rollout):
+    def logps(self, model, rollout, entropy: bool = False):
         """Per-token log-probs of the rollout's completions, each prompt computed once (`ops.prefix`)."""
         group = rollout.group_size
         return group_logps(model, rollout.prompt_ids[::group], rollout.completion_ids, self.tokenizer.pad_token_id,
-                           temperature=self.config.temperature)
+                           temperature=self.config.temperature, entropy=entropy)
+
+    def sample(self, policy, rows: list[dict], batch: dict | None = None) -> Scored:
+        """G responses to each row's prompt, scored: from the asynchronous generator when there is one (the
+        engine's micro-batch when `batch` is given, else fresh), else sampled here."""
+        stats = {}
+        if self.async_rollouts is None:
+            rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, self.config.num_generations,
+                                     sampler=self.sampler)
+        elif batch is not None:
+            rollout, stats = self.async_rollouts.rollout(rows, batch["step"], batch["micro"], batch["upcoming"])
+        else:
+            rollout, stats = self.async_rollouts.fresh_rollout(rows)
+        lengths = [len(c) for c in rollout.completion_ids]
+        scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
+                                     rollout.rows)
+        return Scored(rollout, scores, parts, stats)
+
+    def sample_with_spread(self, policy, rows: list[dict], batch: dict) -> tuple[Scored, dict, bool]:
+        """DAPO's dynamic sampling: keep the groups whose rewards differ; draw replacement prompts from the pool
+        (global random state, so resume is exact) until len(rows) groups are kept or max_sampling_rounds are
+        used. Returns the kept groups, the sampling statistics, and whether any group was kept (if none: the
+        last round's groups, to log)."""
+        import torch
+
+        group, wanted = self.config.num_generations, len(rows)
+        kept: list[Scored] = []
+        count, sampled, rounds, first = 0, 0, 0, None
+        while count < wanted and rounds < self.config.max_sampling_rounds:
+            if rounds == 0:
+                scored = self.sample(policy, rows, batch)
+            else:
+                picks = torch.randint(len(self.pool), (wanted - count,)).tolist()
+                scored = self.sample(policy, [self.pool[i] for i in picks])
+            spread = rl.spread_groups(torch.tensor(scored.scores), group).tolist()
+            first = scored.stats if first is None else first
+            if rounds == 0:  # the engine's own prompts, before any filtering: what the policy scores now
+                before = {"sampling/frac_reward_zero_std_before": 1.0 - sum(spread) / len(spread),
+                          "sampling/reward_before": sum(scored.scores) / len(scored.scores)}
+            keep = [k for k, ok in enumerate(spread) if ok][:wanted - count]
+            if keep:
+                kept.append(scored.groups(keep))
+            count, sampled, rounds = count + len(keep), sampled + len(spread), rounds + 1
+        stats = {"sampling/rounds": float(rounds), "sampling/groups_dropped": float(sampled - count),
+                 "sampling/batch_filled": count / wanted, **before}
+        if not kept:
+            scored.stats = first
+            return scored, stats, False
+        joined = Scored.join(kept)
+        joined.stats = first
+        return joined, stats, True
 
     def __call__(self, model, batch: dict):
         import torch
@@ -201,20 +309,38 @@ class GroupPolicyStep:
         config = self.config
         policy = getattr(model, "module", model)
         rows = batch["rows"]
-        # an external engine gets the weights of every update before its next rollout
-        if self.sampler is not None and self.calls % config.train.gradient_accumulation_steps == 0:
+        new_update = self.calls % config.train.gradient_accumulation_steps == 0
+        if self.async_rollouts is not None and batch.get("micro") == 0:
+            self.async_rollouts.publish(policy, batch["step"])  # the weights after `step` updates
+        elif self.sampler is not None and new_update:  # an external engine gets the weights of every update
             self.sampler.sync(policy)
         self.calls += 1
-        rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, config.num_generations,
-                                 sampler=self.sampler)
-        lengths = [len(c) for c in rollout.completion_ids]
-        scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
-                                     rollout.rows)
-        device = next(policy.parameters()).device
-        rewards = torch.tensor(scores, dtype=torch.float32, device=device)
-        batch["num_tokens"] = sum(map(len, rollout.prompt_ids)) + sum(lengths)
+        nominal = len(rows) * config.num_generations  # what the engine's count_fn counts for this micro-batch
+        if config.dynamic_sampling:
+            scored, sampling_stats, spread = self.sample_with_spread(policy, rows, batch)
+        else:
+            scored, sampling_stats, spread = self.sample(policy, rows, batch if "step" in batch else None), {}, True
+        if spread:
+            loss, metrics = self.loss(model, policy, scored)
+        else:  # no group with any reward spread: nothing to learn from. No gradient at all, so the optimizer
+            # leaves every weight alone (AdamW skips parameters without a gradient); metrics as usual
+            with torch.no_grad():
+                _, metrics = self.loss(model, policy, scored)
+            loss = torch.zeros((), device=next(policy.parameters()).device, requires_grad=True)
+        batch["num_tokens"] = metrics.pop("num_tokens")
+        metrics.update(sampling_stats)
+        metrics.update(scored.stats)
+        self.watch(metrics)
+        return loss * nominal, metrics
 
-        logps = self.logps(model, rollout)
+    def loss(self, model, policy, scored: Scored):
+        """The scored rollout's loss (mean over its samples, as `loss_type` aggregates) and its metrics."""
+        import torch
+
+        config, rollout = self.config, scored.rollout
+        lengths = [len(c) for c in rollout.completion_ids]
+        rewards = torch.tensor(scored.scores, dtype=torch.float32, device=next(policy.parameters()).device)
+        logps = self.logps(model, rollout, entropy=True)
         mask = logps.mask
         old = logps.token_logps.detach()  # μ = 1: the behaviour policy is the current one
         kl = None
@@ -223,30 +349,37 @@ class GroupPolicyStep:
         group = config.num_generations
         advantages = rl.ADVANTAGES[config.advantage](rewards, group, None if kl is None else kl.detach(), mask,
                                                      config.beta, config.scale_rewards)
-        out = rl.clipped_policy_loss(logps.token_logps, old, advantages, mask, config.epsilon, config.epsilon_high)
-        cap = config.vllm.vllm_importance_sampling_cap
-        is_weights, is_stats = importance_weights(self.sampler, rollout, old, mask, cap)
+        out = rl.clipped_policy_loss(logps.token_logps, old, advantages, mask, config.epsilon, config.epsilon_high,
+                                     level=config.importance_sampling_level)
+        if self.async_rollouts is not None:
+            cap, prefix = config.asynchronous.async_importance_sampling_cap, "async"
+        else:
+            cap, prefix = config.vllm.vllm_importance_sampling_cap, "vllm"
+        is_weights, is_stats = importance_weights(self.sampler, rollout, old, mask, cap, prefix)
         per_token = out.losses * is_weights
         if kl is not None and config.beta > 0 and config.advantage != "reinforce_pp":
             per_token = per_token + config.beta * kl * mask
         loss = rl.aggregate(per_token, mask, LOSS_TYPES[config.loss_type], config.max_completion_length)
+        if config.entropy_coef:
+            loss = loss + rl.entropy_bonus(logps.entropy, mask, config.entropy_coef)
 
         groups = rewards.view(-1, group)
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": groups.std(dim=1).mean().item(),
-            "frac_reward_zero_std": (groups.std(dim=1) < 1e-6).float().mean().item(),
+            "frac_reward_zero_std": 1.0 - rl.spread_groups(rewards, group).float().mean().item(),
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/clipped_ratio": sum(f == "length" for f in rollout.finish_reasons) / len(lengths),
             "clip_ratio": rl.masked_mean(out.clipped.float(), mask).item(),
+            "entropy": rl.masked_mean(logps.entropy.detach(), mask).item(),
+            "num_tokens": sum(map(len, rollout.prompt_ids)) + sum(lengths),
         }
         if kl is not None:
             metrics["kl"] = rl.masked_mean(kl.detach(), mask).item()
-        for name, values in parts.items():
+        for name, values in scored.parts.items():
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
         metrics.update(is_stats)
-        self.watch(metrics)
-        return loss * len(rollout), metrics
+        return loss, metrics
 
 
 def train_grpo(config: GRPOConfig):
@@ -276,7 +409,9 @@ def _train_grpo(config: GRPOConfig, run):
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
                         lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
     sampler = config.vllm.sampler(config.model_name_or_path, config.dtype, config.train.seed)
-    step = GroupPolicyStep(config, tokenizer, rewards, reference_model, sampler=sampler)
+    async_rollouts = start_async_generation(config, model, tokenizer) if config.asynchronous.async_generation else None
+    step = GroupPolicyStep(config, tokenizer, rewards, reference_model, sampler=sampler, pool=rows,
+                           async_rollouts=async_rollouts)
     prompts_per_batch = config.train.per_device_train_batch_size // config.num_generations
     engine_config = replace(config, train=replace(config.train, per_device_train_batch_size=prompts_per_batch))
 
@@ -286,5 +421,27 @@ def _train_grpo(config: GRPOConfig, run):
     def count(batch):
         return len(batch["rows"]) * config.num_generations
 
-    return run.train(model, tokenizer, rows, collate, step, count_fn=count, settings=engine_config.train)
+    lookahead = config.asynchronous.max_staleness if async_rollouts is not None else 0
+    try:
+        return run.train(model, tokenizer, rows, collate, step, count_fn=count, settings=engine_config.train,
+                         lookahead=lookahead)
+    finally:
+        if async_rollouts is not None:
+            async_rollouts.close()
+
+
+def start_async_generation(config: GRPOConfig, model, tokenizer) -> AsyncRollouts:
+    """The generator process with a copy of `model`, and the trainer's side of it. On the CPU the trainer
+    keeps torch's threads minus the generator's (at least one), so the two processes share the cores."""
+    import torch
+
+    settings = config.asynchronous
+    if next(model.parameters()).device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() - settings.async_generation_threads))
+    stop = stop_ids(model, tokenizer)
+    generator = AsyncGenerator(config.model_name_or_path, model, dtype=config.dtype, lora=config.peft.lora(),
+                               settings=sampling_settings(config), group=config.num_generations,
+                               stop_ids=stop, pad_id=tokenizer.pad_token_id, seed=config.train.seed,
+                               max_staleness=settings.max_staleness, threads=settings.async_generation_threads)
+    return AsyncRollouts(generator, tokenizer, config.num_generations, stop, settings.max_staleness)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 DEFAULT_CHUNK_ELEMENTS = 2**25  # logits per chunk: 128 MB in float32, whatever the vocabulary
 
@@ -194,6 +195,40 @@ def linear_log_probs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels
     return _LinearLogProbs.apply(hidden, weight, bias, labels, chunk, temperature, mode, needs)
 
 
+def _chunk_entropy(logits: Tensor) -> Tensor:
+    """(N,) entropy in nats of softmax(logits) per row, in float32: logsumexp(z) − Σ p·z."""
+    z = _upcast(logits)
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+def _linear_chunk_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
+    return _chunk_entropy(_project(hidden, weight, bias, temperature))
+
+
+def linear_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float = 1.0,
+                   chunk_size: int | None = None) -> Tensor:
+    """(N,) entropy of softmax((hidden @ weight.T + b) / temperature) per token, chunked like
+    `linear_log_probs`: a chunk of logits at a time, and with a gradient each chunk is recomputed in the
+    backward pass (activation checkpointing) instead of kept, so memory stays at about two chunks."""
+    chunk = chunk_size or default_chunk_size(weight.shape[0])
+    parts = []
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    for s in range(0, hidden.shape[0], chunk):
+        if grad:
+            parts.append(checkpoint(_linear_chunk_entropy, hidden[s:s + chunk], weight, bias,
+                                                           temperature, use_reentrant=False))
+        else:
+            parts.append(_linear_chunk_entropy(hidden[s:s + chunk], weight, bias, temperature))
+    return torch.cat(parts) if parts else _upcast(hidden.new_zeros(0))
+
+
+def logits_entropy(logits: Tensor, chunk_size: int | None = None) -> Tensor:
+    """(N,) entropy of softmax(logits) per row of (N, V) logits (temperature already applied), chunked."""
+    chunk = chunk_size or default_chunk_size(logits.shape[-1])
+    parts = [_chunk_entropy(logits[s:s + chunk]) for s in range(0, logits.shape[0], chunk)]
+    return torch.cat(parts) if parts else _upcast(logits.new_zeros(0))
+
+
 @dataclass
 class SequenceLogProbs:
     """Log-probs of the response tokens of a batch.
@@ -210,6 +245,9 @@ class SequenceLogProbs:
     for: TRL's logits/chosen and logits/rejected metrics."""
     hidden: Tensor | None = None
     """(B, T, H) the final hidden states, when asked for (a value head on the policy's trunk reads them)."""
+    entropy: Tensor | None = None
+    """(B, T) the entropy of the policy's next-token distribution (with the temperature) at each scored
+    position, zero elsewhere, when asked for; differentiable when the log-probs are."""
 
     @property
     def sum(self) -> Tensor:
@@ -263,7 +301,7 @@ def score_mask(batch: dict) -> Tensor:
 
 def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperature: float = 1.0,
                    uniform_grad: bool = False, mean_logits: bool = False,
-                   return_hidden: bool = False) -> SequenceLogProbs:
+                   return_hidden: bool = False, entropy: bool = False) -> SequenceLogProbs:
     """Per-token and summed log-probs of the response tokens in `batch`.
 
     batch: input_ids (B, T), attention_mask (B, T), completion_mask (B, T) (1 on response tokens; when
@@ -272,6 +310,7 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
     uniform_grad: the caller's loss is a plain sum of the token log-probs (SFT); see `linear_log_probs`.
     mean_logits: also fill `token_mean_logits`. With a plain linear head the mean over the vocabulary of
     h·w_v + b_v is h·mean(w) + mean(b): one dot product per token, the logits still never materialised.
+    entropy: also fill `entropy` (`linear_entropy`: one more chunked projection, checkpointed).
     """
     input_ids = batch["input_ids"]
     mask = score_mask(batch)
@@ -284,6 +323,8 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
         hidden = model.get_decoder()(input_ids=input_ids, use_cache=False, **model_inputs).last_hidden_state
         selected = hidden[:, :-1][target_mask]
         flat = linear_log_probs(selected, head.weight, head.bias, labels, chunk_size, temperature, uniform_grad)
+        if entropy:
+            flat_entropy = linear_entropy(selected, head.weight, head.bias, temperature, chunk_size)
         if mean_logits:
             with torch.no_grad():
                 flat_mean = selected.detach().float() @ head.weight.float().mean(0)
@@ -298,13 +339,16 @@ def sequence_logps(model, batch: dict, chunk_size: int | None = None, temperatur
         if temperature != 1.0:
             logits = logits / temperature
         flat = selective_log_softmax(logits[target_mask], labels, chunk_size)
+        if entropy:
+            flat_entropy = logits_entropy(logits[target_mask], chunk_size)
         if mean_logits:
             with torch.no_grad():
                 flat_mean = logits[target_mask].float().mean(-1)
     token_logps = _scatter(mask, target_mask, flat)
     token_mean_logits = _scatter(mask, target_mask, flat_mean) if mean_logits else None
     return SequenceLogProbs(token_logps=token_logps, mask=mask, token_mean_logits=token_mean_logits,
-                            hidden=hidden if return_hidden else None)
+                            hidden=hidden if return_hidden else None,
+                            entropy=_scatter(mask, target_mask, flat_entropy) if entropy else None)
 
 
 def _scatter(mask: Tensor, target_mask: Tensor, flat: Tensor) -> Tensor:

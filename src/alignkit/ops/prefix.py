@@ -28,18 +28,21 @@ from alignkit.data.tokenize import Tokenized
 from alignkit.ops.logprobs import (
     SequenceLogProbs,
     _plain_linear_head,
+    linear_entropy,
     linear_log_probs,
+    logits_entropy,
     selective_log_softmax,
     sequence_logps,
 )
 
 
 def group_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-                temperature: float = 1.0, chunk_size: int | None = None) -> SequenceLogProbs:
+                temperature: float = 1.0, chunk_size: int | None = None, entropy: bool = False) -> SequenceLogProbs:
     """Per-token log-probs of `completion_ids` (G per prompt, grouped: row i continues prompt i // G).
 
     Returns token_logps (P·G, Lc) float32 and mask (P·G, Lc) bool, Lc the longest completion; a
-    completion's token j sits at column j.
+    completion's token j sits at column j. entropy: also the policy's entropy at each of those positions
+    (`SequenceLogProbs.entropy`, same layout, differentiable).
     """
     if not prompt_ids or len(completion_ids) % len(prompt_ids):
         raise ValueError(f"{len(completion_ids)} completions for {len(prompt_ids)} prompts: not G per prompt")
@@ -48,7 +51,8 @@ def group_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[in
     completions = pad(completion_ids, pad_id, side="right").to(device)
     mask = pad([[1] * len(c) for c in completion_ids], 0, side="right").to(device).bool()
     if group == 1 or checkpointing(model) or hasattr(model, "module"):
-        return _full_rows(model, prompt_ids, completion_ids, completions, mask, pad_id, temperature, chunk_size)
+        return _full_rows(model, prompt_ids, completion_ids, completions, mask, pad_id, temperature, chunk_size,
+                          entropy)
 
     from transformers import DynamicCache
 
@@ -72,6 +76,7 @@ def group_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[in
         # the prompt's last state predicts completion token 0; completion state j predicts token j + 1
         hidden = torch.cat([last.repeat_interleave(group, 0), hidden[:, :-1]], dim=1)
         flat = linear_log_probs(hidden[mask], head.weight, head.bias, labels, chunk_size, temperature)
+        flat_entropy = linear_entropy(hidden[mask], head.weight, head.bias, temperature, chunk_size) if entropy else None
     else:
         with_cache = {cache_argument(model): cache, "use_cache": True}
         last = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_positions,
@@ -83,7 +88,9 @@ def group_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[in
         if temperature != 1.0:
             logits = logits / temperature
         flat = selective_log_softmax(logits[mask], labels, chunk_size)
-    return SequenceLogProbs(token_logps=_place(mask, flat), mask=mask)
+        flat_entropy = logits_entropy(logits[mask], chunk_size) if entropy else None
+    return SequenceLogProbs(token_logps=_place(mask, flat), mask=mask,
+                            entropy=None if flat_entropy is None else _place(mask, flat_entropy))
 
 
 def cache_argument(model) -> str:
@@ -105,16 +112,17 @@ def _place(mask: Tensor, flat: Tensor) -> Tensor:
     return flat.new_zeros(mask.shape).masked_scatter(mask, flat)
 
 
-def _full_rows(model, prompt_ids, completion_ids, completions, mask, pad_id, temperature, chunk_size):
+def _full_rows(model, prompt_ids, completion_ids, completions, mask, pad_id, temperature, chunk_size, entropy=False):
     """The plain path: every (prompt + completion) row through the model, then completion columns only."""
     device = completions.device
     batch = {k: v.to(device) for k, v in collate(
         [Tokenized(prompt_ids[i // (len(completion_ids) // len(prompt_ids))], c)
          for i, c in enumerate(completion_ids)], pad_id).items()}
-    full = sequence_logps(model, batch, chunk_size, temperature)
+    full = sequence_logps(model, batch, chunk_size, temperature, entropy=entropy)
     # row i's completion starts after its prompt: gather those columns into the completion layout
     starts = torch.tensor([len(prompt_ids[i // (len(completion_ids) // len(prompt_ids))])
                            for i in range(len(completion_ids))], device=device)
     columns = (starts[:, None] + torch.arange(mask.shape[1], device=device)).clamp(max=full.mask.shape[1] - 1)
     token_logps = full.token_logps.gather(1, columns) * mask
-    return SequenceLogProbs(token_logps=token_logps, mask=mask)
+    token_entropy = None if full.entropy is None else full.entropy.gather(1, columns) * mask
+    return SequenceLogProbs(token_logps=token_logps, mask=mask, entropy=token_entropy)

@@ -57,7 +57,8 @@ class Generation:
     finish_reason: str  # "stop" (ended with EOS) or "length" (hit max_new_tokens)
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def stop_ids(model, tokenizer) -> list[int]:
+    """The token ids that end a response: the tokenizer's EOS and the model's configured eos_token_id(s)."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
@@ -79,7 +80,7 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
     sampler = sampler or TorchSampler(model)
     settings = settings or SamplingSettings()
     settings.check()
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[list[Generation]] = [[] for _ in prompts]
@@ -94,14 +95,14 @@ def generate(model, tokenizer, prompts: list, settings: SamplingSettings | None 
                                   tokenizer.pad_token_id)
             for k, tokens in enumerate(rows):
                 index = batch[k // n]
-                results[index].append(_finish(prompts[index], tokens, stop, tokenizer))
+                results[index].append(finish_row(prompts[index], tokens, stop, tokenizer))
             bar.update(len(batch))
     finally:
         bar.close()
     return results
 
 
-def _finish(prompt, tokens: list[int], stop: list[int], tokenizer) -> Generation:
+def finish_row(prompt, tokens: list[int], stop: list[int], tokenizer) -> Generation:
     """Cut a generated row at its first stop token (padding follows it) and decode it."""
     end = next((i for i, t in enumerate(tokens) if t in stop), None)
     kept = tokens if end is None else tokens[: end + 1]

@@ -54,25 +54,50 @@ def draw(probs: Tensor) -> Tensor:
 
 
 def sample_groups(model, prompt_ids: list[list[int]], group: int, settings, stop_ids: list[int],
-                  pad_id: int) -> list[list[int]]:
+                  pad_id: int, return_logps: bool = False):
     """`group` sampled token rows per prompt (row i continues prompt i // group), settings.max_new_tokens
     long: after a row's first stop token come pad_id fillers (`rollout.generate._finish` cuts them).
-    settings: `rollout.generate.SamplingSettings` (batch_size counts prompts per prefill)."""
+    settings: `rollout.generate.SamplingSettings` (batch_size counts prompts per prefill).
+
+    return_logps: return (rows, logps), logps[i] holding the sampler's log-prob of each token of row i up to
+    and including its first stop token: log_softmax(logits / temperature) at the chosen token (temperature 0:
+    at 1), the distribution a trainer scores with, not the top-k/top-p filtered one it drew from. An
+    asynchronous generator returns them as behaviour log-probs. The draws are the same either way."""
     was_training = model.training
     model.eval()
     keyword = cache_argument(model)
     out: list[list[int]] = []
+    logps: list[list[float]] = []
     try:
         with torch.no_grad():
             for start in range(0, len(prompt_ids), settings.batch_size):
-                out += _sample_batch(model, prompt_ids[start:start + settings.batch_size], group, settings,
-                                     stop_ids, pad_id, keyword)
+                rows, scores = _sample_batch(model, prompt_ids[start:start + settings.batch_size], group,
+                                             settings, stop_ids, pad_id, keyword, return_logps)
+                out += rows
+                if return_logps:
+                    logps += _cut_logps(rows, scores, stop_ids)
     finally:
         model.train(was_training)
+    return (out, logps) if return_logps else out
+
+
+def chosen_logps(logits: Tensor, chosen: Tensor, temperature: float) -> Tensor:
+    """(N,) float32 log_softmax(logits / temperature) at the chosen tokens (temperature 0 counts as 1)."""
+    logits = logits.float() / (temperature or 1.0)
+    return logits.gather(-1, chosen[:, None])[:, 0] - logits.logsumexp(-1)
+
+
+def _cut_logps(rows: list[list[int]], scores: list[list[float]], stop_ids: list[int]) -> list[list[float]]:
+    """Each row's log-probs up to and including its first stop token (none for the pad fillers after it)."""
+    stops = set(stop_ids)
+    out = []
+    for row, score in zip(rows, scores):
+        end = next((i for i, t in enumerate(row) if t in stops), len(row) - 1)
+        out.append(score[:end + 1])
     return out
 
 
-def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword) -> list[list[int]]:
+def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword, return_logps=False):
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -88,11 +113,14 @@ def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword)
     position = positions[:, -1:].repeat_interleave(group, 0)
     rows = logits.shape[0]
     tokens = torch.full((rows, settings.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    scores = torch.zeros((rows, settings.max_new_tokens), dtype=torch.float32, device=device) if return_logps else None
     live = torch.arange(rows, device=device)  # batch row -> output row
     stops = torch.tensor(stop_ids, device=device)
     for step in range(settings.max_new_tokens):
         chosen = pick_tokens(logits, settings.temperature, settings.top_k, settings.top_p)
         tokens[live, step] = chosen
+        if return_logps:
+            scores[live, step] = chosen_logps(logits, chosen, settings.temperature)
         if step == settings.max_new_tokens - 1:
             break
         running = ~torch.isin(chosen, stops)
@@ -106,7 +134,7 @@ def _sample_batch(model, prompt_ids, group, settings, stop_ids, pad_id, keyword)
         position = position + 1
         logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, use_cache=True,
                        **{keyword: cache}).logits[:, -1]
-    return tokens.tolist()
+    return tokens.tolist(), (scores.tolist() if return_logps else None)
 
 
 class TorchSampler:

@@ -44,3 +44,28 @@ class VLLMSettings:
         # imported here: the engine module pulls in torch, and reading these settings (--help) must stay light
         return VLLMSampler(resolve_path(model_name_or_path), gpu_memory_utilization=self.vllm_gpu_memory_utilization,
                            enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=dtype, seed=seed)
+
+
+@dataclass
+class AsyncSettings:
+    """Asynchronous generation for group RL (flat keys: async_generation, max_staleness, ...)."""
+
+    async_generation: bool = False
+    """Sample the next batches in a separate generator process (its own copy of the model) while this one
+    trains on the current batch; the weights are pushed to it after every update (rollout.async_rollout)."""
+    max_staleness: int = 1
+    """Most updates the weights that sampled a batch may lag the weights that train on it (K)."""
+    async_generation_threads: int = 1
+    """CPU threads of the generator process; the trainer keeps the rest of torch's threads (at least 1)."""
+    async_importance_sampling_cap: float = 2.0
+    """Weight each token by min(π_trainer / π_generator, cap), correcting for samples drawn with older weights
+    (truncated importance sampling); 0 turns the correction off."""
+
+    def check(self) -> None:
+        if self.max_staleness < 0:
+            raise AlignkitError(f"config: max_staleness: must be >= 0, got {self.max_staleness}")
+        if self.async_generation_threads < 1:
+            raise AlignkitError(f"config: async_generation_threads: must be >= 1, got {self.async_generation_threads}")
+        if self.async_importance_sampling_cap < 0 or 0 < self.async_importance_sampling_cap < 1:
+            raise AlignkitError(f"config: async_importance_sampling_cap: must be 0 (off) or at least 1, got "
+                                f"{self.async_importance_sampling_cap}")
