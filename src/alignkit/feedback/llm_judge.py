@@ -16,19 +16,30 @@ answers are overconfident, so the probability is clamped to [0.4, 0.6].
   P(first better) = σ of the difference. No position to be biased towards.
 - `OpenAIJudge`: any OpenAI-compatible /v1/completions endpoint that returns top log-probs (vLLM's or
   llama.cpp's server), over plain HTTP from the standard library.
+
+The pieces the pointwise LLM rewards use too (next-token log-probs, the option tokens, the chat rendering,
+posting JSON, reading top log-probs, `soft_preference`) live one layer down, in `rewards.llm`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import urllib.error
-import urllib.request
 
 from alignkit.errors import AlignkitError
 from alignkit.feedback.constitution import Constitution, load_constitution
 from alignkit.models.load import load_policy, load_tokenizer
+from alignkit.rewards.llm import (
+    api_base,
+    chat_text,
+    conversation_text,
+    next_token_logps,
+    option_token_id,
+    post_json,
+    request_text,
+    soft_preference,
+    top_logprob,
+)
 from alignkit.rollout.generate import SamplingSettings
 from alignkit.rollout.sampler import sample_groups
 
@@ -36,23 +47,9 @@ COT_CLAMP = (0.4, 0.6)
 OPTIONS = ("A", "B")
 
 
-def soft_preference(logp_a: float, logp_b: float) -> float:
-    """P(A) from the two options' log-probs, normalised over just those two (stable for large gaps)."""
-    if logp_a == -math.inf and logp_b == -math.inf:
-        return 0.5
-    diff = logp_a - logp_b
-    return 1.0 / (1.0 + math.exp(-diff)) if diff >= 0 else math.exp(diff) / (1.0 + math.exp(diff))
-
-
-def _text(value) -> str:
-    if isinstance(value, list):
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in value if isinstance(m, dict))
-    return str(value)
-
-
 def comparison_text(prompt, first: str, second: str, question: str) -> str:
     """The judge's task as one user message."""
-    return (f"Consider this conversation between a person and an AI assistant.\n\n{_text(prompt)}\n\n"
+    return (f"Consider this conversation between a person and an AI assistant.\n\n{conversation_text(prompt)}\n\n"
             f"{question}\n\nOptions:\n(A) {first}\n\n(B) {second}\n\n"
             "Answer with the letter of the better reply.")
 
@@ -74,7 +71,7 @@ class _PrincipledJudge:
 
     def principle(self, prompt, first: str, second: str):
         """The same comparison question for a pair in either order (hash of the unordered pair)."""
-        key = json.dumps([_text(prompt), sorted([first, second]), self.seed], ensure_ascii=False)
+        key = json.dumps([conversation_text(prompt), sorted([first, second]), self.seed], ensure_ascii=False)
         index = int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(self.constitution.comparisons)
         return self.constitution.comparisons[index]
 
@@ -92,24 +89,14 @@ class LocalLLMJudge(_PrincipledJudge):
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_policy(model, device=device).eval()
         self.batch_size, self.max_length, self.cot_tokens = batch_size, max_length, cot_tokens
-        self.option_ids = [self._option_id(letter) for letter in OPTIONS]
+        self.option_ids = [option_token_id(self.tokenizer, letter, "judge") for letter in OPTIONS]
         if self.option_ids[0] == self.option_ids[1]:
             raise AlignkitError(f"judge: {model}'s tokenizer starts A and B with the same token")
         self.audit: list[dict] = []  # every text the judge was shown, in order
 
-    def _option_id(self, word: str) -> int:
-        """The token whose probability stands for `word`: the word's only token, or else its first (an
-        approximation for tokenizers that split it)."""
-        ids = self.tokenizer(word, add_special_tokens=False).input_ids
-        if not ids:
-            raise AlignkitError(f"judge: the tokenizer gives no token for {word!r}")
-        return ids[0]
-
     def render(self, task: str, reasoning: str | None = None) -> str:
         """The exact text the model reads: chat template, then the start of its answer."""
-        messages = [{"role": "user", "content": task}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) \
-            if getattr(self.tokenizer, "chat_template", None) else task + "\n"
+        text = chat_text(self.tokenizer, task)
         if reasoning is not None:
             text += f"Let's think step by step: {reasoning.strip()}\nSo, {ANSWER_PREFIX}"
         else:
@@ -117,20 +104,8 @@ class LocalLLMJudge(_PrincipledJudge):
         return text
 
     def _next_token_logps(self, texts: list[str]) -> list[tuple[float, float]]:
-        import torch
-        from tqdm.auto import tqdm
-
-        out = []
-        device = next(self.model.parameters()).device
-        for start in tqdm(range(0, len(texts), self.batch_size), desc=f"judging ({self.name})", unit="batch",
-                          leave=False, disable=len(texts) <= self.batch_size or None):
-            batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                   truncation=True, max_length=self.max_length, add_special_tokens=False)
-            with torch.no_grad():
-                logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -1].float()
-            logps = torch.log_softmax(logits, -1)[:, self.option_ids]
-            out += [(float(a), float(b)) for a, b in logps.tolist()]
-        return out
+        return next_token_logps(self.model, self.tokenizer, texts, self.option_ids, batch_size=self.batch_size,
+                                max_length=self.max_length, desc=f"judging ({self.name})")
 
     def _reason(self, texts: list[str]) -> list[str]:
         greedy = SamplingSettings(max_new_tokens=self.cot_tokens, temperature=0.0, batch_size=self.batch_size)
@@ -157,9 +132,7 @@ def assessment_text(prompt, reply: str, question: str) -> str:
     """A pointwise judge's task: one reply, one yes/no question. A one-turn conversation is shown as its
     question alone (small models judge the plain form better: 62% against 46% agreement with the rubric
     on SmolLM2, docs/cai.md)."""
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
-        prompt = prompt[0].get("content", "")
-    return (f"Here is a question and a reply.\n\nQuestion: {_text(prompt)}\n\nReply: {reply}\n\n"
+    return (f"Here is a question and a reply.\n\nQuestion: {request_text(prompt)}\n\nReply: {reply}\n\n"
             f"{question} Answer Yes or No.")
 
 
@@ -178,19 +151,14 @@ class LocalScoreJudge(LocalLLMJudge):
             raise AlignkitError(f"constitution {self.constitution.name}: no assessments (yes/no questions) to "
                                 "score replies with")
         self.name = f"llm-score:{model}"
-        self.option_ids = [self._option_id(word) for word in ("Yes", "No")]
+        self.option_ids = [option_token_id(self.tokenizer, word, "judge") for word in ("Yes", "No")]
         if self.option_ids[0] == self.option_ids[1]:
             raise AlignkitError(f"judge: {model}'s tokenizer starts Yes and No with the same token")
 
     def question(self, prompt, first: str, second: str):
-        key = json.dumps([_text(prompt), sorted([first, second]), self.seed], ensure_ascii=False)
+        key = json.dumps([conversation_text(prompt), sorted([first, second]), self.seed], ensure_ascii=False)
         index = int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(self.constitution.assessments)
         return self.constitution.assessments[index]
-
-    def render_plain(self, task: str) -> str:
-        messages = [{"role": "user", "content": task}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) \
-            if getattr(self.tokenizer, "chat_template", None) else task + "\n"
 
     def compare(self, prompts, first, second, rows):
         questions = [self.question(p, a, b) for p, a, b in zip(prompts, first, second)]
@@ -198,7 +166,7 @@ class LocalScoreJudge(LocalLLMJudge):
         for p, a, b, q in zip(prompts, first, second, questions):
             for reply in (a, b):
                 texts.setdefault((json.dumps(p, ensure_ascii=False), reply, q.name),
-                                 self.render_plain(assessment_text(p, reply, q.question)))
+                                 chat_text(self.tokenizer, assessment_text(p, reply, q.question)))
         keys = list(texts)
         self.audit += [{"judge": self.name, "text": texts[k]} for k in keys]
         scores = {k: la - lb for k, (la, lb) in zip(keys, self._next_token_logps([texts[k] for k in keys]))}
@@ -217,24 +185,14 @@ class OpenAIJudge(_PrincipledJudge):
     def __init__(self, url: str, model: str | None = None, constitution: Constitution | str = "default",
                  seed: int = 0, api_key: str | None = None, timeout: float = 120.0):
         super().__init__(constitution, seed, cot=False)
-        self.url = url.rstrip("/")
-        if not self.url.endswith("/v1"):
-            self.url += "/v1"
+        self.url = api_base(url)
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.name = f"openai:{url}" + (f"#{model}" if model else "")
         self.audit: list[dict] = []
 
     def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url + "/completions", data=json.dumps(payload).encode(),
-                                         headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.URLError as error:
-            raise AlignkitError(f"judge {self.url}: {error}") from None
+        return post_json(self.url + "/completions", payload, where=f"judge {self.url}", api_key=self.api_key,
+                         timeout=self.timeout)
 
     def compare(self, prompts, first, second, rows):
         texts = [comparison_text(p, a, b, self.principle(p, a, b).question) + "\n" + ANSWER_PREFIX
@@ -249,7 +207,7 @@ class OpenAIJudge(_PrincipledJudge):
         results = []
         for choice, p, a, b in zip(choices, prompts, first, second):
             top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
-            la, lb = (max((v for k, v in top.items() if k.strip() == letter), default=-math.inf) for letter in OPTIONS)
+            la, lb = (top_logprob(top, letter) for letter in OPTIONS)
             detail = {"principle": self.principle(p, a, b).name, "logp_A": la, "logp_B": lb}
             results.append((soft_preference(la, lb), detail))
         return results

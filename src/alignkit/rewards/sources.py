@@ -7,26 +7,34 @@ rows' extra fields (e.g. `answer` for a maths task, `hazard` for the rubric) plu
 |---|---|
 | `rm:PATH` | a reward model saved by `alignkit rm`: its run directory or `model/` in it (`rm:A,B` is the ensemble mean) |
 | `rules` | the simulated annotator's rubric total (`alignkit.rewards.rubric`) for each response |
+| `llm:MODEL` | a local LM judges each response alone: P(Yes) / (P(Yes) + P(No)) for a written rubric (`rewards.llm`) |
+| `openai:URL#MODEL` | that judge on an OpenAI-compatible server (Yes/No log-probs, else a 1–10 score) |
 | `module:function` or `path/to/file.py:function` | any Python function with the signature above (verifiable rewards) |
 | `contains:TEXT` | 1 when the completion contains TEXT, else 0 (a known target, for tests and smoke runs) |
 | `max_words:N` | 1 up to N words, falling linearly to 0 at 2N (a short-answer target) |
 
 `RewardMix` adds weighted sources and two optional penalties: one for a response cut at the length limit
 (no EOS), and DAPO's soft over-length penalty, which ramps from 0 to −1 over the last `overlong_buffer`
-tokens before max_new_tokens.
+tokens before max_new_tokens. With more than one source, `RewardMix` runs them at the same time (one thread
+each; a model judge and a reward model overlap, as do requests to a server), keeping the results in source
+order. A source may be `async def` (or return an awaitable): it is awaited in its own event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import inspect
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
 from alignkit.rewards.combine import Ensemble
+from alignkit.rewards.llm import LocalLLMReward, openai_reward
 from alignkit.rewards.model import RewardModel
 from alignkit.rewards.rubric import RubricContext, is_harmful_prompt, score_response
 from alignkit.rewards.specs import REWARD_SPECS
@@ -94,6 +102,10 @@ def load_reward(spec: str, device: str = "auto") -> RewardFn:
         return reward_model(arg, device)
     if kind == "rules":
         return rubric_reward
+    if kind == "llm":
+        return LocalLLMReward(arg, device=device)
+    if kind == "openai":
+        return openai_reward(arg)
     if kind == "contains":
         return contains(arg)
     if kind == "max_words":
@@ -106,6 +118,36 @@ def load_reward(spec: str, device: str = "auto") -> RewardFn:
 
 def source_name(fn) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+def call_source(source: RewardFn, prompts: list, completions: list[str], columns: dict) -> list:
+    """One source's scores; an async source (a coroutine function, or any callable returning an awaitable)
+    is awaited in an event loop of its own (in a helper thread when this thread already runs one)."""
+    result = source(prompts, completions, **columns)
+    if not inspect.isawaitable(result):
+        return result
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_awaited(result))
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _awaited(result)).result()
+
+
+def call_sources(sources: Sequence[RewardFn], prompts: list, completions: list[str], columns: dict) -> list:
+    """Every source's result, in source order: one source runs in this thread, several at the same time in
+    a thread each (on copies of the lists, so a source that edits its arguments cannot disturb another).
+    A source's error is raised as it was raised, the first in source order first."""
+    if len(sources) == 1:
+        return [call_source(sources[0], prompts, completions, columns)]
+    with ThreadPoolExecutor(len(sources)) as pool:
+        futures = [pool.submit(call_source, s, list(prompts), list(completions),
+                               {k: list(v) for k, v in columns.items()}) for s in sources]
+        return [f.result() for f in futures]
 
 
 @dataclass
@@ -138,8 +180,9 @@ class RewardMix:
         columns["finish_reason"] = finish_reasons or [None] * len(prompts)
         total = [0.0] * len(prompts)
         parts = {}
-        for name, source, weight in zip(self.names, self.sources, self.weights):
-            scores = [float(s) for s in source(prompts, completions, **columns)]
+        results = call_sources(self.sources, prompts, completions, columns)
+        for name, result, weight in zip(self.names, results, self.weights):
+            scores = [float(s) for s in result]
             if len(scores) != len(prompts):
                 raise AlignkitError(f"reward {name}: returned {len(scores)} scores for {len(prompts)} completions")
             if not all(math.isfinite(s) for s in scores):

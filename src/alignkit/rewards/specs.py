@@ -47,8 +47,8 @@ class SpecKinds:
         raise AlignkitError(f"{self.what}: " + self.unknown.format(spec=spec, listing=self.listing()))
 
 
-REWARD_SPECS = SpecKinds("reward", ("rm:PATH", "rules", FUNCTION, "contains:TEXT", "max_words:N"),
-                         unknown="unknown source {spec!r}; use {listing}")
+REWARD_SPECS = SpecKinds("reward", ("rm:PATH", "rules", "llm:MODEL", "openai:URL#MODEL", FUNCTION, "contains:TEXT",
+                                    "max_words:N"), unknown="unknown source {spec!r}; use {listing}")
 JUDGE_SPECS = SpecKinds("judge", (
     "rules (the written rubric)", "rm:PATH (a reward model), rm:PATH,PATH,... (their mean)",
     "llm:MODEL (a local LM's A/B probabilities)", "llm-cot:MODEL (after its reasoning, clamped to [0.4, 0.6])",
