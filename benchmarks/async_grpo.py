@@ -15,9 +15,10 @@ sampling included; the async side's includes waiting for its samples) and `compl
 per run, over the steps after the first --warmup (the first step loads the generator and has nothing to
 overlap with):
 
-- completions/s = timed steps x completions per step / their summed step_time (the verdict's number);
-- completion tokens/s = sum of (mean length x completions) / the same time (for reference: the two sides draw
-  from different random streams, so lengths differ by chance);
+- completions/s = timed steps x completions per step / their summed step_time;
+- completion tokens/s = sum of (mean length x completions) / the same time: the two sides draw from different
+  random streams, so lengths differ by chance, and a side that happened to sample shorter answers would look
+  faster in completions/s. The verdict needs both ratios at the target;
 - the mean reward and, for async, `async/staleness` (updates between sampling and training weights);
 - the run's CPU seconds (it and its generator process) and the share of the machine other processes used
   meanwhile, with a warning above 10%: 2-thread ops on busy cores stall at every barrier, single-thread
@@ -25,8 +26,9 @@ overlap with):
 
 Same work, checked: both sides logged every step with the same completions per step; the async side logged
 `async/staleness` on every step, never above K, and the sync side never did (else the async path did not
-run). A failed check prints FAIL and exits 1, never a ratio. The ratio is async/sync completions per second,
-the median of the paired runs (repeat r of each side), against the issue's target of 1.3x.
+run). A failed check prints FAIL and exits 1, never a ratio. The ratios are async/sync completions and
+completion tokens per second, the medians of the paired runs (repeat r of each side), against the issue's
+target of 1.3x.
 
 --tiny instead compares learning: reward curves (mean reward per step over --seeds) of both sides on
 embedded:tiny with a verifiable reward (`e_share`: the share of the letter e, which the tiny model learns,
@@ -88,7 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--generator-threads", type=int, default=1, help="--async_generation_threads of the async side")
     p.add_argument("--no-pin", action="store_true", help="do not pin each run to the same --threads CPUs")
     p.add_argument("--repeats", type=int, default=3, help="runs per side (the speed comparison)")
-    p.add_argument("--seed", type=int, default=0, help="the speed comparison's --seed")
+    p.add_argument("--seed", type=int, default=0, help="the speed comparison's first --seed (repeat r uses seed + r on both sides)")
     p.add_argument("--tiny", action="store_true", help="compare reward curves on embedded:tiny instead of speed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--tiny: one run per side and seed")
     p.add_argument("--tiny-gain-share", type=float, default=0.8,
@@ -234,7 +236,7 @@ def speed(args) -> int:
     samples: dict[tuple[str, str, str], list[dict]] = {}
     for r in range(args.repeats):
         for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
-            res = run_one(args, side, args.seed, reward)
+            res = run_one(args, side, args.seed + r, reward)  # one seed per pair: lengths vary across pairs, not sides
             samples.setdefault((args.model, "builtin", side), []).append(res)
             stale = [s for s in res["staleness"][args.warmup:] if s is not None]
             print(f"  {side:5s} repeat {r + 1}: {res['completions_per_s']:7.2f} completions/s  "
@@ -252,13 +254,15 @@ def speed(args) -> int:
         pairs = list(zip(samples[(args.model, "builtin", "async")], samples[(args.model, "builtin", "sync")]))
         ratio = harness.spread([a["completions_per_s"] / s["completions_per_s"] for a, s in pairs])
         tokens = harness.spread([a["completion_tokens_per_s"] / s["completion_tokens_per_s"] for a, s in pairs])
-        verdict = "PASS" if ratio["median"] >= TARGET_SPEED else "MISS (speed)"
+        # the two sides sample different tokens, so their lengths differ by chance: both ratios must pass
+        verdict = "PASS" if min(ratio["median"], tokens["median"]) >= TARGET_SPEED else "MISS (speed)"
         print(f"\nasync/sync completions/s: {ratio['median']:.2f}x (paired runs {ratio['min']:.2f}-"
               f"{ratio['max']:.2f}x; completion tokens/s {tokens['median']:.2f}x)  {verdict}")
         row = {**record, "verdict": verdict, "speed": ratio, "token_speed": tokens, "target_speed": TARGET_SPEED}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     return harness.finish(args, "async_grpo", samples, [row], versions(),
-                          f"target: async >= {TARGET_SPEED}x sync completions/s on the same {args.threads} CPUs")
+                          f"target: async >= {TARGET_SPEED}x sync completions/s and completion tokens/s on the same "
+                          f"{args.threads} CPUs")
 
 
 def tiny(args) -> int:

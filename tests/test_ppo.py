@@ -46,8 +46,9 @@ def test_ppo_raises_a_verifiable_reward(tmp_path, layout):
     metrics = result.last_metrics
     for name in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
                  "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
-                 "val/clipfrac_avg", "completions/mean_length", "completions/clipped_ratio"):
+                 "val/clipfrac_avg", "completions/mean_length", "completions/clipped_ratio", "entropy"):
         assert name in metrics and metrics[name] == metrics[name], name  # present and not NaN
+    assert 0 < metrics["entropy"] < 7.0  # nats over the tiny model's vocabulary (log V ≈ 6.2 at most)
     assert 0 <= metrics["objective/kl"] < 20
     assert (out / "model" / "value.pt").exists()
 

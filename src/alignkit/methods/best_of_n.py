@@ -35,8 +35,8 @@ class BestOfNConfig:
     dataset_split: str | None = None
     """Only the rows whose "split" column has this value."""
     reward_funcs: str = "rules"
-    """Reward sources separated by spaces: rm:PATH, rules, module:function, file.py:function, contains:TEXT,
-    max_words:N (docs/rl.md)."""
+    """Reward sources separated by spaces: rm:PATH, rules, llm:MODEL, openai:URL#MODEL, module:function,
+    file.py:function, contains:TEXT, max_words:N (docs/rl.md); several run concurrently."""
     reward_weights: str | None = None
     """One weight per reward source, separated by spaces (default: all 1)."""
     min_score: float | None = None

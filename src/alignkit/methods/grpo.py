@@ -14,6 +14,18 @@ into advantages, and takes one gradient step on the clipped objective:
 - One update per rollout (μ = 1): the behaviour log-probs are the policy's own, detached, so ρ = 1 and the
   gradient is the policy gradient. They are computed by the same forward pass, with the sampling
   temperature, that the loss uses.
+- importance_sampling_level sequence (GSPO, Zheng et al. 2025): ρ is one length-normalised ratio per
+  response, clipped as a whole. entropy_coef: minus c × the token-mean entropy (always logged as `entropy`).
+- dynamic_sampling (DAPO, Yu et al. 2025): groups whose rewards are all equal are dropped and replaced by
+  groups of new prompts drawn from the data (global random state) for up to max_sampling_rounds rounds.
+  Deviation: a micro-batch still short after them trains on the groups it has, weighted as a full one; with
+  none at all it contributes no gradient (DAPO keeps sampling without a bound).
+- async_generation (`rollout.async_rollout`): a generator process samples the next micro-batches while this
+  one trains, at most max_staleness updates behind; stale samples are corrected by truncated importance
+  weights against the generator's log-probs. Its sampling is seeded per job, not from the global state, and
+  which weight version a job gets depends on timing, so an async run resumes its weights, optimizer and data
+  position exactly but not its samples. Call train_grpo from a script under `if __name__ == "__main__":`
+  (the generator process is spawned and imports the main module).
 
 `per_device_train_batch_size` counts completions, as in TRL: it must be a multiple of num_generations, and
 each micro-batch holds per_device_train_batch_size / num_generations prompts. Sampling draws from the global
@@ -58,8 +70,8 @@ class GRPOConfig:
     dataset_train_split: str | None = None
     """Only prompt rows whose "split" column has this value (default: all rows)."""
     reward_funcs: str = "rules"
-    """Reward sources separated by spaces: rm:PATH, rules, module:function, file.py:function, contains:TEXT,
-    max_words:N (docs/rl.md)."""
+    """Reward sources separated by spaces: rm:PATH, rules, llm:MODEL, openai:URL#MODEL, module:function,
+    file.py:function, contains:TEXT, max_words:N (docs/rl.md); several run concurrently."""
     reward_weights: str | None = None
     """One weight per reward source, separated by spaces (default: all 1)."""
     num_generations: int = 8

@@ -73,7 +73,8 @@ class PPOConfig:
     """Held-out prompts: at eval_steps and at the end, one response each (the run's seed) is scored:
     eval/objective/scores, eval/completions/mean_length."""
     reward_funcs: str = "rules"
-    """Reward sources separated by spaces: rm:PATH, rules, module:function, file.py:function (docs/rl.md)."""
+    """Reward sources separated by spaces: rm:PATH, rules, llm:MODEL, openai:URL#MODEL, module:function,
+    file.py:function (docs/rl.md); several run concurrently."""
     reward_weights: str | None = None
     """One weight per reward source, separated by spaces (default: all 1)."""
     missing_eos_penalty: float | None = None
@@ -106,6 +107,8 @@ class PPOConfig:
     """Clip range of the value update."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus c: minus c × the policy's token-mean entropy is added to the loss (`entropy` is logged)."""
     num_ppo_epochs: int = 4
     """Passes over each rollout."""
     num_mini_batches: int = 1
@@ -137,6 +140,8 @@ class PPOConfig:
     def check(self) -> None:
         if not self.dataset_name:
             raise AlignkitError("config: dataset_name: give the prompts (--dataset_name / --prompts FILE)")
+        if self.entropy_coef < 0:
+            raise AlignkitError(f"config: entropy_coef: must be >= 0 (a bonus), got {self.entropy_coef}")
         for name, value, allowed in (("ref", self.ref, REFERENCES), ("kl_estimator", self.kl_estimator,
                                                                       rl.KL_ESTIMATORS)):
             if value not in allowed:
@@ -210,9 +215,12 @@ class PolicyWithValue(torch.nn.Module):
         self.critic = value
         self.temperature = temperature
 
-    def forward(self, batch: dict):
-        logps = sequence_logps(self.policy, batch, temperature=self.temperature, return_hidden=self.critic.shared)
-        return logps.token_logps, logps.mask, self.critic.values(batch, logps.hidden)
+    def forward(self, batch: dict, entropy: bool = False):
+        """(token log-probs, mask, values), and the policy's per-token entropy when asked for."""
+        logps = sequence_logps(self.policy, batch, temperature=self.temperature, return_hidden=self.critic.shared,
+                               entropy=entropy)
+        out = (logps.token_logps, logps.mask, self.critic.values(batch, logps.hidden))
+        return (*out, logps.entropy) if entropy else out
 
 
 @dataclass
@@ -328,7 +336,7 @@ class PPOStep:
         """The engine's step_fn: the clipped policy loss + vf_coef × the clipped value loss on one piece of a
         minibatch, as a sum over its response tokens (the engine divides by the minibatch's token count)."""
         config = self.config
-        logps, mask, values = model(batch)
+        logps, mask, values, entropy = model(batch, entropy=True)
         policy_out = rl.clipped_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, config.cliprange)
         value_losses, value_clipped = rl.clipped_value_loss(values, batch["old_values"], batch["returns"], mask,
                                                             config.cliprange_value)
@@ -338,8 +346,11 @@ class PPOStep:
                    "policy/clipfrac_avg": rl.masked_mean(policy_out.clipped.float(), mask),
                    "loss/policy_avg": policy_loss, "loss/value_avg": value_loss,
                    "val/clipfrac_avg": rl.masked_mean(value_clipped.float(), mask),
-                   "val/ratio": rl.masked_mean(policy_out.ratio, mask)}
+                   "val/ratio": rl.masked_mean(policy_out.ratio, mask),
+                   "entropy": rl.masked_mean(entropy.detach(), mask)}
         loss = policy_loss + config.vf_coef * value_loss
+        if config.entropy_coef:
+            loss = loss + rl.entropy_bonus(entropy, mask, config.entropy_coef)
         return loss * mask.sum(), {k: float(v.detach()) for k, v in metrics.items()}
 
     def finish(self, experience: Experience) -> dict[str, float]:

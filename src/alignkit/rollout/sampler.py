@@ -56,7 +56,7 @@ def draw(probs: Tensor) -> Tensor:
 def sample_groups(model, prompt_ids: list[list[int]], group: int, settings, stop_ids: list[int],
                   pad_id: int, return_logps: bool = False):
     """`group` sampled token rows per prompt (row i continues prompt i // group), settings.max_new_tokens
-    long: after a row's first stop token come pad_id fillers (`rollout.generate._finish` cuts them).
+    long: after a row's first stop token come pad_id fillers (`rollout.generate.finish_row` cuts them).
     settings: `rollout.generate.SamplingSettings` (batch_size counts prompts per prefill).
 
     return_logps: return (rows, logps), logps[i] holding the sampler's log-prob of each token of row i up to
