@@ -4,7 +4,7 @@ same model, prompts, reward, seed and steps, with the same two CPU cores.
 - sync: `alignkit grpo` on --threads torch threads (2): each step samples, then updates, one after the other;
 - async: the same command with `--async_generation true --max_staleness K --async_generation_threads 1`: a
   generator process (its own model copy, 1 thread) samples step k + 1's completions while the trainer (the
-  remaining 1 thread: `methods.grpo.start_async_generation` gives it torch's threads minus the generator's)
+  remaining 1 thread: `rollout.async_rollout.start_async_rollouts` gives it torch's threads minus the generator's)
   updates on step k's; weights are pushed after every update, and truncated importance sampling corrects the lag.
 
 Method: every run is `python -m alignkit.cli grpo ...` in a fresh subprocess with OMP_NUM_THREADS /

@@ -85,7 +85,7 @@ def test_rules_reward_prefers_refusing_a_harmful_prompt():
 def test_bad_reward_specs():
     with pytest.raises(AlignkitError, match="unknown source"):
         load_reward("nope")
-    with pytest.raises(AlignkitError, match="has no function"):
+    with pytest.raises(AlignkitError, match="has no .no_such_function."):
         load_reward("math:no_such_function")
     with pytest.raises(AlignkitError, match="file does not exist"):
         load_reward("missing.py:f")

@@ -13,6 +13,7 @@ rows [0, G) answer the first prompt, [G, 2G) the second, and so on.
 | `whiten` | (x − mean) / std over the masked entries | — |
 | `group_advantages` | (r − group mean) / (group std + ε); Dr. GRPO: no std | Shao et al. 2024; Liu et al. 2025 |
 | `rloo_advantages` | r_i − mean_{j≠i} r_j | Ahmadian et al. 2024 (RLOO) |
+| `turn_advantages` | per turn: return-to-go from the turn minus its group's baseline at that turn (multi-turn episodes) | Shao et al. 2024 (process supervision, eq. 4), per turn |
 | `reinforce_pp_advantages` | whitened return-to-go of the KL-penalised token rewards | Hu 2025 (REINFORCE++) |
 | `clipped_policy_loss` | −min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â); ρ per token, or per sequence (GSPO) | Schulman et al. 2017 (PPO), eq. 7; Zheng et al. 2025 (GSPO), eq. 7 |
 | `entropy_bonus` | −c·(token-mean entropy of π over the vocabulary) | Williams & Peng 1991; as TRL's `entropy_coef` |
@@ -114,6 +115,45 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     groups = rewards.view(-1, group_size)
     others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
     return (groups - others).reshape(-1)
+
+
+def turn_advantages(turn_rewards: list[list[float]], token_turns: Tensor, group_size: int, kind: str = "grpo",
+                    scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """Per-token advantages (B, T) of multi-turn episodes, each turn credited with the rewards from that turn on.
+
+    turn_rewards[i]: episode i's reward per model turn; token_turns (B, T): the turn of each completion token
+    (any value on padding, which the loss mask removes). Episode i's return from turn t is
+    G_it = Σ_{u ≥ t} r_iu. Its turn-t tokens get G_it minus a baseline over the episodes of its group that
+    reached turn t: their mean (kind "grpo"; divided by the std of the group's total returns + eps when
+    `scale`), or the mean of the others (kind "rloo"; 0 when no other episode reached turn t). So a reward
+    earned at turn t reaches the advantages of turns ≤ t and never a later turn's; with one final reward and
+    equal turn counts this is exactly `group_advantages` / `rloo_advantages` on every token."""
+    if kind not in ("grpo", "rloo"):
+        raise ValueError(f"turn advantages support grpo and rloo, not {kind}")
+    n = len(turn_rewards)
+    turns = max((len(r) for r in turn_rewards), default=0)
+    returns = torch.full((n, max(turns, 1)), float("nan"), dtype=torch.float32)
+    for i, rewards in enumerate(turn_rewards):
+        running = 0.0
+        for t in reversed(range(len(rewards))):
+            running += float(rewards[t])
+            returns[i, t] = running
+    per_turn = torch.zeros_like(returns)
+    totals = torch.nan_to_num(returns[:, 0]).view(-1, group_size)
+    scales = totals.std(dim=1) + eps if kind == "grpo" and scale else torch.ones(totals.shape[0])
+    for g in range(n // group_size):
+        block = returns[g * group_size:(g + 1) * group_size]
+        reached = ~block.isnan()
+        count = reached.sum(dim=0, keepdim=True).float()
+        total = torch.nan_to_num(block).sum(dim=0, keepdim=True)
+        if kind == "grpo":
+            advantage = (block - total / count.clamp(min=1)) / scales[g]
+        else:
+            others = (count - 1).clamp(min=1)
+            advantage = torch.where(count > 1, block - (total - block) / others, torch.zeros_like(block))
+        per_turn[g * group_size:(g + 1) * group_size] = torch.where(reached, advantage, torch.zeros_like(block))
+    index = token_turns.long().clamp(min=0, max=per_turn.shape[1] - 1).cpu()
+    return per_turn.gather(1, index).to(token_turns.device)
 
 
 def reinforce_pp_advantages(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, gamma: float = 1.0) -> Tensor:

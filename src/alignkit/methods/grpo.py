@@ -37,6 +37,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, replace
 
+from alignkit.data.collate import pad
 from alignkit.data.readers import load_prompts
 from alignkit.data.tokenize import cut_prompt
 from alignkit.engine.run import run_owner
@@ -47,11 +48,11 @@ from alignkit.losses.rl import ADVANTAGES, KL_ESTIMATORS
 from alignkit.models.load import load_policy, load_tokenizer
 from alignkit.ops.prefix import group_logps
 from alignkit.rewards.sources import reward_mix
-from alignkit.rollout.async_gen import AsyncGenerator
-from alignkit.rollout.async_rollout import AsyncRollouts
+from alignkit.rollout.async_rollout import start_async_rollouts
+from alignkit.rollout.episodes import episodes_rollout, model_sampler, run_episodes
 from alignkit.rollout.generate import SamplingSettings, stop_ids
 from alignkit.rollout.rl import Rollout, importance_weights, sample_rollout
-from alignkit.rollout.settings import AsyncSettings, VLLMSettings
+from alignkit.rollout.settings import AsyncSettings, EnvSettings, VLLMSettings
 
 LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean", "dr_grpo": "constant-length"}
 REFERENCES = ("auto", "copy", "adapter", "none")
@@ -69,9 +70,10 @@ class GRPOConfig:
     """Prompt rows ({"prompt": ...}; extra columns go to the reward functions); several files comma-separated."""
     dataset_train_split: str | None = None
     """Only prompt rows whose "split" column has this value (default: all rows)."""
-    reward_funcs: str = "rules"
+    reward_funcs: str | None = None
     """Reward sources separated by spaces: rm:PATH, rules, llm:MODEL, openai:URL#MODEL, module:function,
-    file.py:function, contains:TEXT, max_words:N (docs/rl.md); several run concurrently."""
+    file.py:function, contains:TEXT, max_words:N (docs/rl.md); several run concurrently. Default: rules, or
+    with an environment none (its own rewards)."""
     reward_weights: str | None = None
     """One weight per reward source, separated by spaces (default: all 1)."""
     num_generations: int = 8
@@ -126,6 +128,8 @@ class GRPOConfig:
     """LoRA settings (flat keys: use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules)."""
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     """vLLM rollouts on a GPU (flat keys: use_vllm, vllm_gpu_memory_utilization, vllm_enable_sleep_mode)."""
+    env: EnvSettings = field(default_factory=EnvSettings)
+    """Multi-turn episodes in an environment (flat keys: environment, max_turns, max_episode_tokens)."""
     asynchronous: AsyncSettings = field(default_factory=AsyncSettings)
     """Asynchronous generation (flat keys: async_generation, max_staleness, async_generation_threads,
     async_importance_sampling_cap)."""
@@ -169,6 +173,12 @@ class GRPOConfig:
         self.vllm.check()
         self.vllm.check_device(self.device)
         self.asynchronous.check()
+        self.env.check()
+        if self.env.environment and self.advantage == "reinforce_pp":
+            raise AlignkitError("config: environment: per-turn credit needs advantage grpo or rloo, not reinforce_pp")
+        if self.env.environment and self.vllm.use_vllm:
+            raise AlignkitError("config: environment: episodes run on the torch sampler or the async generator; "
+                                "drop use_vllm")
         if self.asynchronous.async_generation and self.vllm.use_vllm:
             raise AlignkitError("config: async_generation: not with use_vllm (vLLM samples in this process); "
                                 "drop one of them")
@@ -268,18 +278,39 @@ class GroupPolicyStep:
     def sample(self, policy, rows: list[dict], batch: dict | None = None) -> Scored:
         """G responses to each row's prompt, scored: from the asynchronous generator when there is one (the
         engine's micro-batch when `batch` is given, else fresh), else sampled here."""
-        stats = {}
-        if self.async_rollouts is None:
-            rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, self.config.num_generations,
+        stats, config = {}, self.config
+        if self.async_rollouts is None and config.env.environment:
+            stop = stop_ids(policy, self.tokenizer)
+            episodes = run_episodes(model_sampler(policy, self.sampling, stop, self.tokenizer.pad_token_id),
+                                    self.tokenizer, rows, config.env.environment, config.num_generations,
+                                    config.max_completion_length, config.env, stop)
+            rollout = episodes_rollout(episodes, config.num_generations)
+        elif self.async_rollouts is None:
+            rollout = sample_rollout(policy, self.tokenizer, rows, self.sampling, config.num_generations,
                                      sampler=self.sampler)
         elif batch is not None:
             rollout, stats = self.async_rollouts.rollout(rows, batch["step"], batch["micro"], batch["upcoming"])
         else:
             rollout, stats = self.async_rollouts.fresh_rollout(rows)
+        return Scored(rollout, *self.score(rollout), stats)
+
+    def score(self, rollout: Rollout) -> tuple[list[float], dict[str, list[float]]]:
+        """Each sample's total reward and each source's part. Episodes: the environment's turn rewards, with
+        the reward sources' score (if any) added to the last turn (rollout.extra["turn_rewards"] updated)."""
         lengths = [len(c) for c in rollout.completion_ids]
-        scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
-                                     rollout.rows)
-        return Scored(rollout, scores, parts, stats)
+        scores, parts = [0.0] * len(rollout), {}
+        if self.rewards is not None:
+            scores, parts = self.rewards(rollout.prompts, rollout.completions, rollout.finish_reasons, lengths,
+                                         rollout.rows)
+        turns = rollout.extra.get("turn_rewards")
+        if turns is None:
+            return scores, parts
+        turns = [list(t) for t in turns]
+        for t, extra in zip(turns, scores):
+            t[-1] += extra
+        rollout.extra["turn_rewards"] = turns
+        parts["environment"] = [sum(t) - extra for t, extra in zip(turns, scores)]
+        return [sum(t) for t in turns], parts
 
     def sample_with_spread(self, policy, rows: list[dict], batch: dict) -> tuple[Scored, dict, bool]:
         """DAPO's dynamic sampling: keep the groups whose rewards differ; draw replacement prompts from the pool
@@ -359,8 +390,14 @@ class GroupPolicyStep:
         if self.strategy != "none":
             kl = rl.kl_penalty(logps.token_logps, self.reference_logps(policy, rollout), config.kl_estimator)
         group = config.num_generations
-        advantages = rl.ADVANTAGES[config.advantage](rewards, group, None if kl is None else kl.detach(), mask,
-                                                     config.beta, config.scale_rewards)
+        if "model_mask" in rollout.extra:  # episodes: the model's own tokens only, each turn its own credit
+            mask = mask & pad(rollout.extra["model_mask"], 0, side="right").to(mask.device).bool()
+            advantages = rl.turn_advantages(rollout.extra["turn_rewards"], pad(rollout.extra["token_turns"], 0,
+                                            side="right").to(mask.device), group, config.advantage,
+                                            config.scale_rewards)
+        else:
+            advantages = rl.ADVANTAGES[config.advantage](rewards, group, None if kl is None else kl.detach(), mask,
+                                                         config.beta, config.scale_rewards)
         out = rl.clipped_policy_loss(logps.token_logps, old, advantages, mask, config.epsilon, config.epsilon_high,
                                      level=config.importance_sampling_level)
         if self.async_rollouts is not None:
@@ -407,8 +444,10 @@ def _train_grpo(config: GRPOConfig, run):
 
     rows = load_prompts(config)
     tokenizer = load_tokenizer(config.model_name_or_path, padding_side="left")
-    rewards = reward_mix(config.reward_funcs, config.reward_weights, device=config.device,
-                         missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
+    rewards = None  # with an environment and no reward_funcs: the environment's rewards alone
+    if config.reward_funcs is not None or not config.env.environment:
+        rewards = reward_mix(config.reward_funcs or "rules", config.reward_weights, device=config.device,
+                             missing_eos_penalty=config.missing_eos_penalty, max_new_tokens=config.max_completion_length)
     if config.max_prompt_length:
         rows = [cut_prompt(row, tokenizer, config.max_prompt_length) for row in rows]
     run.start()
@@ -421,7 +460,12 @@ def _train_grpo(config: GRPOConfig, run):
     model = load_policy(config.model_name_or_path, dtype=config.dtype, device=config.device,
                         lora=config.peft.lora(), gradient_checkpointing=config.gradient_checkpointing)
     sampler = config.vllm.sampler(config.model_name_or_path, config.dtype, config.train.seed)
-    async_rollouts = start_async_generation(config, model, tokenizer) if config.asynchronous.async_generation else None
+    async_rollouts = None
+    if config.asynchronous.async_generation:
+        async_rollouts = start_async_rollouts(
+            model, tokenizer, model_name_or_path=config.model_name_or_path, dtype=config.dtype,
+            lora=config.peft.lora(), settings=sampling_settings(config), group=config.num_generations,
+            seed=config.train.seed, asynchronous=config.asynchronous, env=config.env, stop=stop_ids(model, tokenizer))
     step = GroupPolicyStep(config, tokenizer, rewards, reference_model, sampler=sampler, pool=rows,
                            async_rollouts=async_rollouts)
     prompts_per_batch = config.train.per_device_train_batch_size // config.num_generations
@@ -440,20 +484,3 @@ def _train_grpo(config: GRPOConfig, run):
     finally:
         if async_rollouts is not None:
             async_rollouts.close()
-
-
-def start_async_generation(config: GRPOConfig, model, tokenizer) -> AsyncRollouts:
-    """The generator process with a copy of `model`, and the trainer's side of it. On the CPU the trainer
-    keeps torch's threads minus the generator's (at least one), so the two processes share the cores."""
-    import torch
-
-    settings = config.asynchronous
-    if next(model.parameters()).device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads() - settings.async_generation_threads))
-    stop = stop_ids(model, tokenizer)
-    generator = AsyncGenerator(config.model_name_or_path, model, dtype=config.dtype, lora=config.peft.lora(),
-                               settings=sampling_settings(config), group=config.num_generations,
-                               stop_ids=stop, pad_id=tokenizer.pad_token_id, seed=config.train.seed,
-                               max_staleness=settings.max_staleness, threads=settings.async_generation_threads)
-    return AsyncRollouts(generator, tokenizer, config.num_generations, stop, settings.max_staleness)
-

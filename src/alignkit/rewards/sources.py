@@ -23,16 +23,14 @@ order. A source may be `async def` (or return an awaitable): it is awaited in it
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import inspect
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.imports import load_object
 from alignkit.rewards.combine import Ensemble
 from alignkit.rewards.llm import LocalLLMReward, openai_reward
 from alignkit.rewards.model import RewardModel
@@ -66,22 +64,9 @@ def rubric_reward(prompts, completions, **columns) -> list[float]:
 
 
 def _python_function(spec: str) -> RewardFn:
-    target, _, name = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise AlignkitError(f"{target}: file: reward function file does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise AlignkitError(f"reward: cannot import {target!r} ({e})") from None
-    fn = getattr(module, name, None)
+    fn = load_object(spec, "reward")
     if not callable(fn):
-        raise AlignkitError(f"reward: {target!r} has no function {name!r}")
+        raise AlignkitError(f"reward: {spec!r} is not a function")
     return fn
 
 

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.errors import AlignkitError
-from alignkit.models.load import first_line, load_policy
+from alignkit.models.load import first_line, load_policy, load_tokenizer
+from alignkit.rollout.episodes import model_sampler, run_episodes
 from alignkit.rollout.sampler import sample_groups
 
 POLL_S = 0.2
@@ -73,6 +74,8 @@ class GenResult:
     """Generation wall time of this job (sampling only)."""
     waited: float = 0.0
     """Seconds the job waited in the child for its min_version to be published."""
+    episodes: list | None = None
+    """Episode jobs: the `rollout.episodes.Episode`s, group per row (token_rows and token_logps are then empty)."""
 
 
 @dataclass
@@ -89,6 +92,8 @@ class _ChildSpec:
     seed: int
     threads: int
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    env: Any = None
+    """`rollout.settings.EnvSettings` when jobs are multi-turn episodes (the child then loads the tokenizer)."""
 
 
 def job_seed(seed: int, key: Any) -> int:
@@ -142,10 +147,11 @@ class AsyncGenerator:
 
     def __init__(self, model_name_or_path: str, policy, *, dtype: str, lora, settings, group: int,
                  stop_ids: list[int], pad_id: int, seed: int, max_staleness: int = 1, threads: int = 1,
-                 version: int = 0):
+                 version: int = 0, env=None):
         """Share `policy`'s trainable weights as `version` (0: the starting weights) and start the child, which
         loads `model_name_or_path` with load_policy(dtype=dtype, device="cpu", lora=lora) and copies them in.
-        Returns at once; the child loads while the caller goes on (`wait_ready` waits for it)."""
+        Returns at once; the child loads while the caller goes on (`wait_ready` waits for it). env
+        (`rollout.settings.EnvSettings` with an environment): jobs are episodes (`submit(..., rows=...)`)."""
         import torch
         import torch.multiprocessing as mp
 
@@ -159,7 +165,7 @@ class AsyncGenerator:
             self._buffers = {n: p.detach().to("cpu").clone().share_memory_() for n, p in params.items()}
         self.max_staleness = max_staleness
         spec = _ChildSpec(str(model_name_or_path), dtype, lora, settings, group, list(stop_ids), pad_id, seed,
-                          threads, {n: tuple(b.shape) for n, b in self._buffers.items()})
+                          threads, {n: tuple(b.shape) for n, b in self._buffers.items()}, env)
         ctx = mp.get_context("spawn")
         self._version = ctx.Value("q", int(version), lock=False)  # guarded by _cond
         self._pushes = ctx.Value("q", 0, lock=False)  # pushes so far, guarded by _cond: the child reloads on a change
@@ -216,12 +222,19 @@ class AsyncGenerator:
         more than max_staleness updates behind. The trainer must not use them."""
         return trainer_version - result_version > self.max_staleness
 
-    def submit(self, key, prompt_ids: list[list[int]], min_version: int) -> None:
-        """Queue a job: `group` samples per prompt, started once weight version >= min_version is published.
-        Keys must be picklable and not pending already."""
+    def submit(self, key, prompt_ids: list[list[int]], min_version: int, rows: list[dict] | None = None) -> None:
+        """Queue a job: `group` samples per prompt (episodes: `group` episodes per prompt row of `rows`;
+        prompt_ids unused), started once weight version >= min_version is published. Keys must be picklable
+        and not pending already."""
         self._check_open()
         if key in self._submitted:
             raise AlignkitError(f"async generator: job {key!r} is already pending; collect it before reusing its key")
+        if rows is not None:
+            if not rows:
+                raise AlignkitError(f"async generator: job {key!r}: needs at least one row")
+            self._jobs.put((key, list(rows), int(min_version)))
+            self._submitted.add(key)
+            return
         if not prompt_ids or not all(prompt_ids):
             raise AlignkitError(f"async generator: job {key!r}: needs at least one prompt, each of at least one token")
         self._jobs.put((key, [list(map(int, p)) for p in prompt_ids], int(min_version)))
@@ -347,6 +360,7 @@ def _child_main(spec: _ChildSpec, buffers, version, pushes, cond, stop, jobs, re
         model.requires_grad_(False)
         model.eval()
         params = check_names(model, spec.shapes)
+        tokenizer = load_tokenizer(spec.model, padding_side="left") if spec.env is not None else None
         loaded, used = _load_weights(params, buffers, version, pushes, cond, -1)
         results.put(("ready", None, time.perf_counter() - started))
         while True:
@@ -361,6 +375,12 @@ def _child_main(spec: _ChildSpec, buffers, version, pushes, cond, stop, jobs, re
             loaded, used = _load_weights(params, buffers, version, pushes, cond, loaded)
             torch.manual_seed(job_seed(spec.seed, key))
             t1 = time.perf_counter()
+            if tokenizer is not None:  # an episode job: prompt_ids are the prompt rows
+                sample = model_sampler(model, spec.settings, spec.stop_ids, spec.pad_id, logps=True)
+                episodes = run_episodes(sample, tokenizer, prompt_ids, spec.env.environment, spec.group,
+                                        spec.settings.max_new_tokens, spec.env, spec.stop_ids)
+                results.put(("done", key, GenResult(key, [], [], used, time.perf_counter() - t1, waited, episodes)))
+                continue
             rows, logps = sample_groups(model, prompt_ids, spec.group, spec.settings, spec.stop_ids, spec.pad_id,
                                         return_logps=True)
             results.put(("done", key, GenResult(key, rows, logps, used, time.perf_counter() - t1, waited)))

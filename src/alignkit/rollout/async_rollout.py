@@ -18,14 +18,17 @@ from __future__ import annotations
 
 from alignkit.data.tokenize import encode_prompt
 from alignkit.errors import AlignkitError
+from alignkit.rollout.async_gen import AsyncGenerator
+from alignkit.rollout.episodes import episodes_rollout
 from alignkit.rollout.rl import Rollout, rollout_from_rows
 
 
 class AsyncRollouts:
     """Submits micro-batches to an asynchronous generator ahead of time and turns its results into Rollouts."""
 
-    def __init__(self, generator, tokenizer, group_size: int, stop: list[int], max_staleness: int):
-        self.generator, self.tokenizer = generator, tokenizer
+    def __init__(self, generator, tokenizer, group_size: int, stop: list[int], max_staleness: int,
+                 episodes: bool = False):
+        self.generator, self.tokenizer, self.episodes = generator, tokenizer, episodes
         self.group_size, self.stop, self.max_staleness = group_size, stop, max_staleness
         self.version = 0
         self.rows: dict = {}  # key -> the prompt rows of a submitted job not yet collected
@@ -37,7 +40,10 @@ class AsyncRollouts:
         self.version = version
 
     def _submit(self, key, rows: list[dict], min_version: int) -> None:
-        self.generator.submit(key, [encode_prompt(self.tokenizer, r["prompt"]) for r in rows], min_version)
+        if self.episodes:
+            self.generator.submit(key, [], min_version, rows=rows)
+        else:
+            self.generator.submit(key, [encode_prompt(self.tokenizer, r["prompt"]) for r in rows], min_version)
         self.rows[key] = rows
 
     def rollout(self, rows: list[dict], step: int, micro: int, upcoming=()) -> tuple[Rollout, dict]:
@@ -66,12 +72,14 @@ class AsyncRollouts:
             if dropped > 3:
                 raise AlignkitError(f"async_generation: job {key} came back {self.version - result.version} updates "
                                     f"stale {dropped} times (max_staleness {self.max_staleness})")
-            self.generator.submit(key, [encode_prompt(self.tokenizer, r["prompt"]) for r in self.rows[key]],
-                                  self.version - self.max_staleness)
+            self._submit(key, self.rows[key], self.version - self.max_staleness)
         rows = self.rows.pop(key)
-        prompt_ids = [encode_prompt(self.tokenizer, r["prompt"]) for r in rows]
-        rollout = rollout_from_rows(self.tokenizer, rows, prompt_ids, result.token_rows, self.group_size, self.stop,
-                                    behaviour_logps=list(result.token_logps))
+        if result.episodes is not None:
+            rollout = episodes_rollout(result.episodes, self.group_size)
+        else:
+            prompt_ids = [encode_prompt(self.tokenizer, r["prompt"]) for r in rows]
+            rollout = rollout_from_rows(self.tokenizer, rows, prompt_ids, result.token_rows, self.group_size,
+                                        self.stop, behaviour_logps=list(result.token_logps))
         staleness = self.version - result.version
         assert 0 <= staleness <= self.max_staleness, (key, staleness)
         return rollout, {"async/staleness": float(staleness), "async/dropped": float(dropped),
@@ -79,3 +87,21 @@ class AsyncRollouts:
 
     def close(self) -> None:
         self.generator.close()
+
+
+def start_async_rollouts(model, tokenizer, *, model_name_or_path: str, dtype: str, lora, settings, group: int,
+                         seed: int, asynchronous, env, stop: list[int]) -> AsyncRollouts:
+    """The generator process with a copy of `model` (`asynchronous`: `rollout.settings.AsyncSettings`; env:
+    `EnvSettings`, its episodes sampled there too when it names an environment), and the trainer's side of it.
+    On the CPU the trainer keeps torch's threads minus the generator's (at least one), so the two processes
+    share the cores."""
+    import torch
+
+    if next(model.parameters()).device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() - asynchronous.async_generation_threads))
+    episodes = bool(env is not None and env.environment)
+    generator = AsyncGenerator(model_name_or_path, model, dtype=dtype, lora=lora, settings=settings, group=group,
+                               stop_ids=stop, pad_id=tokenizer.pad_token_id, seed=seed,
+                               max_staleness=asynchronous.max_staleness,
+                               threads=asynchronous.async_generation_threads, env=env if episodes else None)
+    return AsyncRollouts(generator, tokenizer, group, stop, asynchronous.max_staleness, episodes=episodes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignkit.envs.base import environment_class
 from alignkit.errors import AlignkitError
 from alignkit.models.load import resolve_path
 from alignkit.rollout.vllm_engine import VLLMSampler
@@ -69,3 +70,25 @@ class AsyncSettings:
         if self.async_importance_sampling_cap < 0 or 0 < self.async_importance_sampling_cap < 1:
             raise AlignkitError(f"config: async_importance_sampling_cap: must be 0 (off) or at least 1, got "
                                 f"{self.async_importance_sampling_cap}")
+
+
+@dataclass
+class EnvSettings:
+    """Multi-turn episodes in an environment (flat keys: environment, max_turns, max_episode_tokens)."""
+
+    environment: str = ""
+    """Train in an environment instead of on single responses: calculator, retrieval, module:Class or
+    file.py:Class (docs/agents.md). Its rewards are the episode's; reward_funcs, when given, are added on the
+    last turn's text."""
+    max_turns: int = 4
+    """Most model turns per episode (each at most max_completion_length tokens)."""
+    max_episode_tokens: int = 1024
+    """Most completion tokens per episode, the model's and the environment's together."""
+
+    def check(self) -> None:
+        if self.max_turns < 1:
+            raise AlignkitError(f"config: max_turns: must be at least 1, got {self.max_turns}")
+        if self.max_episode_tokens < 2:
+            raise AlignkitError(f"config: max_episode_tokens: must be at least 2, got {self.max_episode_tokens}")
+        if self.environment:
+            environment_class(self.environment)  # an unknown or broken spec is one line before any model loads

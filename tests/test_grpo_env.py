@@ -1,0 +1,101 @@
+"""GRPO, RLOO and asynchronous GRPO in a multi-turn environment on the tiny model: the loss covers the model's
+tokens only, the trainer scores the ids that were sampled, and a two-turn task is learned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import alignkit.methods.grpo as grpo
+from alignkit.config import build_config
+from alignkit.data.collate import pad
+from alignkit.errors import AlignkitError
+from alignkit.losses import rl
+from alignkit.methods.grpo import GRPOConfig, train_grpo
+
+TWO_TURNS = '''
+class TwoTurns:
+    """Turn 1: anything; the environment replies "now write e". Turn 2: the share of the letter e is the reward."""
+
+    def reset(self, row):
+        self.turn = 0
+        return row["prompt"]
+
+    def step(self, action):
+        self.turn += 1
+        if self.turn == 1:
+            return "now write e", 0.0, False
+        return None, action.count("e") / max(len(action), 1), True
+'''
+
+pytestmark = pytest.mark.filterwarnings("ignore:grpo. for 5 steps")
+
+
+def _env(tmp_path) -> str:
+    path = tmp_path / "two_turns.py"
+    path.write_text(TWO_TURNS)
+    return f"{path}:TwoTurns"
+
+
+def _config(tmp_path, out, **overrides):
+    values = {"model_name_or_path": "embedded:tiny", "dataset_name": "builtin:prompts.jsonl",
+              "environment": _env(tmp_path), "max_turns": 3, "num_generations": 4, "per_device_train_batch_size": 8,
+              "max_completion_length": 6, "learning_rate": 3e-2, "max_steps": 2, "logging_steps": 1,
+              "output_dir": str(out), "progress": False, "device": "cpu"}
+    return build_config(GRPOConfig, {**values, **overrides})
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_episodes_train_on_the_models_tokens_only(tmp_path, monkeypatch, advantage):
+    """The mask every loss term uses is exactly the model-written tokens of the rollout (environment replies
+    and padding excluded), and the rollout scored is the one sampled."""
+    seen, masks = [], []
+    original_loss, original_clip = grpo.GroupPolicyStep.loss, rl.clipped_policy_loss
+
+    def spy_loss(self, model, policy, scored):
+        seen.append(scored.rollout)
+        return original_loss(self, model, policy, scored)
+
+    def spy_clip(logps, old, advantages, mask, *args, **kwargs):
+        masks.append(mask.clone())
+        return original_clip(logps, old, advantages, mask, *args, **kwargs)
+
+    monkeypatch.setattr(grpo.GroupPolicyStep, "loss", spy_loss)
+    monkeypatch.setattr(rl, "clipped_policy_loss", spy_clip)
+    out = tmp_path / advantage
+    train_grpo(_config(tmp_path, out, advantage=advantage))
+    rows = _metrics(out)
+    assert len(rows) == 2 and all("rewards/environment/mean" in r for r in rows)
+    assert len(seen) == len(masks) == 2
+    for rollout, mask in zip(seen, masks):
+        expected = pad(rollout.extra["model_mask"], 0, side="right").bool()
+        assert torch.equal(mask.cpu(), expected)
+        for ids, model_mask, turns in zip(rollout.completion_ids, rollout.extra["model_mask"],
+                                          rollout.extra["turn_rewards"]):
+            assert len(model_mask) == len(ids) and model_mask[0] == 1
+            if len(turns) == 2:  # the first turn ended with a stop token: an environment reply, then turn 2
+                assert 0 in model_mask and model_mask[-1] == 1
+
+
+def test_async_episodes_keep_staleness_and_behaviour_logps(tmp_path):
+    out = tmp_path / "async"
+    train_grpo(_config(tmp_path, out, async_generation=True, max_staleness=1, max_steps=3))
+    rows = _metrics(out)
+    assert len(rows) == 3 and all(r["async/staleness"] <= 1 for r in rows)
+    assert all("async/is_weight_mean" in r for r in rows)  # the generator's log-probs, model tokens only
+    assert rows[0]["async/logp_diff_mean"] < 1e-3  # version 0: the same weights score the same tokens alike
+
+
+def test_environment_settings_are_checked(tmp_path):
+    with pytest.raises(AlignkitError, match="max_turns: must be at least 1"):
+        _config(tmp_path, tmp_path / "o", max_turns=0)
+    with pytest.raises(AlignkitError, match="reinforce_pp"):
+        _config(tmp_path, tmp_path / "o", advantage="reinforce_pp", beta=0.1)
+    with pytest.raises(AlignkitError, match="environment: unknown 'nope'"):
+        _config(tmp_path, tmp_path / "o", environment="nope")
