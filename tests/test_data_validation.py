@@ -122,7 +122,7 @@ CASES = [
     ("unpaired_mixed_forms.jsonl", None,
      r"{path}:1: prompt: is a string while completion is a conversation; use one form per row"),
     # sft and messages
-    ("bad_role.jsonl", None, r"{path}:1: messages\[1\]\.role: must be one of system, user, assistant; got 'bot'"),
+    ("bad_role.jsonl", None, r"{path}:1: messages\[1\]\.role: must be one of system, user, assistant, tool; got 'bot'"),
     ("missing_role.jsonl", None, r"{path}:1: messages\[0\]\.role: missing"),
     ("message_missing_content.jsonl", None, r"{path}:1: messages\[1\]\.content: missing"),
     ("content_not_string.jsonl", None, r"{path}:1: messages\[0\]\.content: must be a string, got a list"),

@@ -5,11 +5,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignkit.envs.base import environment_class, parse_tool_calls
+from alignkit.envs.base import (
+    ToolEnvironment,
+    environment_class,
+    make_environment,
+    opening_messages,
+    parse_tool_calls,
+)
 from alignkit.errors import AlignkitError
 from alignkit.losses import rl
 from alignkit.models.load import load_tokenizer
-from alignkit.rollout.episodes import EnvTurns, episodes_rollout, run_episodes
+from alignkit.rollout.episodes import (
+    EnvTurns,
+    episodes_rollout,
+    opening_ids,
+    run_episodes,
+)
 from alignkit.rollout.settings import EnvSettings
 
 EOS = 3  # the tiny tokenizer's <|im_end|>
@@ -156,3 +167,38 @@ def test_tool_call_parsing():
                              '<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>')
     assert calls[0].name == "calculator" and calls[0].arguments == {"expression": "1+2"}
     assert isinstance(calls[1], str) and "error" in calls[2] and calls[3].arguments == {"a": 1}
+
+
+def test_a_template_with_its_own_tool_format_gets_the_tools(tok):
+    """A chat template that renders `tools` gets the schemas itself (no JSON-in-tags instructions in the system
+    message); one without gets the instructions."""
+    class Fake:
+        def __init__(self, inner, template):
+            self.inner, self.chat_template = inner, template
+
+        def apply_chat_template(self, messages, tools=None, **kwargs):
+            return self.inner.apply_chat_template(messages, chat_template=self.chat_template, tools=tools, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    template = ("{% if tools %}<|im_start|>system\nTOOLS:{{ tools | tojson }}<|im_end|>\n{% endif %}"
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fake = Fake(tok, template)
+    env = make_environment(f"{__name__}:Calc", fake)
+    text = tok.decode(opening_ids(fake, env, opening_messages(env, {"question": "1+1?"})))
+    assert "TOOLS:" in text and "calc" in text and "<tool_call>" not in text
+    plain = make_environment(f"{__name__}:Calc", tok)
+    text = tok.decode(opening_ids(tok, plain, opening_messages(plain, {"question": "1+1?"})))
+    assert "TOOLS:" not in text and "<tool_call>" in text and '"name": "calc"' in text
+
+
+class Calc(ToolEnvironment):
+    tools = [{"name": "calc", "description": "adds", "parameters": {"type": "object", "properties": {}}}]
+
+    def question(self, row):
+        return row["question"]

@@ -141,7 +141,8 @@ def _win_rate(config, run, args) -> None:
     print(f"wrote {path} and {path.parent / 'comparisons.jsonl'}", file=sys.stderr)
 
 
-AROUND = {"generate": _generate, "generate_pairs": _generate_pairs, "judge": _judge, "win_rate": _win_rate}
+AROUND = {"generate": _generate, "generate_pairs": _generate_pairs, "judge": _judge, "win_rate": _win_rate,
+          "env_demos": lambda config, run, args: run(config, args.output)}  # it prints what it wrote
 
 
 # ----------------------------------------------------------------------------------------------------

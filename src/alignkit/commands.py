@@ -124,6 +124,16 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "sample n responses, keep the best by reward", "Best-of-n (rejection) sampling: n responses per prompt, "
             "scored by reward sources (rm:PATH, rules, a Python function, ...); writes the best as SFT data and "
             "best-over-worst preferences.", aliases=("best_of_n",), output="best.jsonl"),
+    Command("eval", "alignkit.methods.evaluate", "EvalConfig", "run_eval",
+            "pass@k and mean reward on held-out problems, with confidence intervals", "Sample n responses (or episodes in "
+            "an environment) per held-out problem, score them (the environment's reward or reward sources), and "
+            "report pass@k and the mean reward with 95% bootstrap intervals over problems. Writes eval.json and "
+            "samples.jsonl.", output="eval.json"),
+    Command("env_demos", "alignkit.rollout.env_demos", "EnvDemosConfig", "run_env_demos",
+            "an environment's demonstrations as SFT data, each replayed and checked", "Ask the environment to "
+            "solve each prompt row (demonstration(row)), replay every demonstration through a fresh instance, "
+            "drop those that do not replay with reward 1, and write the rest as SFT rows (one per assistant turn).",
+            aliases=("env_demos",), output="demos.jsonl", output_flags=("--output", "-o")),
     Command("cai_revise", "alignkit.feedback.cai", "CAIReviseConfig", "run_cai_revise",
             "phase 1: answer, critique and revise under drawn principles", "Answer each prompt, then critique and "
             "revise the answer under drawn principles; writes SFT data (prompt -> final revision), preferences "
@@ -183,8 +193,8 @@ TOOLS = (
 
 # the order `alignkit --help` lists them in
 ORDER = ("data", "generate", "models", "sft", "rm", "dpo", "simpo", "orpo", "cpo", "kto", "grpo", "ppo", "rloo",
-         "generate-pairs", "judge-agreement", "best-of-n", "judge", "win-rate", "score", "pipeline", "report", "demo",
-         "cai", "guard", "redteam", "safety-loop", "safety-eval", "annotate")
+         "generate-pairs", "judge-agreement", "best-of-n", "env-demos", "eval", "judge", "win-rate", "score",
+         "pipeline", "report", "demo", "cai", "guard", "redteam", "safety-loop", "safety-eval", "annotate")
 
 
 def get(name: str) -> Command:

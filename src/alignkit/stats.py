@@ -16,12 +16,19 @@ Pure Python, no torch: the annotation app, the judges, the red-team report and t
   α = 1 − (n − 1)·(Σ_{c≠k} o_ck) / (Σ_{c≠k} n_c·n_k).
 
 Each agreement statistic is None where it is undefined (no overlap, or chance agreement of 1).
+
+- pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1): with n samples of a
+  problem of which c pass, the unbiased estimate of "at least one of k samples passes" is
+  1 − C(n−c, k)/C(n, k), computed as the product 1 − Π_{i=n−c+1..n} (1 − k/i) (no huge binomials).
+- The mean of per-problem values with a 95% percentile-bootstrap interval (problems resampled with
+  replacement, a fixed seed, so the same values give the same interval).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import Counter
 
 Z_95 = 1.959964
@@ -100,3 +107,35 @@ def krippendorff_alpha(units: list[list]) -> float | None:
     disagreement = sum(v for (c, k), v in coincidence.items() if c != k)
     expected = sum(margins[c] * margins[k] for c in margins for k in margins if c != k)
     return None if expected == 0 else 1 - (n - 1) * disagreement / expected
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one problem with `c` passing samples out of `n` (Chen et al. 2021):
+    1 − C(n−c, k)/C(n, k). ValueError unless 0 <= c <= n and 1 <= k <= n."""
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k: need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: need 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:  # every k-subset holds a passing sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def bootstrap_mean(values: list[float], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """{"mean", "low", "high" (percentile-bootstrap interval at `level`), "n"} of per-problem `values`;
+    mean, low and high are None without values."""
+    n = len(values)
+    if not n:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    rng = random.Random(seed)
+    means = sorted(math.fsum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    return {"mean": math.fsum(values) / n, "low": _quantile(means, tail), "high": _quantile(means, 1 - tail), "n": n}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, linearly interpolated (numpy's default)."""
+    at = q * (len(ordered) - 1)
+    low = math.floor(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)

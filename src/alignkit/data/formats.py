@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 KINDS = ("sft", "preference", "unpaired", "prompt")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+"""Message roles of conversational data; "tool" holds a tool's reply (multi-turn, tool-using data: docs/agents.md)."""
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,9 @@ def parse_tool_calls(text: str) -> list[ToolCall | str]:
         except json.JSONDecodeError as e:
             calls.append(f"error: the tool call is not JSON ({e.msg})")
             continue
+        except RecursionError:  # nesting deeper than the parser's recursion limit
+            calls.append("error: the tool call is nested too deeply")
+            continue
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             calls.append('error: a tool call is {"name": "...", "arguments": {...}}')
             continue
@@ -82,10 +85,10 @@ def parse_tool_calls(text: str) -> list[ToolCall | str]:
         if isinstance(arguments, str):  # some templates write the arguments as a JSON string
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 arguments = None
         if not isinstance(arguments, dict):
-            calls.append(f"error: the arguments of {value['name']!r} must be a JSON object")
+            calls.append(f"error: the arguments of {value['name'][:40]!r} must be a JSON object")
             continue
         calls.append(ToolCall(value["name"], arguments))
     return calls
@@ -107,13 +110,16 @@ def template_has_tools(tokenizer) -> bool:
     return "tools" in (getattr(tokenizer, "chat_template", None) or "")
 
 
+ANSWER_INSTRUCTION = "When you know the answer, write <answer>ANSWER</answer>."
+
+
 def tool_instructions(tools: list[dict]) -> str:
     """The system text that teaches the JSON-in-tags format for `tools` (JSON schemas with name,
     description and parameters), for a model whose template has no tool format of its own."""
     listing = "\n".join(json.dumps(t, sort_keys=True) for t in tools)
     return ("You can call tools. To call one, write only\n"
             '<tool_call>{"name": NAME, "arguments": {...}}</tool_call>\n'
-            "and wait for its result. When you know the answer, write <answer>ANSWER</answer>.\n"
+            f"and wait for its result. {ANSWER_INSTRUCTION}\n"
             f"Tools:\n{listing}")
 
 
@@ -147,10 +153,10 @@ class ToolEnvironment(Environment):
         raise NotImplementedError
 
     def opening(self, row: dict) -> list[dict]:
-        """The system message (instructions; none when the template renders the tools itself) and the
-        question."""
-        system = self.system_prompt if self.use_template_tools else \
-            "\n\n".join(x for x in (self.system_prompt, tool_instructions(self.tools)) if x)
+        """The system message (the tool instructions, or only how to answer when the template renders the tools
+        itself) and the question."""
+        how = ANSWER_INSTRUCTION if self.use_template_tools else tool_instructions(self.tools)
+        system = "\n\n".join(x for x in (self.system_prompt, how) if x)
         messages = [{"role": "system", "content": system}] if system else []
         return messages + [{"role": "user", "content": self.question(row)}]
 
