@@ -40,7 +40,7 @@ FACTS = read("facts.jsonl")
 
 
 def calculate(expression) -> str:
-    return CalculatorEnv().call("calculator", {"expression": expression})
+    return CalculatorEnv().run_tool("calculator", {"expression": expression})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def calculate(expression) -> str:
     ("(242 + 388) * 29", "18270"), ("637 - 275 - 184", "178"), ("-5 + +3", "-2"), ("2 ** 10", "1024"),
     ("2 ** -3", "0.125"), ("0.1 + 0.2", "0.3"), ("1 / 3", "0.333333333333"), ("1 / 3 * 3", "1"),
     ("1,234 * 2", "2468"), ("37 × 24 =", "888"), ("  12 ÷ 4 ", "3"), ("10 − 4", "6"), ("1e12", "1000000000000"),
-    ("-7 // 2", "-4"), ("7.5 % 2", "1.5"), (37, "37"), (2.5, "2.5"),
+    ("-7 // 2", "-4"), ("7.5 % 2", "1.5"),
     ("(" * 99 + "7" + ")" * 99, "7"), ("-" * 199 + "1", "-1"),
 ])
 def test_calculator_values(expression, result):
@@ -84,10 +84,10 @@ def test_calculator_is_fast_on_hostile_input():
 @pytest.mark.parametrize("name, arguments", [
     ("calc", {"expression": "1 + 1"}), ("calculator", {}), ("calculator", {"expression": None}),
     ("calculator", {"expression": ["1"]}), ("calculator", {"expression": True}),
-    ("calculator", {"expression": "1", "precision": 3}),
+    ("calculator", {"expression": "1", "precision": 3}), ("calculator", {"expression": 37}),
 ])
 def test_calculator_bad_calls_get_an_error_text(name, arguments):
-    assert CalculatorEnv().call(name, arguments).startswith("error: ")
+    assert CalculatorEnv().run_tool(name, arguments).startswith("error: ")
 
 
 @settings(max_examples=200, deadline=None)
@@ -208,11 +208,11 @@ def test_search_ranks_by_word_overlap_with_ties_by_id():
 
 def test_retrieval_calls():
     env = RetrievalEnv()
-    assert env.call("search", {"query": "capital of Zorbia"}).splitlines()[0] == "Quellin is the capital of Zorbia."
-    assert env.call("search", {"query": "nothing matches xyzzy"}) == "no facts found"
+    assert env.run_tool("search", {"query": "capital of Zorbia"}).splitlines()[0] == "Quellin is the capital of Zorbia."
+    assert env.run_tool("search", {"query": "nothing matches xyzzy"}) == "no facts found"
     for name, arguments in [("lookup", {"query": "x"}), ("search", {}), ("search", {"query": 3}),
                             ("search", {"query": "x", "k": 5}), ("search", {"query": "x" * 5000})]:
-        assert env.call(name, arguments).startswith("error: ")
+        assert env.run_tool(name, arguments).startswith("error: ")
 
 
 @pytest.mark.parametrize("answer, reward", [

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from alignkit.cli import main
 from alignkit.config import build_config
-from alignkit.errors import AlignkitError
 from alignkit.data.io import load_rows
+from alignkit.errors import AlignkitError
 from alignkit.methods.evaluate import EvalConfig, run_eval
 from alignkit.methods.sft import tokenize_sft
 from alignkit.rollout.env_demos import EnvDemosConfig, run_env_demos
@@ -159,16 +159,16 @@ def test_eval_against_a_baseline_reports_paired_differences(tmp_path, capsys):
               "k": "1,2", "max_new_tokens": 6, "device": "cpu"}
     run_eval(build_config(EvalConfig, {**values, "output_dir": str(tmp_path / "a")}))
     run_eval(build_config(EvalConfig, {**values, "output_dir": str(tmp_path / "b"), "baseline": str(tmp_path / "a")}))
-    versus = json.loads((tmp_path / "b" / "eval.json").read_text())["vs_baseline"]
+    (versus,) = json.loads((tmp_path / "b" / "eval.json").read_text())["vs_baselines"]
     for r in [*versus["pass_at_k"].values(), versus["mean_reward"]]:
         assert r["mean"] == r["low"] == r["high"] == 0.0
-    assert "against the baseline: pass@1 +0.0 points" in capsys.readouterr().out
+    assert "against a: pass@1 +0.0 points" in capsys.readouterr().out
     failing = [{**s, "passed": False, "reward": 0.0} for s in _read(tmp_path / "a" / "samples.jsonl")]
     (tmp_path / "a" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in failing))
     run_eval(build_config(EvalConfig, {**values, "output_dir": str(tmp_path / "c"),
                                        "baseline": str(tmp_path / "a" / "eval.json")}))
     summary = json.loads((tmp_path / "c" / "eval.json").read_text())
-    assert summary["vs_baseline"]["pass_at_k"]["1"]["mean"] == pytest.approx(summary["pass_at_k"]["1"]["mean"])
+    assert summary["vs_baselines"][0]["pass_at_k"]["1"]["mean"] == pytest.approx(summary["pass_at_k"]["1"]["mean"])
     with pytest.raises(AlignkitError, match="evaluated other problems"):
         run_eval(build_config(EvalConfig, {**values, "max_problems": 3, "output_dir": str(tmp_path / "d"),
                                            "baseline": str(tmp_path / "a")}))

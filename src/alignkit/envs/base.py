@@ -114,13 +114,19 @@ ANSWER_INSTRUCTION = "When you know the answer, write <answer>ANSWER</answer>."
 
 
 def tool_instructions(tools: list[dict]) -> str:
-    """The system text that teaches the JSON-in-tags format for `tools` (JSON schemas with name,
-    description and parameters), for a model whose template has no tool format of its own."""
-    listing = "\n".join(json.dumps(t, sort_keys=True) for t in tools)
-    return ("You can call tools. To call one, write only\n"
-            '<tool_call>{"name": NAME, "arguments": {...}}</tool_call>\n'
-            f"and wait for its result. {ANSWER_INSTRUCTION}\n"
-            f"Tools:\n{listing}")
+    """The system text that teaches the JSON-in-tags format for `tools` (JSON schemas with name, description
+    and parameters), for a model whose template has no tool format of its own. Each tool is one line,
+    `name(argument, ...): description`: the prompt is read at every turn of every episode, so it is kept
+    short."""
+    listing = "\n".join(f"- {signature(t)}" for t in tools)
+    return ('To call a tool, write <tool_call>{"name": NAME, "arguments": {...}}</tool_call> and wait for its '
+            f"result. {ANSWER_INSTRUCTION}\nTools:\n{listing}")
+
+
+def signature(tool: dict) -> str:
+    """`name(argument, ...): description` of a tool's JSON schema."""
+    arguments = ", ".join((tool.get("parameters") or {}).get("properties") or {})
+    return f"{tool.get('name', '?')}({arguments}): {tool.get('description', '')}".rstrip(": ")
 
 
 class ToolEnvironment(Environment):
@@ -141,12 +147,34 @@ class ToolEnvironment(Environment):
         self.row: dict = {}
 
     def question(self, row: dict) -> str:
-        """The user's message for `row`."""
-        raise NotImplementedError
+        """The user's message for `row` (default: its "question" column)."""
+        return row["question"]
 
     def call(self, name: str, arguments: dict) -> str:
-        """The result of one tool call, as text (an unknown tool or bad arguments: an error text)."""
+        """The result of one tool call, as text. `name` is one of `tools` and `arguments` match its schema
+        (`check_call` has answered anything else with an error text)."""
         raise NotImplementedError
+
+    def check_call(self, name: str, arguments: dict) -> str | None:
+        """An error text for a call `tools` does not allow (an unknown tool, an argument it does not take, a
+        required one missing, a string argument that is not a string); None when it is allowed."""
+        tool = next((t for t in self.tools if t.get("name") == name), None)
+        if tool is None:
+            names = ", ".join(t.get("name", "?") for t in self.tools)
+            only = "the only tool is" if len(self.tools) == 1 else "the tools are"
+            return f"error: unknown tool {name[:40]!r}; {only} {names}"
+        schema = tool.get("parameters") or {}
+        properties = schema.get("properties") or {}
+        unknown = sorted(set(arguments) - set(properties))
+        if unknown:
+            takes = ", ".join(f'"{p}"' for p in properties)
+            return f"error: {name} takes only {takes}, not {', '.join(repr(k[:40]) for k in unknown)}"
+        for argument in schema.get("required", []):
+            value = arguments.get(argument)
+            wanted = (properties.get(argument) or {}).get("type")
+            if value is None or wanted == "string" and not isinstance(value, str):
+                return f'error: {name} needs {{"{argument}": "..."}}, a string'
+        return None
 
     def score(self, answer: str) -> float:
         """The reward of final answer `answer` on the current row."""
@@ -167,18 +195,23 @@ class ToolEnvironment(Environment):
     def step(self, action: str) -> tuple[str | None, float, bool]:
         calls = parse_tool_calls(action)
         if calls:
-            results = [c if isinstance(c, str) else self._call(c) for c in calls]
+            results = [c if isinstance(c, str) else self.run_tool(c.name, c.arguments) for c in calls]
             return "\n".join(results), 0.0, False
         answer = parse_answer(action)
         if answer is None:
             return None, 0.0, True
         return None, float(self.score(answer)), True
 
-    def _call(self, call: ToolCall) -> str:
+    def run_tool(self, name: str, arguments: dict) -> str:
+        """One tool call as the model's observation: checked against the schemas (`check_call`), then `call`;
+        a tool that raises gives an error text, never a crash."""
+        problem = self.check_call(name, arguments)
+        if problem is not None:
+            return problem
         try:
-            return str(self.call(call.name, call.arguments))
+            return str(self.call(name, arguments))
         except Exception as e:  # noqa: BLE001 - a tool's failure is the model's observation, not a crash
-            return f"error: {call.name}: {type(e).__name__}: {e}"
+            return f"error: {name}: {type(e).__name__}: {e}"
 
     def demonstration(self, row: dict) -> list[dict]:
         """A solved episode for `row` as a conversation (opening, then assistant / tool turns), written the

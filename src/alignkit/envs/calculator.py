@@ -32,11 +32,11 @@ MAX_EXPONENT = 10
 
 CALCULATOR = {
     "name": "calculator",
-    "description": "Evaluate an arithmetic expression with numbers, + - * / // % ** and parentheses; returns the "
-                   "result.",
+    "description": "the value of an arithmetic expression (numbers, + - * / // % ** and parentheses), e.g. "
+                   "\"37 * 24 + 12\"",
     "parameters": {
         "type": "object",
-        "properties": {"expression": {"type": "string", "description": "the expression, e.g. \"37 * 24 + 12\""}},
+        "properties": {"expression": {"type": "string"}},
         "required": ["expression"],
     },
 }
@@ -139,22 +139,9 @@ class CalculatorEnv(ToolEnvironment):
     tools = [CALCULATOR]
     system_prompt = "Solve the arithmetic word problem. Use the calculator for every computation."
 
-    def question(self, row: dict) -> str:
-        return row["question"]
-
     def call(self, name: str, arguments: dict) -> str:
-        if name != "calculator":
-            return f"error: unknown tool {name[:40]!r}; the only tool is calculator"
-        unknown = sorted(set(arguments) - {"expression"})
-        if unknown:
-            return f"error: calculator takes only \"expression\", not {', '.join(repr(k[:40]) for k in unknown)}"
-        expression = arguments.get("expression")
-        if isinstance(expression, (int, float)) and not isinstance(expression, bool):
-            expression = str(expression)
-        if not isinstance(expression, str):
-            return 'error: calculator needs {"expression": "..."}, a string'
         try:
-            return format_number(evaluate(expression))
+            return format_number(evaluate(str(arguments["expression"])))
         except CalculatorError as e:
             return f"error: {e}"
 
@@ -169,7 +156,7 @@ class CalculatorEnv(ToolEnvironment):
         arguments = {"expression": row["expression"]}
         return self.opening(row) + [
             {"role": "assistant", "content": format_tool_call("calculator", arguments)},
-            {"role": "tool", "content": self.call("calculator", arguments)},
+            {"role": "tool", "content": self.run_tool("calculator", arguments)},
             {"role": "assistant", "content": f"<answer>{format_number(row['answer'])}</answer>"},
         ]
 

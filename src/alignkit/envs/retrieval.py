@@ -203,18 +203,8 @@ class RetrievalEnv(ToolEnvironment):
     tools = [SEARCH]
     system_prompt = "Answer the question about an invented world; only the search tool knows its facts."
 
-    def question(self, row: dict) -> str:
-        return row["question"]
-
     def call(self, name: str, arguments: dict) -> str:
-        if name != "search":
-            return f"error: unknown tool {name[:40]!r}; the only tool is search"
-        unknown = sorted(set(arguments) - {"query"})
-        if unknown:
-            return f"error: search takes only \"query\", not {', '.join(repr(k[:40]) for k in unknown)}"
-        query = arguments.get("query")
-        if not isinstance(query, str):
-            return 'error: search needs {"query": "..."}, a string'
+        query = str(arguments["query"])
         if len(query) > MAX_QUERY:
             return f"error: the query is longer than {MAX_QUERY} characters"
         return "\n".join(search(query)) or "no facts found"
@@ -228,7 +218,7 @@ class RetrievalEnv(ToolEnvironment):
         arguments = {"query": row["question"]}
         return self.opening(row) + [
             {"role": "assistant", "content": format_tool_call("search", arguments)},
-            {"role": "tool", "content": self.call("search", arguments)},
+            {"role": "tool", "content": self.run_tool("search", arguments)},
             {"role": "assistant", "content": f"<answer>{row['answer']}</answer>"},
         ]
 

@@ -63,8 +63,9 @@ class EvalConfig:
     success_threshold: float = 1.0
     """A sample passes when its reward is at least this."""
     baseline: str | None = None
-    """Another evaluation on the same problems (its eval.json or run directory; stage:NAME in a recipe):
-    report the paired difference of pass@k and mean reward against it, with 95% intervals over problems."""
+    """Other evaluations on the same problems, separated by commas (each an eval.json or its run directory;
+    stage:NAME in a recipe): report the paired difference of pass@k and mean reward against each, with 95%
+    intervals over problems."""
     k: list[int] = field(default_factory=lambda: [1])
     """The k of each pass@k to report (each at most num_return_sequences)."""
     output_dir: str = "runs/eval"
@@ -130,7 +131,8 @@ def run_eval(config: EvalConfig) -> Path:
             s["passed"] = s["reward"] >= config.success_threshold
         summary = summarize(rows, samples, config)
         if config.baseline:
-            summary["vs_baseline"] = compare(config.baseline, rows, samples, config)
+            summary["vs_baselines"] = [compare(b.strip(), rows, samples, config)
+                                       for b in config.baseline.split(",") if b.strip()]
         write_jsonl(out / "samples.jsonl", samples)
         write_text_atomic(out / "eval.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         headline = {f"pass@{k}": round(v["mean"], 4) for k, v in summary["pass_at_k"].items()}
@@ -230,7 +232,7 @@ def compare(baseline: str, rows: list[dict], samples: list[dict], config: EvalCo
         raise AlignkitError(f"{baseline}: baseline: evaluated other problems ({before['problems']} vs {len(rows)}, "
                             "or in another order); evaluate both on the same dataset, split and max_problems")
     seed = config.sampling.seed
-    out = {"baseline": str(path), "pass_at_k": {}}
+    out = {"baseline": str(path), "name": path.parent.name, "pass_at_k": {}}
     for k in config.k:
         if k > m:
             continue
@@ -255,9 +257,8 @@ def summary_line(summary: dict) -> str:
     passes = ", ".join(f"pass@{k} {percent(r)}" for k, r in summary["pass_at_k"].items())
     line = (f"{passes}, mean reward {reward['mean']:.2f} ({reward['low']:.2f}–{reward['high']:.2f}) on "
             f"{summary['problems']} problems{where}")
-    versus = summary.get("vs_baseline")
-    if versus:
+    for versus in summary.get("vs_baselines", []):
         diffs = ", ".join(f"pass@{k} {100 * r['mean']:+.1f} points ({100 * r['low']:+.1f} to {100 * r['high']:+.1f})"
                           for k, r in versus["pass_at_k"].items())
-        line += f"; against the baseline: {diffs}"
+        line += f"; against {versus['name']}: {diffs}"
     return line

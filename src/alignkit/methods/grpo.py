@@ -425,6 +425,10 @@ class GroupPolicyStep:
         }
         if kl is not None:
             metrics["kl"] = rl.masked_mean(kl.detach(), mask).item()
+        if "finish" in rollout.extra:  # episodes: how many turns, how they ended
+            finish = rollout.extra["finish"]
+            metrics["episodes/turns"] = sum(map(len, rollout.extra["turn_rewards"])) / len(finish)
+            metrics.update({f"episodes/{why}": finish.count(why) / len(finish) for why in sorted(set(finish))})
         for name, values in scored.parts.items():
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
         metrics.update(is_stats)

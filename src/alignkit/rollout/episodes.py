@@ -200,7 +200,8 @@ def _play_turn(episode: Episode, env, tokens: list[int], logps, turn: int, stop:
 
 def episodes_rollout(episodes: list[Episode], group_size: int, tokenizer=None) -> Rollout:
     """The Rollout of `episodes` for the trainer: completion_ids are every token after the prompt, completions the
-    last model turn's text (what extra reward functions read); extra carries model_mask, token_turns,
+    last model turn's text (what extra reward functions read), finish_reasons "length" for an episode cut by a
+    token limit (else "stop"); extra carries model_mask, token_turns,
     turn_rewards, finish (the episode's finish reason), transcript (each turn's text) and, when the sampler gave
     them, behaviour_logps (model tokens only, in order: `rollout.rl.sampler_logps` lays them on the loss mask)."""
     extra = {
@@ -217,7 +218,7 @@ def episodes_rollout(episodes: list[Episode], group_size: int, tokenizer=None) -
         prompt_ids=[e.prompt_ids for e in episodes],
         completion_ids=[e.completion_ids for e in episodes],
         completions=[e.texts[-1] if e.texts else "" for e in episodes],
-        finish_reasons=["stop" if e.finish_reason == "done" else "length" for e in episodes],
+        finish_reasons=["length" if e.finish_reason in ("length", "max_tokens") else "stop" for e in episodes],
         group_size=group_size,
         extra=extra,
     )
