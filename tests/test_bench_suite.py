@@ -3,6 +3,7 @@ the suite runner writes every raw figure; the doc tables are what the committed 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -121,3 +122,14 @@ def test_the_smoke_suite_runs_the_comparisons_on_equal_work(tmp_path):
         assert {s["side"] for s in result["samples"]} == {"ours", "trl"}, name
     grpo = [s for s in record["benchmarks"]["grpo"]["result"]["samples"] if s["side"] == "trl"][0]["objective"]
     assert grpo["advantages_diff"] <= 1e-5 and abs(grpo["loss_ours"] - grpo["loss_trl"]) <= 1e-5
+
+
+def test_the_demo_tools_table_is_generated_from_the_committed_results():
+    """docs/agents.md's demo-tools table is exactly what benchmarks/demo_tools.py makes of the newest
+    benchmarks/results/*-demo-tools.json (three seeds)."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "demo_tools.py"), "--check"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = sorted(glob.glob(os.path.join(BENCH, "results", "*-demo-tools.json")))[-1]
+    with open(path) as f:
+        assert sorted(run["seed"] for run in json.load(f)["runs"]) == [0, 1, 2]

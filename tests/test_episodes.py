@@ -73,7 +73,7 @@ def test_the_ids_sampled_are_the_ids_scored_and_the_mask_is_the_models_tokens(to
     sampler = ScriptedSampler([turn1, turn2])
     row = {"prompt": [{"role": "user", "content": "hi"}], "rewards": [0.0, 1.0], "turns": 2}
     (episode,) = run_episodes(sampler, tok, [row], ENV, 1, 16, EnvSettings(max_turns=4), [EOS])
-    reply = EnvTurns(tok, tok.decode([EOS])).ids("obs1")
+    reply = EnvTurns(tok, ["<|pad|>", tok.decode([EOS])]).ids("obs1")
     assert reply == tok("\n<|im_start|>tool\nobs1<|im_end|>\n<|im_start|>assistant\n",
                         add_special_tokens=False).input_ids
     assert episode.completion_ids == turn1 + reply + turn2

@@ -99,3 +99,33 @@ def test_environment_settings_are_checked(tmp_path):
         _config(tmp_path, tmp_path / "o", advantage="reinforce_pp", beta=0.1)
     with pytest.raises(AlignkitError, match="environment: unknown 'nope'"):
         _config(tmp_path, tmp_path / "o", environment="nope")
+
+
+REACH = '''
+class Reach:
+    """Turn 1: anything; the environment replies "go on". Turn 2: reward 1 (the episode got there)."""
+
+    def reset(self, row):
+        self.turn = 0
+        return row["prompt"]
+
+    def step(self, action):
+        self.turn += 1
+        if self.turn == 1:
+            return "go on", 0.0, False
+        return None, 1.0, True
+'''
+
+
+def test_grpo_learns_a_reward_earned_at_the_second_turn(tmp_path):
+    """Reach pays 1 at turn 2 and nothing at turn 1; a turn that runs out of tokens (6) without its stop token
+    ends the episode. So only turn 1's tokens decide the reward (stop in time), and they can learn it only from
+    the turn-2 reward carried back through the environment's tokens by per-turn credit. Measured (seeds 0/1/2):
+    mean reward of the first 4 of 24 updates 0.016, of the last 4 0.33 / 0.58 / 0.81."""
+    (tmp_path / "reach.py").write_text(REACH)
+    out = tmp_path / "learn"
+    train_grpo(_config(tmp_path, out, environment=f"{tmp_path}/reach.py:Reach", num_generations=8,
+                       per_device_train_batch_size=16, max_completion_length=6, learning_rate=1e-2, max_steps=24))
+    rewards = [r["reward"] for r in _metrics(out)]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert first <= 0.1 and last >= 0.2, rewards

@@ -183,7 +183,7 @@ def test_pipeline_recipe_errors(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "pipeline", bad, "--output_dir", tmp_path / "o")
     assert rc == 2 and "stage:nope" in err and "names no earlier stage" in err
     rc, out, err = run_cli(capsys, "pipeline", "no-such-recipe")
-    assert rc == 2 and "packaged recipes: demo, demo-cai, demo-full, demo-grpo, tiny" in err
+    assert rc == 2 and "packaged recipes: demo, demo-cai, demo-full, demo-grpo, demo-tools, tiny" in err
     loop = tmp_path / "loop.yaml"
     loop.write_text(f"extends: {loop}\nstages: []\n")
     rc, out, err = run_cli(capsys, "pipeline", loop)
@@ -225,6 +225,23 @@ def test_packaged_demo_grpo_recipe_extends_the_demo():
     assert [s["name"] for s in cai][len(demo):] == ["cai_revise", "cai_sft", "cai_pairs", "cai_label", "cai_dpo",
                                                    "cai_answers", "cai_win_rate"]
     assert cai[-3]["values"]["dataset_name"] == "runs/demo/cai_label/preferences.jsonl"
+
+
+def test_packaged_demo_tools_recipe_plans_and_checks(tmp_path):
+    """demo-tools: every stage's config is valid (checked as the pipeline checks it) and the evaluations compare
+    the same held-out problems against the earlier ones."""
+    from alignkit.commands import get, make_config
+    from alignkit.pipeline import load_recipe, plan, resolve_recipe
+
+    path = resolve_recipe("demo-tools")
+    stages = plan(load_recipe(path), str(path), {"output_dir": str(tmp_path)})
+    assert [s["name"] for s in stages] == ["demos", "before", "sft", "sft_eval", "grpo", "after"]
+    for stage in stages:
+        make_config(get(stage["method"]), stage["values"])
+    values = {s["name"]: s["values"] for s in stages}
+    assert values["grpo"]["environment"] == "calculator" and values["grpo"]["dataset_train_split"] == "train"
+    assert {values[n]["dataset_split"] for n in ("before", "sft_eval", "after")} == {"test"}
+    assert values["after"]["baseline"] == f"{tmp_path}/before/eval.json,{tmp_path}/sft_eval/eval.json"
 
 
 def test_report_command_rebuilds_a_report(tmp_path, capsys):

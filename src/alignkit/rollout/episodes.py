@@ -78,14 +78,17 @@ class EnvTurns:
     newline after <|im_end|>): that text comes first. Without a chat template the turn is
     "\\n<tool>\\n{observation}\\n</tool>\\n" (documented in docs/agents.md)."""
 
-    def __init__(self, tokenizer, stop_text: str):
+    def __init__(self, tokenizer, stop_texts: list[str]):
+        """stop_texts: the text of each stop token; the one the template writes after an answer is the turn's
+        end, and what the template writes after it is the gap."""
         self.tokenizer = tokenizer
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         if self.has_template:
             base = [{"role": "user", "content": "U"}, {"role": "assistant", "content": MARKER}]
             before = tokenizer.apply_chat_template(base, tokenize=False)
             tail = before[before.index(MARKER) + len(MARKER):]
-            self.gap = tail[len(stop_text):] if stop_text and tail.startswith(stop_text) else ""
+            end = max((t for t in stop_texts if t and tail.startswith(t)), key=len, default="")
+            self.gap = tail[len(end):]
             self.base, self.before = base, before
 
     def text(self, observation: str) -> str:
@@ -137,8 +140,7 @@ def run_episodes(sample_fn, tokenizer, rows: list[dict], environment: str, group
         if i % group and episodes[-1].prompt_ids != episodes[-2].prompt_ids:
             raise AlignkitError(f"environment {environment!r}: reset gave two openings for one row; the episodes of "
                                 "a group must start alike (reset must depend on the row only)")
-    stop_text = tokenizer.decode([stop[0]]) if stop else ""
-    env_turns = EnvTurns(tokenizer, stop_text)
+    env_turns = EnvTurns(tokenizer, [tokenizer.decode([t]) for t in stop])
     live = list(range(len(episodes)))
     for turn in range(settings.max_turns):
         if not live:
