@@ -15,9 +15,9 @@ from alignkit.errors import AlignkitError
 from alignkit.losses import rl
 from alignkit.methods.grpo import GRPOConfig, train_grpo
 
-TWO_TURNS = '''
-class TwoTurns:
-    """Turn 1: anything; the environment replies "now write e". Turn 2: the share of the letter e is the reward."""
+REACH = '''
+class Reach:
+    """Turn 1: anything; the environment replies "go on". Turn 2: reward 1 (the episode got there)."""
 
     def reset(self, row):
         self.turn = 0
@@ -26,17 +26,17 @@ class TwoTurns:
     def step(self, action):
         self.turn += 1
         if self.turn == 1:
-            return "now write e", 0.0, False
-        return None, action.count("e") / max(len(action), 1), True
+            return "go on", 0.0, False
+        return None, 1.0, True
 '''
 
 pytestmark = pytest.mark.filterwarnings("ignore:grpo. for 5 steps")
 
 
 def _env(tmp_path) -> str:
-    path = tmp_path / "two_turns.py"
-    path.write_text(TWO_TURNS)
-    return f"{path}:TwoTurns"
+    path = tmp_path / "reach.py"
+    path.write_text(REACH)
+    return f"{path}:Reach"
 
 
 def _config(tmp_path, out, **overrides):
@@ -101,20 +101,7 @@ def test_environment_settings_are_checked(tmp_path):
         _config(tmp_path, tmp_path / "o", environment="nope")
 
 
-REACH = '''
-class Reach:
-    """Turn 1: anything; the environment replies "go on". Turn 2: reward 1 (the episode got there)."""
 
-    def reset(self, row):
-        self.turn = 0
-        return row["prompt"]
-
-    def step(self, action):
-        self.turn += 1
-        if self.turn == 1:
-            return "go on", 0.0, False
-        return None, 1.0, True
-'''
 
 
 def test_grpo_learns_a_reward_earned_at_the_second_turn(tmp_path):
@@ -122,9 +109,8 @@ def test_grpo_learns_a_reward_earned_at_the_second_turn(tmp_path):
     ends the episode. So only turn 1's tokens decide the reward (stop in time), and they can learn it only from
     the turn-2 reward carried back through the environment's tokens by per-turn credit. Measured (seeds 0/1/2):
     mean reward of the first 4 of 24 updates 0.016, of the last 4 0.33 / 0.58 / 0.81."""
-    (tmp_path / "reach.py").write_text(REACH)
     out = tmp_path / "learn"
-    train_grpo(_config(tmp_path, out, environment=f"{tmp_path}/reach.py:Reach", num_generations=8,
+    train_grpo(_config(tmp_path, out, num_generations=8,
                        per_device_train_batch_size=16, max_completion_length=6, learning_rate=1e-2, max_steps=24))
     rewards = [r["reward"] for r in _metrics(out)]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4

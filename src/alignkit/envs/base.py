@@ -213,6 +213,15 @@ class ToolEnvironment(Environment):
         except Exception as e:  # noqa: BLE001 - a tool's failure is the model's observation, not a crash
             return f"error: {name}: {type(e).__name__}: {e}"
 
+    def one_call_solution(self, row: dict, name: str, arguments: dict, answer: str) -> list[dict]:
+        """The conversation of an episode solved with one tool call: the opening, the call, the tool's actual
+        reply (run here, so a demonstration never shows a reply the tool would not give), the answer."""
+        return self.opening(row) + [
+            {"role": "assistant", "content": format_tool_call(name, arguments)},
+            {"role": "tool", "content": self.run_tool(name, arguments)},
+            {"role": "assistant", "content": f"<answer>{answer}</answer>"},
+        ]
+
     def demonstration(self, row: dict) -> list[dict]:
         """A solved episode for `row` as a conversation (opening, then assistant / tool turns), written the
         way the environment expects to be used; the SFT warm-up trains on it."""

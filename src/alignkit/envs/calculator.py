@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from alignkit.data.builtin import builtin_path
-from alignkit.envs.base import ToolEnvironment, format_tool_call
+from alignkit.envs.base import ToolEnvironment
 
 MAX_LENGTH = 200
 MAX_MAGNITUDE = 1e12
@@ -154,11 +154,7 @@ class CalculatorEnv(ToolEnvironment):
     def demonstration(self, row: dict) -> list[dict]:
         """Opening, the calculator call on the row's expression, its result, the answer."""
         arguments = {"expression": row["expression"]}
-        return self.opening(row) + [
-            {"role": "assistant", "content": format_tool_call("calculator", arguments)},
-            {"role": "tool", "content": self.run_tool("calculator", arguments)},
-            {"role": "assistant", "content": f"<answer>{format_number(row['answer'])}</answer>"},
-        ]
+        return self.one_call_solution(row, "calculator", arguments, format_number(row["answer"]))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import string
 from pathlib import Path
 
 from alignkit.data.builtin import builtin_path
-from alignkit.envs.base import ToolEnvironment, format_tool_call
+from alignkit.envs.base import ToolEnvironment
 
 TOP_K = 3
 MAX_QUERY = 1000
@@ -215,12 +215,7 @@ class RetrievalEnv(ToolEnvironment):
 
     def demonstration(self, row: dict) -> list[dict]:
         """Opening, a search for the question itself, its result, the answer."""
-        arguments = {"query": row["question"]}
-        return self.opening(row) + [
-            {"role": "assistant", "content": format_tool_call("search", arguments)},
-            {"role": "tool", "content": self.run_tool("search", arguments)},
-            {"role": "assistant", "content": f"<answer>{row['answer']}</answer>"},
-        ]
+        return self.one_call_solution(row, "search", {"query": row["question"]}, str(row["answer"]))
 
 
 if __name__ == "__main__":
