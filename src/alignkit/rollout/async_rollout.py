@@ -32,6 +32,7 @@ class AsyncRollouts:
         self.group_size, self.stop, self.max_staleness = group_size, stop, max_staleness
         self.version = 0
         self.rows: dict = {}  # key -> the prompt rows of a submitted job not yet collected
+        self.prompt_ids: dict = {}  # key -> the prompt ids it was submitted with (not for episodes)
         self.extra_jobs = 0
 
     def publish(self, policy, version: int) -> None:
@@ -43,7 +44,9 @@ class AsyncRollouts:
         if self.episodes:
             self.generator.submit(key, [], min_version, rows=rows)
         else:
-            self.generator.submit(key, [encode_prompt(self.tokenizer, r["prompt"]) for r in rows], min_version)
+            if key not in self.prompt_ids:  # a resubmitted job keeps the ids it was first encoded to
+                self.prompt_ids[key] = [encode_prompt(self.tokenizer, r["prompt"]) for r in rows]
+            self.generator.submit(key, self.prompt_ids[key], min_version)
         self.rows[key] = rows
 
     def rollout(self, rows: list[dict], step: int, micro: int, upcoming=()) -> tuple[Rollout, dict]:
@@ -73,11 +76,10 @@ class AsyncRollouts:
                 raise AlignkitError(f"async_generation: job {key} came back {self.version - result.version} updates "
                                     f"stale {dropped} times (max_staleness {self.max_staleness})")
             self._submit(key, self.rows[key], self.version - self.max_staleness)
-        rows = self.rows.pop(key)
+        rows, prompt_ids = self.rows.pop(key), self.prompt_ids.pop(key, None)
         if result.episodes is not None:
             rollout = episodes_rollout(result.episodes, self.group_size)
         else:
-            prompt_ids = [encode_prompt(self.tokenizer, r["prompt"]) for r in rows]
             rollout = rollout_from_rows(self.tokenizer, rows, prompt_ids, result.token_rows, self.group_size,
                                         self.stop, behaviour_logps=list(result.token_logps))
         staleness = self.version - result.version
