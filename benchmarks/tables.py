@@ -1,13 +1,17 @@
-"""The tables of docs/benchmarks.md, generated from the committed raw results in benchmarks/results/.
+"""The tables of docs/benchmarks.md and docs/rl.md, generated from the committed raw results in
+benchmarks/results/.
 
     python benchmarks/tables.py            # rewrite the generated blocks of docs/benchmarks.md
     python benchmarks/tables.py --check    # exit 1 when the docs differ from what the results give (a test runs it)
+    python benchmarks/tables.py --doc docs/rl.md    # the asynchronous GRPO tables (benchmarks/async_grpo.py)
 
 A generated block sits between `<!-- table: NAME -->` and `<!-- /table -->` in the docs, where NAME is a
 benchmark of a suite (`cpu/sft`, `cpu/dpo`, `gpu/compare`, ...). Its table comes from the newest
 `benchmarks/results/<date>-<suite>.json` holding that benchmark, under a heading that names the file, the date,
-the device, the dtype and the threads. Every ratio is the median of paired runs with the range over the pairs; a
-row whose sides did different work shows UNEQUAL and no ratio, as the benchmark printed it.
+the device, the dtype and the threads. `async-grpo` and `async-grpo-tiny` (docs/rl.md) list every
+`<date>-async-grpo*.json` of benchmarks/async_grpo.py instead. Every ratio is the median of paired runs with
+the range over the pairs; a row whose sides did different work shows UNEQUAL and no ratio, as the benchmark
+printed it.
 """
 
 from __future__ import annotations
@@ -147,7 +151,75 @@ TABLES = {"sft": trainer_table, "reward_model": trainer_table, "dpo": trainer_ta
           "logprobs": logprobs_table}
 
 
+def _range(values: list[float], fmt: str = ".1f") -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}–{hi:{fmt}}"
+
+
+def _async_records(tiny: bool) -> list[tuple[str, dict]]:
+    name = "async_grpo_tiny" if tiny else "async_grpo"
+    found = []
+    for path in sorted(glob.glob(os.path.join(HERE, "results", "*-async-grpo*.json"))):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("benchmark") == name:
+            found.append((path, record))
+    return found
+
+
+def async_grpo_table() -> str:
+    """docs/rl.md: every committed speed comparison of benchmarks/async_grpo.py, oldest first. Seconds per update
+    and mean completion length are over the timed updates (after the warm-up); ratios are the medians of the
+    paired runs with their range."""
+    import statistics
+
+    lines = ["| results file | prompts × G, max tokens | timed updates × pairs | sync s/update | async s/update | "
+             "mean length sync / async | completions/s async/sync | completion tokens/s async/sync | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path, record in _async_records(tiny=False):
+        s, row = record["settings"], record["rows"][0]
+        runs = {side: [x for x in record["samples"] if x["side"] == side] for side in ("sync", "async")}
+        per_update = {side: [x["time_s"] / x["timed_steps"] for x in v] for side, v in runs.items()}
+        length = {side: statistics.mean(m for x in v for m in x["mean_lengths"][s["warmup"]:])
+                  for side, v in runs.items()}
+        verdict = row["verdict"] if not row["problems"] else "UNEQUAL: " + "; ".join(row["problems"])
+        lines.append(f"| `{os.path.basename(path)}` | {s['prompts_per_step']} × {s['generations']}, "
+                     f"{s['max_completion_length']} | {s['steps'] - s['warmup']} × {len(runs['async'])} | "
+                     f"{_range(per_update['sync'])} | {_range(per_update['async'])} | "
+                     f"{length['sync']:.1f} / {length['async']:.1f} | {ratio(row.get('speed'))} | "
+                     f"{ratio(row.get('token_speed'))} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def async_grpo_tiny_table() -> str:
+    """docs/rl.md: the reward curves of benchmarks/async_grpo.py --tiny, newest file: mean reward over seeds of the
+    first and last 4 updates, the gain, and the per-seed range of the last 4 updates' mean."""
+    import statistics
+
+    found = _async_records(tiny=True)
+    if not found:
+        return "*No results yet: run `python benchmarks/async_grpo.py --tiny`.*\n"
+    path, record = found[-1]
+    s, row = record["settings"], record["rows"][0]
+    lines = [f"`{os.path.basename(path)}`: {MODELS.get(row['model'], row['model'])}, {s['steps']} updates, "
+             f"seeds {', '.join(map(str, s['seeds']))}; verdict {row['verdict']} (async's gain ≥ "
+             f"{s['tiny_gain_share']} × sync's)", "",
+             "| side | mean reward, first 4 updates | last 4 updates | gain | last 4 updates, per seed |",
+             "|---|---|---|---|---|"]
+    for side in ("sync", "async"):
+        curve = row["curves"][side]
+        ends = [statistics.mean(x["rewards"][-4:]) for x in record["samples"] if x["side"] == side]
+        lines.append(f"| {side} | {statistics.mean(curve[:4]):.3f} | {statistics.mean(curve[-4:]):.3f} | "
+                     f"{row['gain'][side]:+.3f} | {_range(ends, '.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+SPECIAL = {"async-grpo": async_grpo_table, "async-grpo-tiny": async_grpo_tiny_table}
+
+
 def render(name: str) -> str:
+    if name in SPECIAL:
+        return SPECIAL[name]()
     suite, benchmark = name.split("/", 1)
     found = newest(suite, benchmark)
     if found is None:
