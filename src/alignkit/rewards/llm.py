@@ -41,6 +41,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from alignkit.errors import AlignkitError
 from alignkit.models.load import first_line, load_policy, load_tokenizer
@@ -186,10 +187,25 @@ YES_NO = "Is this reply good? Answer Yes or No."
 SCORE = "Rate the reply from 1 (bad) to 10 (excellent). Answer with the number only."
 
 
-def judge_task(prompt, reply: str, question: str = YES_NO) -> str:
-    """The judge's task for one reply: the request, the reply, the rubric and `question` (YES_NO or SCORE)."""
+@dataclass(frozen=True)
+class Rubric:
+    """What a pointwise judge is asked about each reply: the criteria, then either the Yes/No question (read
+    from the Yes/No log-probs) or the 1–10 question (read from the text). Yes and a high score mean 1."""
+
+    text: str
+    yes_no: str
+    score: str
+
+
+GOOD_REPLY = Rubric(RUBRIC, YES_NO, SCORE)
+"""The reward rubric: is the reply helpful, correct and harmless? (safety.compliance asks another question)"""
+
+
+def judge_task(prompt, reply: str, question: str = YES_NO, rubric: str = RUBRIC) -> str:
+    """The judge's task for one reply: the request, the reply, the rubric's text and `question` (its Yes/No
+    or 1–10 question)."""
     return (f"Here is a request to an AI assistant and its reply.\n\nRequest: {request_text(prompt)}\n\n"
-            f"Reply: {reply}\n\n{RUBRIC} {question}")
+            f"Reply: {reply}\n\n{rubric} {question}")
 
 
 def parse_score(text: str) -> float | None:
@@ -222,8 +238,9 @@ class LocalLLMReward:
     always reach the model."""
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
-                 max_request_tokens: int = 512, max_reply_tokens: int = 512):
+                 max_request_tokens: int = 512, max_reply_tokens: int = 512, rubric: Rubric = GOOD_REPLY):
         self.model_name, self.device, self.dtype, self.batch_size = model, device, dtype, batch_size
+        self.rubric = rubric
         self.max_request_tokens, self.max_reply_tokens = max_request_tokens, max_reply_tokens
         self.__name__ = f"llm:{model}"
         self._loaded = None
@@ -247,7 +264,8 @@ class LocalLLMReward:
         tokenizer = self.load()[0]
         return [chat_text(tokenizer, judge_task(
             clip_tokens(tokenizer, request_text(p), self.max_request_tokens, keep_end=True),
-            clip_tokens(tokenizer, c, self.max_reply_tokens))) for p, c in zip(prompts, completions)]
+            clip_tokens(tokenizer, c, self.max_reply_tokens), self.rubric.yes_no, self.rubric.text))
+            for p, c in zip(prompts, completions)]
 
     def __call__(self, prompts: list, completions: list[str], **columns) -> list[float]:
         tokenizer, model, ids = self.load()
@@ -267,7 +285,7 @@ class OpenAIReward:
     server shows it has no such endpoint or gives no log-probs, then score)."""
 
     def __init__(self, url: str, model: str | None = None, *, route: str = "auto", api_key: str | None = None,
-                 timeout: float = 60.0, max_workers: int = 8, top_logprobs: int = 5):
+                 timeout: float = 60.0, max_workers: int = 8, top_logprobs: int = 5, rubric: Rubric = GOOD_REPLY):
         self.__name__ = f"openai:{url}" + (f"#{model}" if model else "")
         self.where = f"reward {self.__name__}"
         if route not in ROUTES:
@@ -276,7 +294,7 @@ class OpenAIReward:
             raise AlignkitError(f"{self.where}: max_workers: must be at least 1, got {max_workers}")
         self.base = api_base(check_http_url(url, self.where))
         self.model, self.route, self.api_key, self.timeout = model or None, route, api_key, timeout
-        self.max_workers, self.top_logprobs = max_workers, top_logprobs
+        self.max_workers, self.top_logprobs, self.rubric = max_workers, top_logprobs, rubric
         self.fallbacks = 0
         self._lock = threading.Lock()
 
@@ -295,8 +313,8 @@ class OpenAIReward:
 
     def _by_logprobs(self, prompt, reply: str) -> float | None:
         """P(Yes) from the next token's top log-probs; None when the route is unavailable (auto only)."""
-        payload = {"prompt": judge_task(prompt, reply) + "\nAnswer:", "max_tokens": 1, "temperature": 0,
-                   "logprobs": self.top_logprobs}
+        payload = {"prompt": judge_task(prompt, reply, self.rubric.yes_no, self.rubric.text) + "\nAnswer:",
+                   "max_tokens": 1, "temperature": 0, "logprobs": self.top_logprobs}
         auto = self.route == "auto"
         answer = self._post("/completions", payload, UNAVAILABLE if auto else ())
         if answer is None:
@@ -315,8 +333,8 @@ class OpenAIReward:
         return math.nan if yes == no == -math.inf else soft_preference(yes, no)
 
     def _by_score(self, prompt, reply: str) -> float:
-        payload = {"messages": [{"role": "user", "content": judge_task(prompt, reply, SCORE)}], "max_tokens": 16,
-                   "temperature": 0}
+        task = judge_task(prompt, reply, self.rubric.score, self.rubric.text)
+        payload = {"messages": [{"role": "user", "content": task}], "max_tokens": 16, "temperature": 0}
         answer = self._post("/chat/completions", payload)
         try:
             text = answer["choices"][0]["message"]["content"]

@@ -54,4 +54,5 @@ JUDGE_SPECS = SpecKinds("judge", (
     "llm:MODEL (a local LM's A/B probabilities)", "llm-cot:MODEL (after its reasoning, clamped to [0.4, 0.6])",
     "llm-score:MODEL (each reply scored alone by P(Yes) vs P(No))",
     "openai:URL[#MODEL] (an OpenAI-compatible completions server)"), unknown="{spec!r} is not a judge; use {listing}")
-HARM_JUDGE_SPECS = SpecKinds("harm_judge", ("guard", "guard:DIR", "none"), unknown="expected {listing}, got {spec!r}")
+HARM_JUDGE_SPECS = SpecKinds("harm_judge", ("guard", "guard:DIR", "none", "llm:MODEL", "openai:URL[#MODEL]"),
+                             unknown="expected {listing}, got {spec!r}")

@@ -77,7 +77,7 @@ class SafetyLoopConfig:
     attacks: str = DEFAULT_ATTACKS
     """Attack specs (see `alignkit redteam`)."""
     harm_judge: str = "guard"
-    """guard, guard:DIR or none (see `alignkit redteam`)."""
+    """guard, guard:DIR, none, or a compliance judge llm:MODEL / openai:URL[#MODEL] (see `alignkit redteam`)."""
     refusal_scorer: str = "rules"
     """rules, classifier or both."""
     train_method: str = "sft+dpo"
