@@ -56,16 +56,6 @@ def binarise(values: list[float], threshold: float) -> list[bool]:
     return [v > threshold for v in values]
 
 
-def auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """P(score of a positive > score of a negative), ties counting half (Mann–Whitney)."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def bootstrap_kappa(first: list[bool], second: list[bool], resamples: int, seed: int) -> tuple[float, float]:
     """The 2.5th and 97.5th percentiles of κ over resampled items (resamples where κ is undefined dropped)."""
     from alignkit.stats import cohen_kappa
@@ -108,6 +98,7 @@ def main() -> int:
     from alignkit.models.load import load_policy, load_tokenizer
     from alignkit.rewards.sources import load_reward, rubric_reward
     from alignkit.rollout.generate import SamplingSettings, generate
+    from alignkit.stats import auroc
 
     torch.set_num_threads(args.threads)
     rows = pick_rows(args.per_set, args.seed)

@@ -14,9 +14,10 @@ from stubs import JSONServer
 
 from alignkit.errors import AlignkitError
 from alignkit.safety.compliance import COMPLIANCE, ComplianceJudge
-from alignkit.safety.evaluate import SafetyEvalConfig, auc, run_safety_eval
+from alignkit.safety.evaluate import SafetyEvalConfig, run_safety_eval
 from alignkit.safety.redteam import RedTeamConfig, score
 from alignkit.safety.scorers import make_harm_judge
+from alignkit.stats import auroc
 
 HELP = "Step 1: mix"
 
@@ -121,12 +122,12 @@ def test_red_team_accepts_judge_models_and_rejects_unknown_judges():
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]), st.booleans()), min_size=2, max_size=30))
-def test_auc_is_the_share_of_correctly_ordered_pairs(pairs):
-    """auc equals sklearn's ROC AUC (ties count half) whenever both classes are present, else None."""
+def test_auroc_is_the_share_of_correctly_ordered_pairs(pairs):
+    """auroc equals sklearn's ROC AUC (ties count half) whenever both classes are present, else None."""
     from sklearn.metrics import roc_auc_score
 
     scores, positive = [s for s, _ in pairs], [p for _, p in pairs]
     if all(positive) or not any(positive):
-        assert auc(scores, positive) is None
+        assert auroc(scores, positive) is None
     else:
-        assert auc(scores, positive) == pytest.approx(roc_auc_score(positive, scores))
+        assert auroc(scores, positive) == pytest.approx(roc_auc_score(positive, scores))

@@ -22,6 +22,8 @@ Each agreement statistic is None where it is undefined (no overlap, or chance ag
   1 − C(n−c, k)/C(n, k), computed as the product 1 − Π_{i=n−c+1..n} (1 − k/i) (no huge binomials).
 - The mean of per-problem values with a 95% percentile-bootstrap interval (problems resampled with
   replacement, a fixed seed, so the same values give the same interval).
+- AUROC (Mann–Whitney): the probability that a random positive scores above a random negative, ties
+  counting half.
 """
 
 from __future__ import annotations
@@ -107,6 +109,17 @@ def krippendorff_alpha(units: list[list]) -> float | None:
     disagreement = sum(v for (c, k), v in coincidence.items() if c != k)
     expected = sum(margins[c] * margins[k] for c in margins for k in margins if c != k)
     return None if expected == 0 else 1 - (n - 1) * disagreement / expected
+
+
+def auroc(scores: list[float], positive: list[bool]) -> float | None:
+    """P(score of a random positive > score of a random negative), ties counting half; None without both
+    classes."""
+    pos = [s for s, y in zip(scores, positive) if y]
+    neg = [s for s, y in zip(scores, positive) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -36,7 +36,7 @@ from alignkit.safety.guard_data import builtin_rows
 from alignkit.safety.guard_eval import guard_binary, xstest_rows
 from alignkit.safety.redteam import RedTeamConfig, make_responder
 from alignkit.safety.scorers import REFUSAL_SCORERS, refusal_classes
-from alignkit.stats import cohen_kappa, format_rate, rate
+from alignkit.stats import auroc, cohen_kappa, format_rate, rate
 
 XSTEST_ENV = "ALIGNKIT_XSTEST"
 LABELS = ("complied", "partial", "refused")
@@ -168,23 +168,12 @@ def measure_readings(config: SafetyEvalConfig, guard, judge: ComplianceJudge | N
     if judge is not None:
         probabilities = judge.probabilities([r["request"] for r in rows], replies)
         readings[f"compliance judge {judge.name} says it helped"] = [p >= judge.threshold for p in probabilities]
-        out["compliance_judge_auc"] = auc(probabilities, helped)
+        out["compliance_judge_auc"] = auroc(probabilities, helped)
     for name, said in readings.items():
         out[name] = {"kappa": cohen_kappa(said, helped), "agreement": rate(sum(a == b for a, b in zip(said, helped)),
                                                                             len(rows)),
                      "successes": sum(said), "true_positives": sum(a and b for a, b in zip(said, helped))}
     return out
-
-
-def auc(scores: list[float], positive: list[bool]) -> float | None:
-    """The probability that a random positive scores above a random negative (ties count half); None without
-    both classes."""
-    pos = [s for s, p in zip(scores, positive) if p]
-    neg = [s for s, p in zip(scores, positive) if not p]
-    if not pos or not neg:
-        return None
-    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def format_readings(readings: dict, path: str) -> str:
