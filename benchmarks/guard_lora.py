@@ -36,39 +36,23 @@ class LoraGuard:
         import torch
         from peft import LoraConfig, get_peft_model
 
-        from alignkit.models.load import load_policy, load_tokenizer
         from alignkit.safety.guard_fit import make_head
-        from alignkit.safety.policy_encoder import LAYERS, MARK, MODEL
+        from alignkit.safety.policy_encoder import LAYERS, WINDOW, PolicyStateEncoder
 
         torch.manual_seed(seed)
-        self.layers, self.categories = LAYERS, categories
-        self.tokenizer = load_tokenizer(MODEL, padding_side="left")
-        base = load_policy(MODEL, dtype="float32", device="cpu")
-        n_layers = base.config.num_hidden_layers
+        self.layers, self.categories, self.first_layer, self.window = LAYERS, categories, first_layer, WINDOW
+        self.encoder = PolicyStateEncoder()  # the default guard's tokenizer, chat template and batching
+        base = self.encoder.model
         config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                             "down_proj"],
-                            layers_to_transform=list(range(first_layer, n_layers)))
-        self.first_layer = first_layer
-        self.model = get_peft_model(base, config)
+                            layers_to_transform=list(range(first_layer, base.config.num_hidden_layers)))
+        self.model = get_peft_model(base, config)  # LoRA weights trainable, the base stays frozen
         self.inner = self.model.base_model.model  # the causal LM, its projections now carrying LoRA
         self.head = make_head(len(LAYERS) * base.config.hidden_size, 128, len(categories) + 1)
-        chat = self.tokenizer.apply_chat_template([{"role": "user", "content": MARK}], tokenize=False,
-                                                  add_generation_prompt=True)
-        before, after = chat.split(MARK)
-        self._before = self.tokenizer(before, add_special_tokens=False)["input_ids"]
-        self._after = self.tokenizer(after, add_special_tokens=False)["input_ids"]
 
     def _batch(self, texts: list[str]):
-        import torch
-
-        ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-        rows = [self._before + i[:256] + self._after for i in ids]
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        return input_ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+        return self.encoder.batch([ids[:self.window] for ids in self.encoder.token_ids(texts)])
 
     def frozen(self, texts: list[str]) -> list[tuple]:
         """Per text, what the frozen bottom layers give: the last token's states at the frozen feature layers

@@ -54,18 +54,20 @@ class PolicyStateEncoder:
         self._after = self.tokenizer(after, add_special_tokens=False)["input_ids"]
         self._cache = EmbeddingCache(cache_size)
 
-    def _ids(self, texts: list[str]) -> list[list[int]]:
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
 
     def encode(self, texts: list[str]):
         """One feature vector per text, of its first `WINDOW` tokens."""
-        return encode_cached(self, texts, lambda todo: [ids[:WINDOW] for ids in self._ids(todo)], self._states)
+        return encode_cached(self, texts, lambda todo: [ids[:WINDOW] for ids in self.token_ids(todo)], self._states)
 
     def encode_windows(self, texts: list[str]):
         """(features [windows, dim], windows per text): every window of every text, in text order."""
-        return encode_windows(self, texts, self._ids(texts), WINDOW, STRIDE, self._states)
+        return encode_windows(self, texts, self.token_ids(texts), WINDOW, STRIDE, self._states)
 
-    def _states(self, texts_ids: list[list[int]]):
+    def batch(self, texts_ids: list[list[int]]):
+        """(input_ids, attention_mask, position_ids) of texts' ids each in the chat template, left-padded, with
+        position ids that skip the padding."""
         import torch
 
         rows = [self._before + ids + self._after for ids in texts_ids]
@@ -73,7 +75,12 @@ class PolicyStateEncoder:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return input_ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+    def _states(self, texts_ids: list[list[int]]):
+        import torch
+
+        input_ids, mask, positions = self.batch(texts_ids)
         with torch.no_grad():
             states = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                 output_hidden_states=True).hidden_states
