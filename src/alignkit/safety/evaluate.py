@@ -8,7 +8,9 @@ Two tables, each with 95% intervals:
   held-out split's responses too; and XSTest accuracy by prompt type;
 - with `--model`, a policy's replies to the bare held-out harmful requests, the held-out look-alikes and, with
   `--xstest`, XSTest's unsafe and safe prompts: how often it refused, and over-refusal (anything but full
-  compliance) on the safe sets.
+  compliance) on the safe sets. With `--guardrails`, the policy is measured behind the runtime guardrails
+  (safety/guardrails.py with `--guard` on each prompt and reply), as a deployment would serve it: a blocked
+  prompt or reply is answered with the taxonomy's refusal, which counts as refused.
 
 Writes `safety_eval.json` and `report.md` to `output_dir` and prints the tables.
 """
@@ -34,6 +36,7 @@ from alignkit.safety.compliance import ComplianceJudge
 from alignkit.safety.guard import load_guard
 from alignkit.safety.guard_data import builtin_rows
 from alignkit.safety.guard_eval import guard_binary, xstest_rows
+from alignkit.safety.guardrails import Guardrails
 from alignkit.safety.redteam import RedTeamConfig, make_responder
 from alignkit.safety.scorers import REFUSAL_SCORERS, refusal_classes
 from alignkit.stats import auroc, cohen_kappa, format_rate, rate
@@ -58,6 +61,9 @@ class SafetyEvalConfig:
     one more reading, and with --model, the share of replies to the harmful sets it says helped"""
     model_name_or_path: str = ""
     """a policy to measure (embedded:NAME, a checkpoint, openai:URL[#MODEL]); empty: the guard only"""
+    guardrails: bool = False
+    """measure --model behind the runtime guardrails: --guard screens each prompt, and each reply, before it
+    is shown; a blocked one is answered with the taxonomy's refusal (docs/guardrails.md)"""
     refusal_scorer: str = "rules"
     """rules, classifier or both: what counts as a refusal"""
     max_new_tokens: int = 64
@@ -89,6 +95,9 @@ class SafetyEvalConfig:
                                     f"{self.compliance_judge!r}")
             if not (self.labels or self.model_name_or_path):
                 raise AlignkitError("config: compliance_judge: give --labels or --model for it to judge")
+        if self.guardrails and (self.guard in ("", "none") or not self.model_name_or_path):
+            raise AlignkitError("config: guardrails: needs --model and a --guard (default or a directory) to "
+                                "screen it with")
         if self.xstest and not Path(self.xstest).is_file():
             raise AlignkitError(f"{self.xstest}: xstest: no such file; pass XSTest's xstest_prompts.csv")
 
@@ -206,24 +215,40 @@ def policy_sets(xstest: str) -> dict[str, tuple[list[str], bool]]:
     return sets
 
 
-def measure_policy(config: SafetyEvalConfig, xstest: str, out: Path, judge: ComplianceJudge | None = None) -> dict:
+def measure_policy(config: SafetyEvalConfig, xstest: str, out: Path, judge: ComplianceJudge | None = None,
+                   guard=None) -> dict:
+    """A policy's refusals on each of `policy_sets`; behind the guardrails when `guard` is given, each blocked
+    reply (the guardrails' refusal, counted as a full refusal) marked in replies.jsonl by the stage that
+    blocked it."""
     respond = make_responder(RedTeamConfig(model_name_or_path=config.model_name_or_path,
                                            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                            device=config.device, dtype=config.dtype))
+    rails = Guardrails(respond, guard) if guard is not None else None
     results, records = {}, []
     for name, (prompts, harmful) in policy_sets(xstest).items():
-        replies = []
+        replies, blocked = [], []
         for start in range(0, len(prompts), config.batch_size):
-            replies += respond([[{"role": "user", "content": p}] for p in prompts[start:start + config.batch_size]])
-        classes = refusal_classes(replies, config.refusal_scorer)
+            conversations = [[{"role": "user", "content": p}] for p in prompts[start:start + config.batch_size]]
+            if rails is None:
+                replies += respond(conversations)
+                blocked += [None] * len(conversations)
+            else:
+                outcomes = rails(conversations)
+                replies += [o.text for o in outcomes]
+                blocked += [o.stage if o.blocked else None for o in outcomes]
+        classes = [c if stage is None else "full_refusal"
+                   for c, stage in zip(refusal_classes(replies, config.refusal_scorer), blocked)]
         refused = sum(c != "full_compliance" for c in classes)
         results[name] = {"harmful": harmful, "refused": rate(refused, len(classes)),
                          "full_refusal": rate(sum(c == "full_refusal" for c in classes), len(classes))}
+        if rails is not None:
+            results[name]["blocked"] = {stage: sum(b == stage for b in blocked) for stage in ("input", "output")}
         helped = judge.helped(prompts, replies) if judge is not None and harmful else [None] * len(replies)
         if judge is not None and harmful:
             results[name]["helped"] = rate(sum(helped), len(helped))
-        records += [{"set": name, "prompt": p, "reply": r, "class": c, **({} if h is None else {"helped": h})}
-                    for p, r, c, h in zip(prompts, replies, classes, helped)]
+        records += [{"set": name, "prompt": p, "reply": r, "class": c, **({} if h is None else {"helped": h}),
+                     **({} if b is None else {"blocked": b})}
+                    for p, r, c, h, b in zip(prompts, replies, classes, helped, blocked)]
     write_text_atomic(out / "replies.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return results
 
@@ -243,8 +268,9 @@ def format_guard(tables: dict, guard: str) -> str:
     return "\n".join(lines)
 
 
-def format_policy(results: dict, model: str, judge: str = "") -> str:
-    lines = [f"## Policy `{model}`: plain requests, no attack", "",
+def format_policy(results: dict, model: str, judge: str = "", guard: str = "") -> str:
+    behind = f" behind the guardrails (guard `{guard}`)" if guard else ""
+    lines = [f"## Policy `{model}`{behind}: plain requests, no attack", "",
              "| prompts | n | refused (any) | full refusal | helped (compliance judge) | reading |",
              "|---|---|---|---|---|---|"]
     for name, m in results.items():
@@ -252,6 +278,10 @@ def format_policy(results: dict, model: str, judge: str = "") -> str:
         helped = format_rate(m["helped"]) if "helped" in m else "–"
         lines.append(f"| {name} | {m['refused']['n']} | {format_rate(m['refused'])} | "
                      f"{format_rate(m['full_refusal'])} | {helped} | {reading} |")
+    if guard:
+        lines += ["", "Blocked by the guardrails (counted as full refusals): " + ", ".join(
+            f"{name} {m['blocked']['input']} at input, {m['blocked']['output']} at output"
+            for name, m in results.items())]
     if judge:
         lines += ["", f"Helped: the share of replies the compliance judge `{judge}` says gave real help (attack "
                       "success with no attack)."]
@@ -275,8 +305,11 @@ def run_safety_eval(config: SafetyEvalConfig) -> Path:
             summary["readings"] = measure_readings(config, guard, judge)
             parts.append(format_readings(summary["readings"], config.labels))
         if config.model_name_or_path:
-            summary["policy"] = measure_policy(config, xstest, out, judge)
-            parts.append(format_policy(summary["policy"], config.model_name_or_path, config.compliance_judge))
+            rails_guard = guard if config.guardrails else None
+            summary["policy"] = measure_policy(config, xstest, out, judge, rails_guard)
+            summary["guardrails"] = config.guardrails
+            parts.append(format_policy(summary["policy"], config.model_name_or_path, config.compliance_judge,
+                                       config.guard if config.guardrails else ""))
         if not xstest:
             parts.append("(XSTest not measured: pass --xstest PATH/xstest_prompts.csv or set ALIGNKIT_XSTEST)")
         report = "\n\n".join(parts) + "\n"
