@@ -4,12 +4,14 @@ benchmarks/results/.
     python benchmarks/tables.py            # rewrite the generated blocks of docs/benchmarks.md
     python benchmarks/tables.py --check    # exit 1 when the docs differ from what the results give (a test runs it)
     python benchmarks/tables.py --doc docs/rl.md    # the asynchronous GRPO tables (benchmarks/async_grpo.py)
+    python benchmarks/tables.py --doc docs/safety.md    # a policy behind the guardrails (safety-eval --guardrails)
 
 A generated block sits between `<!-- table: NAME -->` and `<!-- /table -->` in the docs, where NAME is a
 benchmark of a suite (`cpu/sft`, `cpu/dpo`, `gpu/compare`, ...). Its table comes from the newest
 `benchmarks/results/<date>-<suite>.json` holding that benchmark, under a heading that names the file, the date,
 the device, the dtype and the threads. `async-grpo` and `async-grpo-tiny` (docs/rl.md) list every
-`<date>-async-grpo*.json` of benchmarks/async_grpo.py instead. Every ratio is the median of paired runs with
+`<date>-async-grpo*.json` of benchmarks/async_grpo.py instead, and `guardrails` (docs/safety.md) the newest
+`<date>-guardrails.json`. Every ratio is the median of paired runs with
 the range over the pairs; a row whose sides did different work shows UNEQUAL and no ratio, as the benchmark
 printed it.
 """
@@ -214,7 +216,40 @@ def async_grpo_tiny_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-SPECIAL = {"async-grpo": async_grpo_table, "async-grpo-tiny": async_grpo_tiny_table}
+def guardrails_table() -> str:
+    """docs/safety.md: a policy behind the runtime guardrails (`alignkit safety-eval --guardrails`), one column
+    per guard of the newest `<date>-guardrails.json`: refusal of each plain-request set, with the bars of issue
+    22 (refusal of the harmful sets; over-refusal of the safe ones within 5 points of the base model alone)."""
+    found = sorted(glob.glob(os.path.join(HERE, "results", "*-guardrails.json")))
+    if not found:
+        return "*No results yet: run `alignkit safety-eval --guardrails --model ...`.*\n"
+    with open(found[-1]) as f:
+        record = json.load(f)
+    runs, alone = record["runs"], record["base_alone"]
+    lines = [f"`{os.path.basename(found[-1])}`: {MODELS.get(record['model'], record['model'])}, greedy, at most "
+             f"{record['max_new_tokens']} new tokens, refusals read by `{record['refusal_scorer']}`", "",
+             "| prompts | n | alone | " + " | ".join(r["label"] for r in runs) + " | wanted |",
+             "|---|---|---|" + "---|" * len(runs) + "---|"]
+    def cell(m):
+        return f"{100 * m['rate']:.1f}% ({100 * m['low']:.0f}–{100 * m['high']:.0f})"
+
+    for name, base in alone.items():
+        first = runs[0]["policy"][name]
+        wanted = f"≥ {record['bars'][name]:.0%}" if first["harmful"] else f"≤ {100 * base['rate'] + 5:.1f}%"
+        lines.append(f"| {name}: {'refused' if first['harmful'] else 'over-refused'} | {base['n']} | {cell(base)} | "
+                     + " | ".join(cell(run["policy"][name]["refused"]) for run in runs) + f" | {wanted} |")
+    lines += ["", "| guard | threshold | " + " | ".join(f"{name}: flagged" for name in record["guard_sets"]) + " |",
+              "|---|---|" + "---|" * len(record["guard_sets"])]
+    for run in runs:
+        flagged = []
+        for name in record["guard_sets"]:
+            m = run["guard_tables"][name]
+            flagged.append(f"recall {m['recall']:.3f}, FPR {m['false_positive_rate']:.3f}")
+        lines.append(f"| {run['label']} (`{run['guard']}`) | {run['threshold']:.3f} | " + " | ".join(flagged) + " |")
+    return "\n".join(lines) + "\n"
+
+
+SPECIAL = {"async-grpo": async_grpo_table, "async-grpo-tiny": async_grpo_tiny_table, "guardrails": guardrails_table}
 
 
 def render(name: str) -> str:

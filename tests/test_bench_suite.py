@@ -93,10 +93,10 @@ def test_finish_exits_non_zero_on_unequal_work_and_writes_everything(tmp_path, c
 
 
 def test_the_doc_tables_are_generated_from_the_committed_results():
-    """docs/benchmarks.md's and docs/rl.md's tables are exactly what benchmarks/tables.py makes of
-    benchmarks/results/."""
-    rl = os.path.join(tables.REPO, "docs", "rl.md")
-    for doc, least in ((tables.DOC, 5), (rl, 2)):
+    """docs/benchmarks.md's, docs/rl.md's and docs/safety.md's tables are exactly what benchmarks/tables.py makes
+    of benchmarks/results/."""
+    rl, safety = (os.path.join(tables.REPO, "docs", name) for name in ("rl.md", "safety.md"))
+    for doc, least in ((tables.DOC, 5), (rl, 2), (safety, 1)):
         proc = subprocess.run([sys.executable, os.path.join(BENCH, "tables.py"), "--check", "--doc", doc],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
