@@ -230,6 +230,7 @@ def guardrails_table() -> str:
              f"{record['max_new_tokens']} new tokens, refusals read by `{record['refusal_scorer']}`", "",
              "| prompts | n | alone | " + " | ".join(r["label"] for r in runs) + " | wanted |",
              "|---|---|---|" + "---|" * len(runs) + "---|"]
+
     def cell(m):
         return f"{100 * m['rate']:.1f}% ({100 * m['low']:.0f}–{100 * m['high']:.0f})"
 
@@ -241,10 +242,8 @@ def guardrails_table() -> str:
     lines += ["", "| guard | threshold | " + " | ".join(f"{name}: flagged" for name in record["guard_sets"]) + " |",
               "|---|---|" + "---|" * len(record["guard_sets"])]
     for run in runs:
-        flagged = []
-        for name in record["guard_sets"]:
-            m = run["guard_tables"][name]
-            flagged.append(f"recall {m['recall']:.3f}, FPR {m['false_positive_rate']:.3f}")
+        flagged = [f"recall {m['recall']:.3f}, FPR {m['false_positive_rate']:.3f}"
+                   for m in (run["guard_tables"][name] for name in record["guard_sets"])]
         lines.append(f"| {run['label']} (`{run['guard']}`) | {run['threshold']:.3f} | " + " | ".join(flagged) + " |")
     return "\n".join(lines) + "\n"
 

@@ -36,7 +36,7 @@ from alignkit.safety.compliance import ComplianceJudge
 from alignkit.safety.guard import load_guard
 from alignkit.safety.guard_data import builtin_rows
 from alignkit.safety.guard_eval import guard_binary, xstest_rows
-from alignkit.safety.guardrails import Guardrails
+from alignkit.safety.guardrails import STAGES, Guardrails
 from alignkit.safety.redteam import RedTeamConfig, make_responder
 from alignkit.safety.scorers import REFUSAL_SCORERS, refusal_classes
 from alignkit.stats import auroc, cohen_kappa, format_rate, rate
@@ -242,7 +242,7 @@ def measure_policy(config: SafetyEvalConfig, xstest: str, out: Path, judge: Comp
         results[name] = {"harmful": harmful, "refused": rate(refused, len(classes)),
                          "full_refusal": rate(sum(c == "full_refusal" for c in classes), len(classes))}
         if rails is not None:
-            results[name]["blocked"] = {stage: sum(b == stage for b in blocked) for stage in ("input", "output")}
+            results[name]["blocked"] = {stage: sum(b == stage for b in blocked) for stage in STAGES}
         helped = judge.helped(prompts, replies) if judge is not None and harmful else [None] * len(replies)
         if judge is not None and harmful:
             results[name]["helped"] = rate(sum(helped), len(helped))
